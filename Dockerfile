@@ -1,0 +1,97 @@
+# irqlab service image: a slim two-stage build.
+#
+#   builder  makes a virtualenv in /opt/venv holding irqlab (built as a wheel) and its deps;
+#   runtime  copies only /opt/venv onto the same base and runs `irqlab serve` as a non-root user.
+#
+# BASE: the Debian bookworm + python3 (3.11) image both stages start from. No container registry
+#   is reachable from our machines, so the default is the local image that
+#   scripts/build-base-image.sh makes with debootstrap and `podman import`
+#   (localhost/irqlab-base:bookworm). Any other Debian-based image that has python3 >= 3.11,
+#   python3-venv and useradd works too: --build-arg BASE=<image>.
+#
+# Build (what scripts/container-smoke.sh does; it works out the pip settings for you):
+#   podman build --format docker --pull=never --network host \
+#       --runtime runc --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
+#       [--build-arg PIP_INDEX_URL=...] [--build-arg PIP_EXTRA_INDEX_URL=...] \
+#       [--secret id=pip_cert,src=<CA bundle the host's pip uses>] -t irqlab:dev .
+#   --format docker keeps the HEALTHCHECK (the OCI image format has no field for it).
+#   --network host lets pip reach the package index the way the host does; the pip_cert
+#   secret is mounted only while pip runs and never lands in a layer.
+#
+# Run (the container shares the host network, so keep the default 127.0.0.1):
+#   podman run -d --network host -e IRQLAB_PORT=18080 irqlab:dev
+# Extra arguments are passed on to `irqlab serve`.
+
+ARG BASE=localhost/irqlab-base:bookworm
+
+# --------------------------------------------------------------------------------------------
+FROM ${BASE} AS builder
+
+# Pip settings from the host, passed by scripts/container-smoke.sh; empty means pip's default
+# (pip ignores empty PIP_* variables). They exist only in this stage, never in the final image.
+ARG PIP_INDEX_URL=""
+ARG PIP_EXTRA_INDEX_URL=""
+ARG PIP_TRUSTED_HOST=""
+ARG PIP_DEFAULT_TIMEOUT="60"
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_NO_INPUT=1
+
+WORKDIR /src
+
+# Dependencies first, from pyproject.toml alone, so that code edits do not reinstall them.
+COPY pyproject.toml ./
+RUN --mount=type=secret,id=pip_cert,required=false \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && python3 -m venv /opt/venv \
+    && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" >/tmp/requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+
+# Then the project itself: build a wheel, install it without touching the deps, and drop the
+# installer tooling the runtime does not need.
+COPY . ./
+RUN --mount=type=secret,id=pip_cert,required=false \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/irqlab-*.whl \
+    && /opt/venv/bin/pip check \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools \
+    && /opt/venv/bin/python -m compileall -q /opt/venv/lib
+
+# --------------------------------------------------------------------------------------------
+FROM ${BASE} AS runtime
+
+LABEL org.opencontainers.image.title="irqlab" \
+      org.opencontainers.image.description="Deterministic, inspectable KVM x86 irqchips (IOAPIC + local APICs) behind a REST API" \
+      org.opencontainers.image.licenses="MIT"
+
+RUN groupadd --gid 10001 irqlab \
+    && useradd --uid 10001 --gid irqlab --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin irqlab
+
+# Root-owned and read-only for the service user.
+COPY --from=builder /opt/venv /opt/venv
+
+# IRQLAB_HOST / IRQLAB_PORT choose the listening address. 127.0.0.1 by default because our
+# containers run with --network host; use 0.0.0.0 with a published port on a bridge network.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    IRQLAB_HOST=127.0.0.1 \
+    IRQLAB_PORT=8000
+
+USER 10001:10001
+WORKDIR /
+EXPOSE 8000
+
+# Python's stdlib only (no curl in the image); ignores proxy variables; a wildcard bind address
+# is probed on loopback.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request as u; h = os.environ.get('IRQLAB_HOST') or '127.0.0.1'; h = {'0.0.0.0': '127.0.0.1', '::': '::1'}.get(h, h); h = '[' + h + ']' if ':' in h else h; r = u.build_opener(u.ProxyHandler({})).open('http://' + h + ':' + (os.environ.get('IRQLAB_PORT') or '8000') + '/healthz', timeout=4); raise SystemExit(0 if r.status == 200 else 1)"]
+
+# Exec form without a shell: Python reads IRQLAB_HOST/IRQLAB_PORT and exec()s
+# `irqlab serve --host H --port P [extra args]`, so irqlab is PID 1 and gets SIGTERM directly.
+# Once the service reads IRQLAB_HOST/IRQLAB_PORT itself this can become ["irqlab", "serve"].
+ENTRYPOINT ["python3", "-c", "import os, sys; os.execvp('irqlab', ['irqlab', 'serve', '--host', os.environ.get('IRQLAB_HOST') or '127.0.0.1', '--port', os.environ.get('IRQLAB_PORT') or '8000', *sys.argv[1:]])"]
+CMD []

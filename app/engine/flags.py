@@ -1,0 +1,267 @@
+"""Behaviour that changed across kernel (and QEMU) history: every such change is one named flag.
+
+This is the only module that knows which release did what. Transitions read the resolved
+`Behaviour` of their VM (`vm.flags.<name>`) and never compare version numbers.
+
+A flag is True when the VM behaves as the code *with* the named commit does. Presets bundle the
+flags of one release; a VM is created from a preset plus optional per-flag overrides.
+Release numbers are the first mainline release whose tag contains the commit (see
+docs/kernel-history.md for the evidence behind each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import invalid
+
+
+@dataclass(frozen=True, slots=True)
+class FlagInfo:
+    name: str
+    component: str  # "kvm" or "qemu"
+    commit: str | None
+    title: str
+    release: str | None  # first release with the behaviour named by the flag
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """Resolved behaviour flags of one VM (True = the behaviour introduced by the commit)."""
+
+    # --- KVM ---
+    eoi_exit_bitmap: bool = True
+    scan_keeps_pending_edge: bool = True
+    scan_keeps_pending_level: bool = True
+    split_scan_keeps_pending_level: bool = True
+    split_scan_syncs_pir: bool = True
+    rescan_after_stale_eoi: bool = True
+    rte_edge_clears_remote_irr: bool = True
+    rte_preserves_readonly_bits: bool = True
+    service_refuses_remote_irr: bool = True
+    unmask_resamples: bool = True
+    hide_directed_eoi_with_kernel_ioapic: bool = True
+    notifiers_with_directed_eoi: bool = True
+    targeted_scan_requests: bool = True
+    scan_old_dest_with_new_mode: bool = True
+    split_suppress_eoi_broadcast: bool = False
+    # --- QEMU (the split-mode VMM) ---
+    qemu_routes_before_service: bool = True
+
+
+FLAG_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Behaviour))
+
+FLAGS: dict[str, FlagInfo] = {
+    f.name: f
+    for f in [
+        FlagInfo(
+            "eoi_exit_bitmap", "kvm", None,
+            "EOIs are filtered through ioapic_handled_vectors (the EOI-exit bitmap)",
+            None,
+            "KVM forwards a LAPIC EOI to an IOAPIC only when the vector's bit is set in the "
+            "vCPU's ioapic_handled_vectors, computed by scanning routes (vcpu_scan_ioapic). "
+            "False models the 82093AA/SDM: the LAPIC broadcasts the EOI of every vector whose "
+            "TMR bit is set, and no handled-vector bitmap exists.",
+        ),
+        FlagInfo(
+            "scan_keeps_pending_edge", "kvm", "db2bdcbbbd32",
+            "KVM: x86: fix edge EOI and IOAPIC reconfig race", "v4.4",
+            "In-kernel scan also sets the bit of an EOI-tracked edge pin (RTC, ack notifier) "
+            "whose vector is pending in this vCPU's IRR or ISR, though it no longer targets it.",
+        ),
+        FlagInfo(
+            "scan_keeps_pending_level", "kvm", "0fc5a36dd6b3",
+            "KVM: x86: ioapic: Fix level-triggered EOI and IOAPIC reconfigure race", "v4.15",
+            "In-kernel scan (kvm_ioapic_scan_entry) sets the bit of any scanned pin whose vector "
+            "is pending in IRR/ISR, level pins included (race 1).",
+        ),
+        FlagInfo(
+            "split_scan_keeps_pending_level", "kvm", "fceb3a36c29a",
+            "KVM: x86: ioapic: Fix level-triggered EOI and userspace I/OAPIC reconfigure race",
+            "v6.2",
+            "Split-mode scan (kvm_scan_ioapic_routes) sets the bit of a level MSI route whose "
+            "vector is pending in IRR/ISR although the vCPU no longer matches (race 2, the seed).",
+        ),
+        FlagInfo(
+            "split_scan_syncs_pir", "kvm", "f3ced000a2df",
+            "KVM: x86: Always sync PIR to IRR prior to scanning I/O APIC routes", "v6.10",
+            "vcpu_scan_ioapic syncs the posted-interrupt bitmap into IRR in split mode too, so a "
+            "vector still in the PIR counts as pending (race 2b).",
+        ),
+        FlagInfo(
+            "rescan_after_stale_eoi", "kvm", "87e4951e250b",
+            "KVM: x86: Rescan I/O APIC routes after EOI interception for old routing", "v6.16",
+            "A bit kept only because the vector was pending records "
+            "highest_stale_pending_ioapic_eoi; an intercepted EOI of that vector requests "
+            "SCAN_IOAPIC on the vCPU so the stale bit goes away.",
+        ),
+        FlagInfo(
+            "rte_edge_clears_remote_irr", "kvm", "a8bfec293052",
+            "KVM: x86: ioapic: Clear Remote IRR when entry is switched to edge-triggered",
+            "v4.15",
+            "Any RTE write that leaves the trigger mode edge clears Remote IRR (the Linux/Xen "
+            "'flip to edge' EOI emulation).",
+        ),
+        FlagInfo(
+            "rte_preserves_readonly_bits", "kvm", "b200dded0a69",
+            "KVM: x86: ioapic: Preserve read-only values in the redirection table", "v4.15",
+            "Guest RTE writes keep Remote IRR and delivery status; before it, the written value "
+            "was stored verbatim.",
+        ),
+        FlagInfo(
+            "service_refuses_remote_irr", "kvm", "da3fe7bdfada",
+            "KVM: x86: ioapic: Don't fire level irq when Remote IRR set (with 7d2253684dd1)",
+            "v4.15",
+            "ioapic_service refuses a level pin whose Remote IRR is set, so an RTE write no "
+            "longer re-delivers an in-service level interrupt. Before it the check sat in "
+            "ioapic_set_irq only, which reported such an assert as coalesced (0).",
+        ),
+        FlagInfo(
+            "unmask_resamples", "kvm", "fef8f2b90edb",
+            "KVM: x86/ioapic: Resample the pending state of an IRQ when unmasking", "v6.3",
+            "An RTE write on a level pin with irr set, unmasked and Remote IRR clear notifies the "
+            "irqfd resampler (and clears irr) instead of delivering, when one is registered.",
+        ),
+        FlagInfo(
+            "hide_directed_eoi_with_kernel_ioapic", "kvm", "0bcc3fb95b97",
+            "KVM: lapic: stop advertising DIRECTED_EOI when in-kernel IOAPIC is in use", "v4.8",
+            "LVR bit 24 is advertised only when the guest has x2APIC and the IOAPIC is not in "
+            "the kernel, so a guest with the in-kernel IOAPIC cannot set SPIV bit 12.",
+        ),
+        FlagInfo(
+            "notifiers_with_directed_eoi", "kvm", "c806a6ad35bf",
+            "KVM: x86: call irq notifiers with directed EOI", "v4.3",
+            "The SPIV bit 12 check moved into the IOAPIC EOI loop after the ack notifiers, so "
+            "resamplers run under directed EOI; before it such an EOI never reached the IOAPIC.",
+        ),
+        FlagInfo(
+            "targeted_scan_requests", "kvm", "7ee30bc132c6",
+            "KVM: x86: deliver KVM IOAPIC scan request to target vCPUs", "v5.5",
+            "A Fixed-mode RTE write requests SCAN_IOAPIC only on the old and new destination "
+            "vCPUs; before it every RTE write requested a scan on all vCPUs.",
+        ),
+        FlagInfo(
+            "scan_old_dest_with_new_mode", "kvm", "c96001c5702e",
+            "KVM: X86: Use APIC_DEST_* macros properly in kvm_lapic_irq.dest_mode (latent bug, "
+            "spec §4 item 13; commit id unverified)", "v5.6",
+            "The old-destination part of the scan mask in ioapic_write_indirect is matched with "
+            "the new dest_mode; False matches it with the old dest_mode as 7ee30bc132c6 did. "
+            "Still present in current code.",
+        ),
+        FlagInfo(
+            "split_suppress_eoi_broadcast", "kvm", "6517dfbcc918",
+            "KVM: x86: Suppress EOI broadcasts with split IRQCHIP if Directed EOI is enabled "
+            "(kvm-x86 id; release unverified)", "v7.0",
+            "The VM enabled KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST (split only): LVR "
+            "advertises directed EOI and a LAPIC EOI with SPIV bit 12 set causes no "
+            "KVM_EXIT_IOAPIC_EOI (the guest must write the IOAPIC's 0x40 EOI register). "
+            "Opt-in per VM, so False in every preset.",
+        ),
+        FlagInfo(
+            "qemu_routes_before_service", "qemu", "54ad31fb0a",
+            "ioapic: Update KVM routes before redelivering IRQ, on RTE update (QEMU)",
+            "qemu-8.0",
+            "On an RTE write QEMU's userspace IOAPIC rewrites and commits the MSI routes of "
+            "unmasked pins before running ioapic_service, and only on RTE writes. False "
+            "(QEMU <= 7.2) re-services first and rewrites + commits the routes at the end of "
+            "every IOAPIC MMIO write, so a re-delivery can use the stale route and every "
+            "register write (even IOREGSEL) makes KVM rescan all vCPUs.",
+        ),
+    ]
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    name: str
+    description: str
+    flags: Behaviour
+
+
+def _preset(name: str, description: str, **off: bool) -> Preset:
+    return Preset(name, description, replace(Behaviour(), **off))
+
+
+_PRE_415 = dict(
+    scan_keeps_pending_level=False,
+    rte_edge_clears_remote_irr=False,
+    rte_preserves_readonly_bits=False,
+    service_refuses_remote_irr=False,
+    targeted_scan_requests=False,
+    scan_old_dest_with_new_mode=False,
+)
+_PRE_55 = dict(targeted_scan_requests=False, scan_old_dest_with_new_mode=False)
+_PRE_56 = dict(scan_old_dest_with_new_mode=False)
+_PRE_62 = dict(split_scan_keeps_pending_level=False, unmask_resamples=False)
+_PRE_610 = dict(split_scan_syncs_pir=False)
+_PRE_616 = dict(rescan_after_stale_eoi=False)
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        _preset(
+            "linux-4.14",
+            "Last release before 0fc5a36dd6b3: race 1 (in-kernel) and race 2 (split) present.",
+            **_PRE_415, **_PRE_62, **_PRE_610, **_PRE_616,
+        ),
+        _preset(
+            "linux-4.15",
+            "First release with 0fc5a36dd6b3 and the rest of the Dec 2017 IOAPIC series.",
+            **_PRE_55, **_PRE_62, **_PRE_610, **_PRE_616,
+        ),
+        _preset(
+            "linux-6.1",
+            "Last release before fceb3a36c29a: split-mode race 2 present.",
+            **_PRE_62, **_PRE_610, **_PRE_616,
+        ),
+        _preset(
+            "linux-6.2",
+            "First release with fceb3a36c29a (the seed's fix).",
+            **{**_PRE_610, **_PRE_616, "unmask_resamples": False},
+        ),
+        _preset(
+            "linux-6.9",
+            "Last release before f3ced000a2df: posted-interrupt race 2b present.",
+            **_PRE_610, **_PRE_616,
+        ),
+        _preset(
+            "linux-6.10",
+            "First release with f3ced000a2df (PIR synced before split-mode scans).",
+            **_PRE_616,
+        ),
+        _preset(
+            "linux-6.16",
+            "First release with 87e4951e250b (rescan after a stale pending EOI).",
+        ),
+        _preset("linux-latest", "The newest upstream behaviour."),
+        _preset(
+            "hardware",
+            "82093AA IOAPIC and SDM LAPIC: no EOI-exit bitmap; the LAPIC broadcasts an EOI "
+            "for every vector whose TMR bit is set.",
+            eoi_exit_bitmap=False,
+        ),
+    ]
+}
+
+DEFAULT_PRESET = "linux-latest"
+
+
+def resolve(preset: str, overrides: dict[str, Any] | None = None) -> Behaviour:
+    """The flags of `preset` with `overrides` applied; unknown names are rejected."""
+    if preset not in PRESETS:
+        raise invalid(f"unknown profile {preset!r}; known: {', '.join(PRESETS)}", "profile")
+    flags = PRESETS[preset].flags
+    if overrides:
+        for name, value in overrides.items():
+            if name not in FLAGS:
+                raise invalid(f"unknown behaviour flag {name!r}", f"overrides.{name}")
+            if not isinstance(value, bool):
+                raise invalid(f"flag {name!r} takes true or false", f"overrides.{name}")
+        flags = replace(flags, **overrides)
+    return flags
+
+
+def as_dict(flags: Behaviour) -> dict[str, bool]:
+    return {name: getattr(flags, name) for name in FLAG_NAMES}

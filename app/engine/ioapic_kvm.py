@@ -1,0 +1,235 @@
+"""KVM's in-kernel IOAPIC (arch/x86/kvm/ioapic.c): T1 input, T2 service, T3 RTE write,
+T10 EOI, the throttled re-injection work, and the MMIO register window."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import rte as R
+from .delivery import deliver_to_apic
+from .msi import LapicIrq
+from .state import IoapicState, Vcpu
+
+if TYPE_CHECKING:
+    from .vm import Vm
+
+IOAPIC_SUCCESSIVE_IRQ_MAX_COUNT = 10000
+EOI_INJECT_DELAY_US = 10_000  # HZ/100
+IOREGSEL, IOWIN = 0x00, 0x10
+REG_ID, REG_VER, REG_ARB = 0x00, 0x01, 0x02
+
+
+def ioapic_set_irq(vm: Vm, pin: int, source: int, level: bool, cause: int | None) -> int:
+    """kvm_ioapic_set_irq -> ioapic_set_irq (T1). Returns KVM_IRQ_LINE_STATUS's value:
+    >0 delivered to that many LAPICs, 0 coalesced, -1 blocked (masked / Remote IRR / none)."""
+    io = vm.ioapic
+    bit = 1 << pin
+    if level:
+        io.irq_states[pin] |= 1 << source
+    else:
+        io.irq_states[pin] &= ~(1 << source)
+    e = io.redir[pin]
+    if not io.irq_states[pin]:
+        if io.irr & bit:
+            io.irr &= ~bit
+            vm.log.emit("ioapic", "irr-cleared", {"pin": pin}, cause)
+        return 1
+    edge = not e & R.TRIGGER_BIT
+    old_irr = io.irr
+    io.irr |= bit
+    if edge:
+        io.irr_delivered &= ~bit
+        if old_irr == io.irr:
+            vm.log.emit("ioapic", "coalesced", {"pin": pin, "reason": "edge-already-latched"},
+                        cause)
+            return 0
+    elif e & R.REMOTE_IRR_BIT and not vm.flags.service_refuses_remote_irr:
+        # Before 7d2253684dd1/da3fe7bdfada the Remote IRR check sat here and said "coalesced".
+        vm.log.emit("ioapic", "coalesced", {"pin": pin, "reason": "remote-irr"}, cause)
+        return 0
+    return ioapic_service(vm, pin, cause)
+
+
+def ioapic_service(vm: Vm, pin: int, cause: int | None) -> int:
+    """ioapic_service (T2): deliver pin's RTE; a level pin gets Remote IRR when ret != 0."""
+    io = vm.ioapic
+    e = io.redir[pin]
+    level = bool(e & R.TRIGGER_BIT)
+    if e & R.MASK_BIT:
+        vm.log.emit("ioapic", "blocked", {"pin": pin, "reason": "masked"}, cause)
+        return -1
+    if level and e & R.REMOTE_IRR_BIT and vm.flags.service_refuses_remote_irr:
+        vm.log.emit("ioapic", "blocked", {"pin": pin, "reason": "remote-irr"}, cause)
+        return -1
+    irq = LapicIrq(e & 0xFF, (e >> 8) & 7, bool(e & R.DEST_MODE_BIT), level, e >> 56)
+    if not level:
+        io.irr_delivered |= 1 << pin
+    seq = vm.log.emit("ioapic", "deliver", {"pin": pin, "vector": irq.vector, "dest": irq.dest,
+                                            "level": level}, cause)
+    ret = deliver_to_apic(vm, irq, seq)
+    if ret and level:
+        io.redir[pin] |= R.REMOTE_IRR_BIT
+        vm.log.emit("ioapic", "remote-irr-set", {"pin": pin, "ret": ret}, seq)
+    return ret
+
+
+def ioapic_write_indirect(vm: Vm, writer: Vcpu | None, value: int, cause: int | None) -> None:
+    """ioapic_write_indirect (T3) for IOWIN writes: ID, or one half of an RTE."""
+    io = vm.ioapic
+    sel = io.ioregsel
+    value &= 0xFFFFFFFF
+    if sel == REG_ID:
+        io.id = (value >> 24) & 0xF
+        vm.log.emit("ioapic", "id-write", {"id": io.id}, cause)
+        return
+    if sel in (REG_VER, REG_ARB):
+        return
+    index = (sel - 0x10) >> 1
+    if sel < 0x10 or index >= R.NUM_PINS:
+        vm.log.emit("ioapic", "write-dropped", {"ioregsel": sel}, cause)
+        return
+    f = vm.flags
+    e = io.redir[index]
+    mask_before = bool(e & R.MASK_BIT)
+    old_ro = e & R.RO_BITS
+    old_dest = R.dest(e)
+    old_logical = bool(e & R.DEST_MODE_BIT)
+    e = (e & 0xFFFFFFFF) | value << 32 if sel & 1 else (e & ~0xFFFFFFFF) | value
+    if f.rte_preserves_readonly_bits:
+        e = (e & ~R.RO_BITS) | old_ro
+    if f.rte_edge_clears_remote_irr and not e & R.TRIGGER_BIT:
+        e &= ~R.REMOTE_IRR_BIT
+    io.redir[index] = e
+    seq = vm.log.emit("ioapic", "rte-write", {"pin": index, "half": "high" if sel & 1 else "low",
+                                              "value": value, "entry": e}, cause)
+    vm.routing_changed()
+    if mask_before != bool(e & R.MASK_BIT):
+        vm.log.emit("ioapic", "mask-notify", {"pin": index, "masked": bool(e & R.MASK_BIT)}, seq)
+    if e & R.TRIGGER_BIT and io.irr >> index & 1:
+        if not f.unmask_resamples:
+            ioapic_service(vm, index, seq)
+        elif not e & (R.MASK_BIT | R.REMOTE_IRR_BIT):
+            gsi = index  # the default table routes GSI n to pin n
+            if vm.notify_resampler(gsi, seq):
+                io.irr &= ~(1 << index)
+                vm.log.emit("ioapic", "irr-cleared", {"pin": index, "reason": "resampled"}, seq)
+            else:
+                ioapic_service(vm, index, seq)
+    # Scan request (T3 step 7).
+    if f.targeted_scan_requests and R.delivery_mode(e) == R.DM_FIXED:
+        amap = vm.apic_map()
+        new_logical = bool(e & R.DEST_MODE_BIT)
+        targets = set(amap.matching(R.dest(e), new_logical))
+        if old_dest != R.dest(e) or old_logical != new_logical:
+            old_mode = new_logical if f.scan_old_dest_with_new_mode else old_logical
+            targets.update(amap.matching(old_dest, old_mode))
+        vm.request_scan(targets, seq)
+    else:
+        vm.request_scan(None, seq)
+
+
+def ioapic_update_eoi(
+    vm: Vm, v: Vcpu, vector: int, level: bool, cause: int
+) -> list[dict[str, Any]]:
+    """kvm_ioapic_update_eoi / kvm_ioapic_update_eoi_one (T10): every pin whose *current*
+    vector is `vector` runs its ack notifiers; then, if this vCPU's TMR said level and it has
+    not enabled directed EOI, Remote IRR clears and a still-asserted line re-delivers (or,
+    after 10000 successive re-deliveries, is deferred by 10 ms of logical time)."""
+    from .state import SPIV_DIRECTED_EOI
+
+    io = vm.ioapic
+    out: list[dict[str, Any]] = []
+    for pin in range(R.NUM_PINS):
+        if io.redir[pin] & 0xFF != vector:
+            continue
+        vm.notify_acked(pin, cause)
+        e = io.redir[pin]
+        if not level or v.svr & SPIV_DIRECTED_EOI:
+            out.append({"pin": pin, "remote_irr_cleared": False,
+                        "reason": "edge" if not level else "directed-eoi"})
+            continue
+        io.redir[pin] = e & ~R.REMOTE_IRR_BIT
+        seq = vm.log.emit("ioapic", "remote-irr-cleared", {"pin": pin, "vector": vector}, cause)
+        action: dict[str, Any] = {"pin": pin, "remote_irr_cleared": True}
+        if not e & R.MASK_BIT and io.irr >> pin & 1:
+            io.irq_eoi[pin] += 1
+            if io.irq_eoi[pin] == IOAPIC_SUCCESSIVE_IRQ_MAX_COUNT:
+                io.irq_eoi[pin] = 0
+                if io.delayed_at is None:
+                    io.delayed_at = vm.time + EOI_INJECT_DELAY_US
+                vm.log.emit("ioapic", "eoi-inject-delayed", {"pin": pin, "at": io.delayed_at},
+                            seq)
+                action["redelivery"] = "delayed"
+            else:
+                action["redelivery"] = ioapic_service(vm, pin, seq)
+        else:
+            io.irq_eoi[pin] = 0
+        out.append(action)
+    return out
+
+
+def eoi_inject_work(vm: Vm, cause: int | None) -> None:
+    """kvm_ioapic_eoi_inject_work: re-service every level pin with irr set and no Remote IRR."""
+    io = vm.ioapic
+    io.delayed_at = None
+    seq = vm.log.emit("ioapic", "eoi-inject-work", {}, cause)
+    for pin in range(R.NUM_PINS):
+        e = io.redir[pin]
+        if e & R.TRIGGER_BIT and io.irr >> pin & 1 and not e & R.REMOTE_IRR_BIT:
+            ioapic_service(vm, pin, seq)
+
+
+def read_indirect(io: IoapicState) -> int:
+    """ioapic_read_indirect: all-ones for an out-of-range RTE half."""
+    sel = io.ioregsel
+    if sel == REG_VER:
+        return (R.NUM_PINS - 1) << 16 | io.version
+    if sel in (REG_ID, REG_ARB):
+        return io.id << 24
+    index = ((sel - 0x10) & 0xFFFFFFFF) >> 1
+    if index >= R.NUM_PINS:
+        return 0xFFFFFFFF
+    e = io.redir[index]
+    return (e >> 32 if sel & 1 else e) & 0xFFFFFFFF
+
+
+def mmio_read(vm: Vm, offset: int, size: int) -> int | None:
+    """ioapic_mmio_read: decodes exactly offsets 0x00 and 0x10 (others read 0); lengths 1, 2,
+    4 take the low bytes, 8 returns the 32-bit value zero-extended; any other length leaves
+    the buffer unwritten (None)."""
+    io = vm.ioapic
+    if size not in (1, 2, 4, 8):
+        return None
+    offset &= 0xFF
+    if offset == IOREGSEL:
+        value = io.ioregsel
+    elif offset == IOWIN:
+        value = read_indirect(io)
+    else:
+        value = 0
+    if size == 8:
+        return value
+    return value & ((1 << (size * 8)) - 1)
+
+
+def mmio_write(vm: Vm, writer: Vcpu | None, offset: int, size: int, value: int,
+               cause: int | None) -> bool:
+    """ioapic_mmio_write: lengths 1, 2, 4, 8 (8 uses the low dword); other lengths dropped.
+    Only IOREGSEL and IOWIN are decoded: KVM has no EOI register (a write to 0x40 is
+    ignored)."""
+    io = vm.ioapic
+    if size not in (1, 2, 4, 8):
+        return False
+    data = value & 0xFFFFFFFF
+    if size == 1:
+        data &= 0xFF
+    elif size == 2:
+        data &= 0xFFFF
+    offset &= 0xFF
+    if offset == IOREGSEL:
+        io.ioregsel = data & 0xFF
+        return True
+    if offset == IOWIN:
+        ioapic_write_indirect(vm, writer, data, cause)
+        return True
+    return False

@@ -1,0 +1,186 @@
+"""QEMU's userspace IOAPIC (hw/intc/ioapic.c) as used with a split irqchip: T16 input and
+service, T12 EOI broadcast, the MMIO window with the version-0x20 EOI register."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import rte as R
+
+if TYPE_CHECKING:
+    from .vm import Vm
+
+SUCCESSIVE_IRQ_MAX_COUNT = 10000
+DELAYED_SERVICE_US = 10_000  # NANOSECONDS_PER_SECOND / 100 of QEMU_CLOCK_VIRTUAL
+IOREGSEL, IOWIN, IOEOI = 0x00, 0x10, 0x40
+
+
+def qemu_ioapic_set_irq(vm: Vm, pin: int, level: bool, cause: int | None) -> dict[str, Any]:
+    """ioapic_set_irq: input 0 is remapped to pin 2; a level pin latches the level and is
+    serviced when Remote IRR is clear; every level-1 call on an unmasked edge pin is a new
+    edge, and edges on masked pins are dropped."""
+    io = vm.ioapic
+    if pin == 0:
+        vm.log.emit("ioapic", "pin-remapped", {"from": 0, "to": 2}, cause)
+        pin = 2
+    bit = 1 << pin
+    e = io.redir[pin]
+    if e & R.TRIGGER_BIT:
+        if level:
+            io.irr |= bit
+            if e & R.REMOTE_IRR_BIT:
+                vm.log.emit("ioapic", "blocked", {"pin": pin, "reason": "remote-irr"}, cause)
+                return {"pin": pin, "status": "blocked-remote-irr"}
+            return {"pin": pin, "status": "serviced", "delivered": ioapic_service(vm, cause)}
+        if io.irr & bit:
+            io.irr &= ~bit
+            vm.log.emit("ioapic", "irr-cleared", {"pin": pin}, cause)
+        return {"pin": pin, "status": "lowered"}
+    if level and not e & R.MASK_BIT:
+        io.irr |= bit
+        return {"pin": pin, "status": "serviced", "delivered": ioapic_service(vm, cause)}
+    if level:
+        vm.log.emit("ioapic", "dropped", {"pin": pin, "reason": "masked-edge"}, cause)
+        return {"pin": pin, "status": "dropped-masked-edge"}
+    return {"pin": pin, "status": "ignored"}
+
+
+def ioapic_service(vm: Vm, cause: int | None) -> list[dict[str, Any]]:
+    """ioapic_service over all pins: Remote IRR is set *before* delivery, unconditionally; an
+    already-set Remote IRR coalesces. In split mode delivery is kvm_set_irq(gsi=pin) through
+    KVM's current MSI route (1 then 0 for edge, 1 only for level)."""
+    from .routing import kvm_set_irq
+
+    io = vm.ioapic
+    out: list[dict[str, Any]] = []
+    for pin in range(R.NUM_PINS):
+        bit = 1 << pin
+        if not io.irr & bit:
+            continue
+        e = io.redir[pin]
+        if e & R.MASK_BIT:
+            continue
+        level = bool(e & R.TRIGGER_BIT)
+        if not level:
+            io.irr &= ~bit
+        else:
+            if e & R.REMOTE_IRR_BIT:
+                vm.log.emit("ioapic", "coalesced", {"pin": pin, "reason": "remote-irr"}, cause)
+                continue
+            io.redir[pin] = e | R.REMOTE_IRR_BIT
+        seq = vm.log.emit("ioapic", "deliver", {"pin": pin, "vector": e & 0xFF,
+                                                "dest": R.dest(e), "level": level}, cause)
+        if level:
+            vm.log.emit("ioapic", "remote-irr-set", {"pin": pin}, seq)
+        ret = kvm_set_irq(vm, 0, pin, True, seq)
+        if not level:
+            kvm_set_irq(vm, 0, pin, False, seq)
+        out.append({"pin": pin, "kvm_set_irq": ret})
+    return out
+
+
+def ioapic_eoi_broadcast(vm: Vm, vector: int, cause: int | None) -> list[dict[str, Any]]:
+    """ioapic_eoi_broadcast (T12): pins whose RTE has this vector *and is level*; resamplefds
+    are kicked for each, Remote IRR cleared, and a still-high line re-serviced (after 10000
+    successive re-deliveries, 10 ms of virtual time later)."""
+    io = vm.ioapic
+    out: list[dict[str, Any]] = []
+    for pin in range(R.NUM_PINS):
+        e = io.redir[pin]
+        if e & 0xFF != vector or not e & R.TRIGGER_BIT:
+            continue
+        vm.notify_resampler(pin, cause)
+        if not e & R.REMOTE_IRR_BIT:
+            out.append({"pin": pin, "remote_irr_cleared": False, "reason": "not-set"})
+            continue
+        io.redir[pin] = e & ~R.REMOTE_IRR_BIT
+        seq = vm.log.emit("ioapic", "remote-irr-cleared", {"pin": pin, "vector": vector}, cause)
+        action: dict[str, Any] = {"pin": pin, "remote_irr_cleared": True}
+        if not e & R.MASK_BIT and io.irr >> pin & 1:
+            io.irq_eoi[pin] += 1
+            if io.irq_eoi[pin] >= SUCCESSIVE_IRQ_MAX_COUNT:
+                io.irq_eoi[pin] = 0
+                deadline = vm.time + DELAYED_SERVICE_US
+                # timer_mod_anticipate: only ever moves the deadline earlier.
+                if io.delayed_at is None or deadline < io.delayed_at:
+                    io.delayed_at = deadline
+                vm.log.emit("ioapic", "eoi-reassert-delayed", {"pin": pin, "at": io.delayed_at},
+                            seq)
+                action["redelivery"] = "delayed"
+            else:
+                action["redelivery"] = ioapic_service(vm, seq)
+        else:
+            io.irq_eoi[pin] = 0
+        out.append(action)
+    return out
+
+
+def delayed_service(vm: Vm, cause: int | None) -> None:
+    """delayed_ioapic_service_cb."""
+    vm.ioapic.delayed_at = None
+    seq = vm.log.emit("ioapic", "delayed-service", {}, cause)
+    ioapic_service(vm, seq)
+
+
+def read_reg(vm: Vm, offset: int, size: int) -> int:
+    """ioapic_mem_read for one access of at most 4 bytes: IOWIN answers only 4-byte reads,
+    an out-of-range index reads 0."""
+    io = vm.ioapic
+    if offset == IOREGSEL:
+        return io.ioregsel
+    if offset != IOWIN or size != 4:
+        return 0
+    sel = io.ioregsel
+    if sel in (0x00, 0x02):
+        return io.id << 24
+    if sel == 0x01:
+        return io.version | (R.NUM_PINS - 1) << 16
+    index = (sel - 0x10) >> 1
+    if sel < 0x10 or index >= R.NUM_PINS:
+        return 0
+    e = io.redir[index]
+    return (e >> 32 if sel & 1 else e) & 0xFFFFFFFF
+
+
+def write_reg(vm: Vm, offset: int, size: int, value: int, cause: int | None) -> dict[str, Any]:
+    """ioapic_mem_write for one access of at most 4 bytes. Returns what it touched so the VMM
+    can decide about route commits (QEMU <= 7.2 commits after every write, >= 8.0 only on RTE
+    writes and before re-servicing)."""
+    io = vm.ioapic
+    if offset == IOREGSEL:
+        io.ioregsel = value & 0xFF
+        return {"kind": "ioregsel"}
+    if offset == IOWIN:
+        if size != 4:
+            return {"kind": "ignored"}
+        sel = io.ioregsel
+        if sel == 0x00:
+            io.id = (value >> 24) & 0xF
+            vm.log.emit("ioapic", "id-write", {"id": io.id}, cause)
+            return {"kind": "id"}
+        if sel in (0x01, 0x02):
+            return {"kind": "ignored"}
+        index = (sel - 0x10) >> 1
+        if sel < 0x10 or index >= R.NUM_PINS:
+            return {"kind": "ignored"}
+        e = io.redir[index]
+        ro = e & R.RO_BITS
+        if sel & 1:
+            e = (e & 0xFFFFFFFF) | (value & 0xFFFFFFFF) << 32
+        else:
+            e = (e & ~0xFFFFFFFF) | (value & 0xFFFFFFFF)
+        e = (e & ~R.RO_BITS) | ro
+        io.irq_eoi[index] = 0
+        if not e & R.TRIGGER_BIT:
+            e &= ~R.REMOTE_IRR_BIT  # ioapic_fix_edge_remote_irr
+        io.redir[index] = e
+        seq = vm.log.emit("ioapic", "rte-write", {"pin": index,
+                                                  "half": "high" if sel & 1 else "low",
+                                                  "value": value & 0xFFFFFFFF, "entry": e}, cause)
+        return {"kind": "rte", "pin": index, "seq": seq}
+    if offset == IOEOI:
+        if size != 4 or io.version != 0x20:
+            return {"kind": "ignored"}
+        seq = vm.log.emit("ioapic", "eoi-register", {"vector": value & 0xFF}, cause)
+        return {"kind": "eoi", "pins": ioapic_eoi_broadcast(vm, value & 0xFF, seq)}
+    return {"kind": "ignored"}

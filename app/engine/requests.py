@@ -1,0 +1,76 @@
+"""KVM vCPU requests: raising them (T13) and consuming them at the next entry (T11)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .state import (
+    REQ_EVENT,
+    REQ_IOAPIC_EOI_EXIT,
+    REQ_LOAD_EOI_EXITMAP,
+    REQ_SCAN_IOAPIC,
+    REQUEST_NAMES,
+    Vcpu,
+)
+
+if TYPE_CHECKING:
+    from .vm import Vm
+
+
+def make_request(vm: Vm, v: Vcpu, bit: int, cause: int | None) -> None:
+    """kvm_make_request + kick: a vCPU in guest mode is forced out, so the request is always
+    consumed before that vCPU runs another guest instruction."""
+    if not v.requests & bit:
+        v.requests |= bit
+        vm.log.emit(f"vcpu{v.idx}", "request", {"request": REQUEST_NAMES[bit]}, cause)
+    v.in_guest = False
+
+
+def make_scan_request(vm: Vm, targets: Iterable[int] | None, cause: int | None) -> None:
+    """kvm_make_scan_ioapic_request(_mask): SCAN_IOAPIC on the given vCPUs, or all of them."""
+    vcpus = vm.vcpus
+    if targets is None:
+        for v in vcpus:
+            make_request(vm, v, REQ_SCAN_IOAPIC, cause)
+    else:
+        for i in sorted(set(targets)):
+            make_request(vm, vcpus[i], REQ_SCAN_IOAPIC, cause)
+
+
+def vcpu_enter(vm: Vm, v: Vcpu, cause: int | None) -> list[dict[str, Any]]:
+    """KVM_RUN until the vCPU executes guest code: vcpu_enter_guest consumes requests in
+    KVM's order (IOAPIC_EOI_EXIT, SCAN_IOAPIC, LOAD_EOI_EXITMAP, then EVENT), and an EOI exit
+    returns to the VMM first, with the remaining requests left for the next KVM_RUN.
+    Returns the userspace exits taken on the way."""
+    from .scan import vcpu_scan_ioapic
+
+    exits: list[dict[str, Any]] = []
+    actor = f"vcpu{v.idx}"
+    while True:
+        if v.requests & REQ_IOAPIC_EOI_EXIT:
+            v.requests &= ~REQ_IOAPIC_EOI_EXIT
+            vec = v.pending_ioapic_eoi
+            if not vm.flags.eoi_exit_bitmap or (v.handled >> vec) & 1:
+                seq = vm.log.emit(actor, "exit-ioapic-eoi", {"vector": vec}, cause)
+                assert vm.vmm is not None
+                exits.append({"reason": "KVM_EXIT_IOAPIC_EOI", "vector": vec,
+                              "ioapic": vm.vmm.handle_eoi_exit(vm, vec, seq)})
+                continue  # the VMM issues KVM_RUN again
+            vm.log.emit(actor, "eoi-exit-dropped", {"vector": vec,
+                                                    "reason": "no-longer-handled"}, cause)
+        if v.requests & REQ_SCAN_IOAPIC:
+            v.requests &= ~REQ_SCAN_IOAPIC
+            vcpu_scan_ioapic(vm, v, cause)
+        if v.requests & REQ_LOAD_EOI_EXITMAP:
+            v.requests &= ~REQ_LOAD_EOI_EXITMAP
+            v.eoi_exitmap = v.handled
+            vm.log.emit(actor, "eoi-exitmap-loaded", {"vectors": v.handled}, cause)
+        if v.requests & REQ_EVENT:
+            v.requests &= ~REQ_EVENT
+        if vm.config.apicv and v.pir:
+            from .lapic import sync_pir_to_irr
+
+            sync_pir_to_irr(vm, v, cause)
+        v.in_guest = True
+        return exits

@@ -1,0 +1,141 @@
+"""The 64-bit IOAPIC redirection-table entry (82093AA layout, KVM's kvm_ioapic_redirect_entry and
+QEMU's ioredtbl[] share it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import invalid
+
+NUM_PINS = 24
+
+VECTOR_MASK = 0xFF
+DELIVERY_SHIFT = 8
+DEST_MODE_BIT = 1 << 11
+DELIVERY_STATUS_BIT = 1 << 12
+POLARITY_BIT = 1 << 13
+REMOTE_IRR_BIT = 1 << 14
+TRIGGER_BIT = 1 << 15
+MASK_BIT = 1 << 16
+DEST_SHIFT = 56
+RO_BITS = REMOTE_IRR_BIT | DELIVERY_STATUS_BIT
+
+# Delivery modes (RTE bits 10:8, equal to the LAPIC APIC_DM_* value >> 8).
+DM_FIXED, DM_LOWEST, DM_SMI, DM_NMI, DM_INIT, DM_EXTINT = 0, 1, 2, 4, 5, 7
+DELIVERY_MODES = {"fixed": 0, "lowest": 1, "smi": 2, "nmi": 4, "init": 5, "extint": 7}
+DELIVERY_NAMES = {v: k for k, v in DELIVERY_MODES.items()}
+
+RESET_VALUE = MASK_BIT
+
+
+def vector(e: int) -> int:
+    return e & VECTOR_MASK
+
+
+def delivery_mode(e: int) -> int:
+    return (e >> DELIVERY_SHIFT) & 7
+
+
+def is_logical(e: int) -> bool:
+    return bool(e & DEST_MODE_BIT)
+
+
+def is_level(e: int) -> bool:
+    return bool(e & TRIGGER_BIT)
+
+
+def is_masked(e: int) -> bool:
+    return bool(e & MASK_BIT)
+
+
+def remote_irr(e: int) -> bool:
+    return bool(e & REMOTE_IRR_BIT)
+
+
+def dest(e: int) -> int:
+    return (e >> DEST_SHIFT) & 0xFF
+
+
+def decode(e: int) -> dict[str, Any]:
+    dm = delivery_mode(e)
+    return {
+        "vector": vector(e),
+        "delivery_mode": DELIVERY_NAMES.get(dm, f"reserved-{dm}"),
+        "dest_mode": "logical" if is_logical(e) else "physical",
+        "delivery_status": bool(e & DELIVERY_STATUS_BIT),
+        "polarity": "low" if e & POLARITY_BIT else "high",
+        "remote_irr": remote_irr(e),
+        "trigger": "level" if is_level(e) else "edge",
+        "masked": is_masked(e),
+        "dest": dest(e),
+        "extended_dest": (e >> 48) & 0xFF,
+        "raw": f"0x{e:016x}",
+    }
+
+
+def encode(
+    *,
+    vector: int = 0,
+    delivery_mode: str | int = "fixed",
+    dest_mode: str = "physical",
+    trigger: str = "edge",
+    polarity: str = "high",
+    masked: bool = False,
+    dest: int = 0,
+    extended_dest: int = 0,
+    remote_irr: bool = False,
+    delivery_status: bool = False,
+) -> int:
+    """Build a raw entry from fields (the read-only bits are included so that a caller can
+    model a guest that writes them; the IOAPIC decides whether they stick)."""
+    if not 0 <= vector <= 0xFF:
+        raise invalid("vector must be 0..255", "vector")
+    if not 0 <= dest <= 0xFF:
+        raise invalid("dest must be 0..255 (8-bit RTE destination)", "dest")
+    if not 0 <= extended_dest <= 0xFF:
+        raise invalid("extended_dest must be 0..255 (RTE bits 55:48)", "extended_dest")
+    if isinstance(delivery_mode, str):
+        if delivery_mode not in DELIVERY_MODES:
+            raise invalid(f"delivery_mode must be one of {sorted(DELIVERY_MODES)}", "delivery_mode")
+        dm = DELIVERY_MODES[delivery_mode]
+    else:
+        if not 0 <= delivery_mode <= 7:
+            raise invalid("delivery_mode must be 0..7", "delivery_mode")
+        dm = delivery_mode
+    if dest_mode not in ("physical", "logical"):
+        raise invalid("dest_mode must be physical or logical", "dest_mode")
+    if trigger not in ("edge", "level"):
+        raise invalid("trigger must be edge or level", "trigger")
+    if polarity not in ("high", "low"):
+        raise invalid("polarity must be high or low", "polarity")
+    e = vector | dm << DELIVERY_SHIFT | dest << DEST_SHIFT | extended_dest << 48
+    if dest_mode == "logical":
+        e |= DEST_MODE_BIT
+    if trigger == "level":
+        e |= TRIGGER_BIT
+    if polarity == "low":
+        e |= POLARITY_BIT
+    if masked:
+        e |= MASK_BIT
+    if remote_irr:
+        e |= REMOTE_IRR_BIT
+    if delivery_status:
+        e |= DELIVERY_STATUS_BIT
+    return e
+
+
+FIELD_NAMES = (
+    "vector", "delivery_mode", "dest_mode", "trigger", "polarity", "masked", "dest",
+    "extended_dest", "remote_irr", "delivery_status",
+)
+
+
+def patch(e: int, changes: dict[str, Any]) -> int:
+    """Entry `e` with some fields replaced."""
+    current = decode(e)
+    merged = {k: current[k] for k in FIELD_NAMES}
+    for k, v in changes.items():
+        if k not in FIELD_NAMES:
+            raise invalid(f"unknown RTE field {k!r}", k)
+        merged[k] = v
+    return encode(**merged)

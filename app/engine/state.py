@@ -1,0 +1,173 @@
+"""Plain state of one VM's irqchips. No behaviour lives here, only data and copying.
+
+Bitmaps (IRR, ISR, TMR, PIR, handled vectors) are Python ints, so copying a vCPU is copying a
+couple of dozen scalars and a whole VM state is hashable as a tuple.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .rte import NUM_PINS, RESET_VALUE
+
+# KVM request bits, in the order vcpu_enter_guest tests the ones we model (T11).
+REQ_IOAPIC_EOI_EXIT = 1
+REQ_SCAN_IOAPIC = 2
+REQ_LOAD_EOI_EXITMAP = 4
+REQ_EVENT = 8
+REQUEST_NAMES = {
+    REQ_IOAPIC_EOI_EXIT: "IOAPIC_EOI_EXIT",
+    REQ_SCAN_IOAPIC: "SCAN_IOAPIC",
+    REQ_LOAD_EOI_EXITMAP: "LOAD_EOI_EXITMAP",
+    REQ_EVENT: "EVENT",
+}
+REQUEST_BITS = {v: k for k, v in REQUEST_NAMES.items()}
+
+DFR_FLAT = 0xFFFFFFFF
+DFR_CLUSTER = 0x0FFFFFFF
+APIC_LVR_BASE = 0x14 | (6 - 1) << 16  # version 0x14, KVM_APIC_MAX_NR_LVT_ENTRIES-1 = 5 LVTs
+APIC_LVR_DIRECTED_EOI = 1 << 24
+SPIV_APIC_ENABLED = 1 << 8
+SPIV_FOCUS = 1 << 9
+SPIV_DIRECTED_EOI = 1 << 12
+SPIV_RESET = 0xFF  # software-disabled, spurious vector 0xff
+
+
+def requests_list(bits: int) -> list[str]:
+    return [name for bit, name in REQUEST_NAMES.items() if bits & bit]
+
+
+class Vcpu:
+    """One vCPU: its local APIC registers and the arch fields KVM keeps for EOI interception."""
+
+    __slots__ = (
+        "apic_base_enabled", "arb_prio", "dfr", "eoi_exitmap", "handled", "highest_stale",
+        "id_reg", "idx", "in_guest", "init_count", "irr", "isr", "ldr", "nmi_count",
+        "pending_ioapic_eoi", "pir", "requests", "smi_count", "svr", "tmr", "tpr", "x2apic",
+    )
+
+    def __init__(self, idx: int) -> None:
+        self.idx = idx
+        self.apic_base_enabled = True
+        self.x2apic = False
+        self.id_reg = (idx & 0xFF) << 24  # KVM sets the xAPIC ID to vcpu_id at reset
+        self.ldr = 0
+        self.dfr = DFR_FLAT
+        self.tpr = 0
+        self.svr = SPIV_RESET
+        self.irr = 0
+        self.isr = 0
+        self.tmr = 0
+        self.pir = 0
+        self.arb_prio = 0
+        self.handled = 0  # vcpu->arch.ioapic_handled_vectors
+        self.eoi_exitmap = 0  # the VMCS copy, loaded by LOAD_EOI_EXITMAP (APICv)
+        self.pending_ioapic_eoi = 0
+        self.highest_stale = -1  # highest_stale_pending_ioapic_eoi
+        self.requests = 0
+        self.in_guest = False
+        self.nmi_count = 0
+        self.smi_count = 0
+        self.init_count = 0
+
+    def clone(self) -> Vcpu:
+        c = Vcpu.__new__(Vcpu)
+        for s in Vcpu.__slots__:
+            setattr(c, s, getattr(self, s))
+        return c
+
+    def key(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, s) for s in Vcpu.__slots__)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {s: getattr(self, s) for s in Vcpu.__slots__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Vcpu:
+        c = cls.__new__(cls)
+        for s in cls.__slots__:
+            setattr(c, s, d[s])
+        return c
+
+
+class IoapicState:
+    """Register state of one IOAPIC. `flavour` is "kvm" (arch/x86/kvm/ioapic.c) or "qemu"
+    (hw/intc/ioapic.c); the two share the register file and differ in transitions."""
+
+    __slots__ = (
+        "delayed_at", "flavour", "id", "ioregsel", "irq_eoi", "irq_states", "irr",
+        "irr_delivered", "redir", "version",
+    )
+
+    def __init__(self, flavour: str, version: int) -> None:
+        self.flavour = flavour
+        self.version = version
+        self.id = 0
+        self.ioregsel = 0
+        self.irr = 0
+        self.irr_delivered = 0  # KVM only
+        self.redir = [RESET_VALUE] * NUM_PINS
+        self.irq_states = [0] * NUM_PINS  # per-pin bitmask of asserted IRQ source ids
+        self.irq_eoi = [0] * NUM_PINS  # successive re-deliveries at EOI (storm throttle)
+        self.delayed_at: int | None = None  # logical time of the throttled re-injection
+
+    def clone(self) -> IoapicState:
+        c = IoapicState.__new__(IoapicState)
+        for s in IoapicState.__slots__:
+            v = getattr(self, s)
+            setattr(c, s, list(v) if isinstance(v, list) else v)
+        return c
+
+    def key(self) -> tuple[Any, ...]:
+        return tuple(
+            tuple(v) if isinstance(v, list) else v
+            for v in (getattr(self, s) for s in IoapicState.__slots__)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            s: (list(v) if isinstance(v, list) else v)
+            for s, v in ((s, getattr(self, s)) for s in IoapicState.__slots__)
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IoapicState:
+        c = cls.__new__(cls)
+        for s in cls.__slots__:
+            v = d[s]
+            setattr(c, s, list(v) if isinstance(v, list) else v)
+        return c
+
+
+# A routing entry: ("irqchip", chip, pin) with chip "ioapic" | "pic-master" | "pic-slave",
+# or ("msi", address_lo, address_hi, data).
+RouteEntry = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class VmConfig:
+    vcpus: int = 1
+    irqchip: str = "kernel"  # "kernel" | "split"
+    profile: str = "linux-latest"
+    overrides: dict[str, bool] = field(default_factory=dict)
+    apicv: bool = False
+    nr_reserved_ioapic_pins: int = NUM_PINS
+    ioapic_version: int | None = None
+    x2apic: bool = False  # every vCPU starts in x2APIC mode
+    x2apic_cpuid: bool = True  # guest CPUID advertises x2APIC (decides LVR directed EOI)
+    x2apic_format: bool = False  # KVM_X2APIC_API_USE_32BIT_IDS
+    broadcast_quirk_disabled: bool = False  # KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK
+    vector_hashing: bool = True  # kvm module param, default on
+    event_log: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vcpus": self.vcpus, "irqchip": self.irqchip, "profile": self.profile,
+            "overrides": dict(self.overrides), "apicv": self.apicv,
+            "nr_reserved_ioapic_pins": self.nr_reserved_ioapic_pins,
+            "ioapic_version": self.ioapic_version, "x2apic": self.x2apic,
+            "x2apic_cpuid": self.x2apic_cpuid, "x2apic_format": self.x2apic_format,
+            "broadcast_quirk_disabled": self.broadcast_quirk_disabled,
+            "vector_hashing": self.vector_hashing, "event_log": self.event_log,
+        }

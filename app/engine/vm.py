@@ -1,0 +1,553 @@
+"""One VM: its irqchips, vCPUs, routing table, behaviour flags and event log, and the
+operations a client drives it with. Each operation logs a root event and passes its seq down
+as the cause of everything it leads to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import flags as F
+from . import rte as R
+from .apic_map import ApicMap, apic_id
+from .bitmap import to_hex, vectors
+from .errors import EngineError, ErrorKind, invalid, not_found
+from .events import EventLog
+from .ioapic_kvm import eoi_inject_work, ioapic_set_irq
+from .ioapic_kvm import mmio_read as kvm_mmio_read
+from .ioapic_kvm import mmio_write as kvm_mmio_write
+from .ioapic_qemu import delayed_service, qemu_ioapic_set_irq
+from .lapic import acknowledge, lvr, ppr, read_register, write_eoi, write_register
+from .requests import make_scan_request, vcpu_enter
+from .routing import (
+    build_table,
+    default_kernel_routes,
+    kvm_set_irq,
+    kvm_set_msi,
+    qemu_initial_split_routes,
+    route_to_json,
+)
+from .scan import ScanTable, build_scan_table
+from .state import (
+    REQUEST_NAMES,
+    SPIV_APIC_ENABLED,
+    IoapicState,
+    RouteEntry,
+    Vcpu,
+    VmConfig,
+    requests_list,
+)
+from .vmm import Vmm
+
+KVM_MAX_VCPUS = 4096
+MAX_NR_RESERVED_IOAPIC_PINS = 4096  # KVM_MAX_IRQ_ROUTES
+KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID = 1
+MAX_IRQ_SOURCES = 64  # irq_states[] is an unsigned long per pin
+SNAPSHOT_VERSION = 1
+
+
+class Vm:
+    def __init__(self, config: VmConfig) -> None:
+        _validate_config(config)
+        self.config = config
+        self.flags = F.resolve(config.profile, config.overrides)
+        flavour = "kvm" if config.irqchip == "kernel" else "qemu"
+        version = config.ioapic_version or (0x11 if flavour == "kvm" else 0x20)
+        self.ioapic = IoapicState(flavour, version)
+        self.vmm: Vmm | None = Vmm() if flavour == "qemu" else None
+        self.vcpus = [Vcpu(i) for i in range(config.vcpus)]
+        for v in self.vcpus:
+            # Guests bring the LAPIC up before they route interrupts; start software-enabled
+            # so a fresh VM can deliver without boilerplate (spurious vector 0xff).
+            v.svr = SPIV_APIC_ENABLED | 0xFF
+            if config.x2apic:
+                v.x2apic = True
+                v.ldr = ((v.idx >> 4) << 16) | (1 << (v.idx & 0xF))
+        self.routes: dict[int, list[RouteEntry]] = (
+            default_kernel_routes() if flavour == "kvm" else qemu_initial_split_routes()
+        )
+        self.resamplers: dict[int, int] = {}  # gsi -> times the resamplefd was signalled
+        self.time = 0  # logical microseconds; only advance_time moves it
+        self.log = EventLog(config.event_log)
+        self._map: ApicMap | None = None
+        self._scan: ScanTable | None = None
+
+    # ---- derived state ----
+
+    def apic_map(self) -> ApicMap:
+        if self._map is None:
+            self._map = ApicMap(self.vcpus, self.config.broadcast_quirk_disabled)
+        return self._map
+
+    def scan_table(self) -> ScanTable:
+        if self._scan is None:
+            self._scan = build_scan_table(self)
+        return self._scan
+
+    def routing_changed(self) -> None:
+        self._scan = None
+
+    def apic_map_changed(self, cause: int | None) -> None:
+        """kvm_recalculate_apic_map: rebuild the map and rescan every vCPU."""
+        self._map = None
+        self._scan = None
+        seq = self.log.emit("kvm", "apic-map-recalculated", {}, cause)
+        make_scan_request(self, None, seq)
+
+    def request_scan(self, targets: set[int] | None, cause: int | None) -> None:
+        make_scan_request(self, targets, cause)
+
+    def nr_rt_entries(self) -> int:
+        return max(self.routes, default=-1) + 1
+
+    def ack_notifier_pins(self) -> set[int]:
+        """IOAPIC pins with an ack notifier (irqfd resamplers on GSIs routed to the IOAPIC)."""
+        pins: set[int] = set()
+        for gsi in self.resamplers:
+            for route in self.routes.get(gsi, ()):
+                if route[0] == "irqchip" and route[1] == "ioapic":
+                    pins.add(route[2])
+        return pins
+
+    def notify_acked(self, pin: int, cause: int | None) -> None:
+        """kvm_notify_acked_irq for an IOAPIC pin: the irqfd resampler deasserts its source
+        and signals the resamplefd."""
+        for gsi in sorted(self.resamplers):
+            for route in self.routes.get(gsi, ()):
+                if route[0] == "irqchip" and route[1] == "ioapic" and route[2] == pin:
+                    seq = self._signal_resampler(gsi, cause)
+                    ioapic_set_irq(self, pin, KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, False, seq)
+
+    def notify_resampler(self, gsi: int, cause: int | None) -> bool:
+        """kvm_notify_irqfd_resampler (in-kernel unmask) or QEMU's kvm_resample_fd_notify
+        (split EOI): signal the resamplefd registered for the GSI, if any."""
+        if gsi not in self.resamplers:
+            return False
+        self._signal_resampler(gsi, cause)
+        return True
+
+    def _signal_resampler(self, gsi: int, cause: int | None) -> int:
+        self.resamplers[gsi] += 1
+        return self.log.emit("device", "resamplefd-signalled",
+                             {"gsi": gsi, "count": self.resamplers[gsi]}, cause)
+
+    def install_routes(self, table: dict[int, list[RouteEntry]], cause: int | None) -> None:
+        """kvm_set_irq_routing: publish the table; in split mode kvm_arch_irq_routing_update
+        requests SCAN_IOAPIC on every vCPU."""
+        self.routes = table
+        self._scan = None
+        seq = self.log.emit("kvm", "routing-updated", {"gsis": len(table)}, cause)
+        if self.config.irqchip == "split":
+            make_scan_request(self, None, seq)
+
+    def vcpu(self, n: int) -> Vcpu:
+        if not 0 <= n < len(self.vcpus):
+            raise not_found(f"vCPU {n} does not exist (this VM has {len(self.vcpus)})", "vcpu")
+        return self.vcpus[n]
+
+    # ---- device side ----
+
+    def set_line(self, pin: int, level: int | None = None, action: str | None = None,
+                 source: int = 0) -> dict[str, Any]:
+        """Drive the IOAPIC input pin from a device: a level (0/1) or assert/deassert/pulse.
+        The in-kernel IOAPIC ORs the levels of all IRQ sources of a pin (irq_states)."""
+        _check_pin(pin)
+        if not 0 <= source < MAX_IRQ_SOURCES:
+            raise invalid(f"source must be 0..{MAX_IRQ_SOURCES - 1}", "source")
+        if action is None:
+            if level not in (0, 1):
+                raise invalid("level must be 0 or 1", "level")
+            levels = [bool(level)]
+        elif action in ("assert", "deassert", "pulse"):
+            levels = {"assert": [True], "deassert": [False], "pulse": [True, False]}[action]
+        else:
+            raise invalid("action must be assert, deassert or pulse", "action")
+        results = []
+        outcome: dict[str, Any]
+        for lv in levels:
+            seq = self.log.emit("device", "line", {"pin": pin, "level": int(lv),
+                                                   "source": source}, None)
+            first = self.log.next_seq
+            if self.ioapic.flavour == "kvm":
+                ret = ioapic_set_irq(self, pin, source, lv, seq)
+                outcome = {"level": int(lv), "status": ret}
+            else:
+                io = self.ioapic
+                if lv:
+                    io.irq_states[pin] |= 1 << source
+                else:
+                    io.irq_states[pin] &= ~(1 << source)
+                outcome = qemu_ioapic_set_irq(self, pin, bool(io.irq_states[pin]), seq)
+                outcome["level"] = int(lv)
+            outcome["delivered_to"] = self._accepted_since(first)
+            results.append(outcome)
+        return {"pin": pin, "source": source, "steps": results,
+                "remote_irr": R.remote_irr(self.ioapic.redir[2 if pin == 0 and
+                                                             self.ioapic.flavour == "qemu"
+                                                             else pin])}
+
+    def _accepted_since(self, first_seq: int) -> list[int]:
+        out = []
+        for seq, actor, kind, _f, _c in reversed(self.log.events):
+            if seq < first_seq:
+                break
+            if kind == "accepted":
+                out.append(int(actor[4:]))
+        return sorted(out)
+
+    def irq_line(self, gsi: int, level: int, source: int = 0) -> dict[str, Any]:
+        """KVM_IRQ_LINE_STATUS: kvm_set_irq through the routing table."""
+        if level not in (0, 1):
+            raise invalid("level must be 0 or 1", "level")
+        if not 0 <= gsi < 4096:
+            raise invalid("gsi must be 0..4095", "gsi")
+        seq = self.log.emit("device", "irq-line", {"gsi": gsi, "level": level}, None)
+        first = self.log.next_seq
+        status = kvm_set_irq(self, source, gsi, bool(level), seq)
+        return {"gsi": gsi, "status": status, "delivered_to": self._accepted_since(first)}
+
+    def signal_msi(self, address_lo: int, address_hi: int, data: int) -> dict[str, Any]:
+        """KVM_SIGNAL_MSI."""
+        if self.config.x2apic_format and address_hi & 0xFF:
+            raise invalid("address_hi bits 7:0 must be zero with 32-bit x2APIC ids (-EINVAL)",
+                          "address_hi")
+        seq = self.log.emit("device", "signal-msi", {"address_lo": address_lo,
+                                                     "address_hi": address_hi,
+                                                     "data": data}, None)
+        first = self.log.next_seq
+        status = kvm_set_msi(self, address_lo, address_hi, data, True, seq)
+        return {"status": status, "delivered_to": self._accepted_since(first)}
+
+    def set_routes(self, entries: list[RouteEntry]) -> dict[str, Any]:
+        """KVM_SET_GSI_ROUTING: replaces the whole table."""
+        table = build_table(entries, self.config.irqchip == "split", self.config.x2apic_format)
+        seq = self.log.emit("vmm", "set-gsi-routing", {"entries": len(entries)}, None)
+        self.install_routes(table, seq)
+        return self.routes_view()
+
+    def register_resampler(self, gsi: int) -> None:
+        """KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE (in-kernel), or a split-mode resamplefd
+        registered with the VMM. Registering an ack notifier rescans every vCPU in-kernel."""
+        if not 0 <= gsi < 4096:
+            raise invalid("gsi must be 0..4095", "gsi")
+        if gsi in self.resamplers:
+            raise EngineError(ErrorKind.EXISTS, f"a resampler is already registered for gsi {gsi}",
+                              "gsi")
+        self.resamplers[gsi] = 0
+        seq = self.log.emit("device", "resampler-registered", {"gsi": gsi}, None)
+        if self.config.irqchip == "kernel":
+            self._scan = None
+            make_scan_request(self, None, seq)
+
+    def irqfd_assert(self, gsi: int) -> dict[str, Any]:
+        """An irqfd with a resampler fires: kvm_set_irq(KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, 1)."""
+        if gsi not in self.resamplers:
+            raise not_found(f"no resampler registered for gsi {gsi}", "gsi")
+        seq = self.log.emit("device", "irqfd", {"gsi": gsi}, None)
+        first = self.log.next_seq
+        if self.config.irqchip == "kernel":
+            status = kvm_set_irq(self, KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi, True, seq)
+        else:
+            status = kvm_set_irq(self, KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi, True, seq)
+        return {"gsi": gsi, "status": status, "delivered_to": self._accepted_since(first)}
+
+    def advance_time(self, us: int) -> dict[str, Any]:
+        """Move logical time forward, running the throttled re-injection when it is due."""
+        if us < 0:
+            raise invalid("time only moves forward", "us")
+        self.time += us
+        seq = self.log.emit("clock", "advance", {"us": us, "now": self.time}, None)
+        ran = False
+        io = self.ioapic
+        if io.delayed_at is not None and io.delayed_at <= self.time:
+            ran = True
+            if io.flavour == "kvm":
+                eoi_inject_work(self, seq)
+            else:
+                delayed_service(self, seq)
+        return {"now": self.time, "ran_delayed_injection": ran}
+
+    # ---- guest side (a vCPU acts only as guest code) ----
+
+    def _as_guest(self, v: Vcpu, cause: int) -> list[dict[str, Any]]:
+        if v.requests or not v.in_guest:
+            return vcpu_enter(self, v, cause)
+        return []
+
+    def enter(self, n: int) -> dict[str, Any]:
+        """KVM_RUN without acting: consume pending requests (and handle any EOI exit)."""
+        v = self.vcpu(n)
+        seq = self.log.emit(f"vcpu{n}", "enter", {"requests": requests_list(v.requests)}, None)
+        exits = vcpu_enter(self, v, seq)
+        return {"vcpu": n, "exits": exits, "pending_requests": requests_list(v.requests)}
+
+    def exit_guest(self, n: int) -> dict[str, Any]:
+        """The vCPU leaves guest mode (halts or runs host code): posted interrupts now wait in
+        the PIR until its next entry."""
+        v = self.vcpu(n)
+        self.log.emit(f"vcpu{n}", "exit", {}, None)
+        v.in_guest = False
+        return {"vcpu": n, "in_guest": False}
+
+    def ack(self, n: int) -> dict[str, Any]:
+        """The guest opens an interrupt window and takes the highest deliverable interrupt."""
+        v = self.vcpu(n)
+        seq = self.log.emit(f"vcpu{n}", "interrupt-window", {}, None)
+        exits = self._as_guest(v, seq)
+        vec = acknowledge(self, v, seq)
+        return {"vcpu": n, "vector": vec, "entry_exits": exits}
+
+    def eoi(self, n: int, run_exits: bool = False) -> dict[str, Any]:
+        """The guest writes the LAPIC EOI register. With run_exits, the vCPU then re-enters so
+        that a pending KVM_EXIT_IOAPIC_EOI reaches the VMM within this call."""
+        v = self.vcpu(n)
+        seq = self.log.emit(f"vcpu{n}", "eoi-write", {}, None)
+        exits = self._as_guest(v, seq)
+        result = write_eoi(self, v, seq)
+        result["vcpu"] = n
+        result["entry_exits"] = exits
+        if run_exits:
+            result["exits"] = vcpu_enter(self, v, seq)
+        result["pending_requests"] = requests_list(v.requests)
+        return result
+
+    def lapic_write(self, n: int, reg: str, value: int) -> dict[str, Any]:
+        v = self.vcpu(n)
+        seq = self.log.emit(f"vcpu{n}", "lapic-write-op", {"reg": reg}, None)
+        exits = self._as_guest(v, seq)
+        result = write_register(self, v, reg, value, seq)
+        result["entry_exits"] = exits
+        return result
+
+    def mmio(self, n: int, op: str, offset: int, size: int, value: int = 0) -> dict[str, Any]:
+        """A guest access to the IOAPIC page (offset within it). In-kernel it is handled by
+        KVM; in split mode it is a KVM_EXIT_MMIO the VMM handles."""
+        v = self.vcpu(n)
+        if op not in ("read", "write"):
+            raise invalid("op must be read or write", "op")
+        if not 0 <= offset < 0x100:
+            raise invalid("offset must be within the 0x100-byte IOAPIC window", "offset")
+        if size not in (1, 2, 4, 8):
+            raise invalid("size must be 1, 2, 4 or 8", "size")
+        if not 0 <= value < 1 << (8 * size):
+            raise invalid(f"value does not fit in {size} bytes", "value")
+        seq = self.log.emit(f"vcpu{n}", "ioapic-mmio", {"op": op, "offset": offset,
+                                                        "size": size, "value": value}, None)
+        exits = self._as_guest(v, seq)
+        out: dict[str, Any] = {"vcpu": n, "op": op, "offset": offset, "size": size,
+                               "entry_exits": exits}
+        if self.vmm is None:
+            if op == "read":
+                out["value"] = kvm_mmio_read(self, offset, size)
+            else:
+                out["accepted"] = kvm_mmio_write(self, v, offset, size, value, seq)
+        else:
+            v.in_guest = False  # KVM_EXIT_MMIO to the VMM
+            out.update(self.vmm.handle_mmio(self, op, offset, size, value, seq))
+        return out
+
+    def write_rte(self, n: int, pin: int, entry: int, halves: tuple[str, ...] = ("low", "high"),
+                  ) -> dict[str, Any]:
+        """Write an RTE as a guest does: IOREGSEL then IOWIN, once per half, in the given order
+        (Linux's ioapic_write_entry writes high then low)."""
+        _check_pin(pin)
+        if not 0 <= entry < 1 << 64:
+            raise invalid("entry must be a 64-bit value", "raw")
+        for h in halves:
+            if h not in ("low", "high"):
+                raise invalid("halves must be low and/or high", "order")
+            index = 0x10 + 2 * pin + (1 if h == "high" else 0)
+            self.mmio(n, "write", 0x00, 4, index)
+            value = (entry >> 32) if h == "high" else entry & 0xFFFFFFFF
+            self.mmio(n, "write", 0x10, 4, value)
+        return self.pin_view(pin)
+
+    def patch_rte(self, n: int, pin: int, changes: dict[str, Any], order: str = "low-first"
+                  ) -> dict[str, Any]:
+        """Write only the dwords that hold the changed fields."""
+        _check_pin(pin)
+        entry = R.patch(self.ioapic.redir[pin], changes)
+        low_fields = {"vector", "delivery_mode", "dest_mode", "trigger", "polarity", "masked",
+                      "remote_irr", "delivery_status"}
+        halves = []
+        if low_fields & changes.keys():
+            halves.append("low")
+        if {"dest", "extended_dest"} & changes.keys():
+            halves.append("high")
+        if order == "high-first":
+            halves.reverse()
+        return self.write_rte(n, pin, entry, tuple(halves))
+
+    # ---- views ----
+
+    def pin_view(self, pin: int) -> dict[str, Any]:
+        io = self.ioapic
+        d = R.decode(io.redir[pin])
+        d["pin"] = pin
+        d["line"] = int(bool(io.irq_states[pin]))
+        d["sources"] = [s for s in range(MAX_IRQ_SOURCES) if io.irq_states[pin] >> s & 1]
+        d["irr"] = bool(io.irr >> pin & 1)
+        d["eoi_count"] = io.irq_eoi[pin]
+        return d
+
+    def ioapic_view(self) -> dict[str, Any]:
+        io = self.ioapic
+        return {
+            "flavour": io.flavour, "id": io.id, "version": io.version, "ioregsel": io.ioregsel,
+            "irr": io.irr, "delayed_injection_at": io.delayed_at,
+            "pins": [self.pin_view(p) for p in range(R.NUM_PINS)],
+        }
+
+    def vcpu_view(self, n: int) -> dict[str, Any]:
+        v = self.vcpu(n)
+        return {
+            "vcpu": n, "apic_id": apic_id(v), "x2apic": v.x2apic,
+            "enabled": v.apic_base_enabled, "sw_enabled": bool(v.svr & SPIV_APIC_ENABLED),
+            "ldr": read_register(self, v, "ldr"), "dfr": v.dfr, "tpr": v.tpr, "ppr": ppr(v),
+            "svr": v.svr, "lvr": lvr(self),
+            "irr": bitmap_view(v.irr), "isr": bitmap_view(v.isr), "tmr": bitmap_view(v.tmr),
+            "pir": bitmap_view(v.pir), "handled_vectors": bitmap_view(v.handled),
+            "eoi_exit_bitmap": bitmap_view(v.eoi_exitmap),
+            "pending_requests": requests_list(v.requests),
+            "pending_ioapic_eoi": v.pending_ioapic_eoi,
+            "highest_stale_pending_ioapic_eoi": v.highest_stale,
+            "in_guest": v.in_guest, "arb_prio": v.arb_prio,
+            "nmi_count": v.nmi_count, "smi_count": v.smi_count, "init_count": v.init_count,
+        }
+
+    def bitmaps(self) -> dict[str, Any]:
+        pins = [p for p, e in enumerate(self.ioapic.redir) if e & R.REMOTE_IRR_BIT]
+        mask = sum(1 << p for p in pins)
+        return {
+            "remote_irr": {"pins": pins, "hex": f"0x{mask:06x}"},
+            "handled_vectors": [
+                {"vcpu": v.idx, **bitmap_view(v.handled)} for v in self.vcpus
+            ],
+        }
+
+    def routes_view(self) -> dict[str, Any]:
+        fmt = self.config.x2apic_format
+        return {"entries": [
+            {"gsi": gsi, **route_to_json(r, fmt)}
+            for gsi in sorted(self.routes) for r in self.routes[gsi]
+        ]}
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.config.to_dict(), "flags": F.as_dict(self.flags), "time": self.time,
+                "events": self.log.next_seq - 1}
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.summary(), "ioapic": self.ioapic_view(),
+            "vcpus": [self.vcpu_view(i) for i in range(len(self.vcpus))],
+            "routes": self.routes_view()["entries"], "bitmaps": self.bitmaps(),
+            "resamplers": [{"gsi": g, "signalled": c} for g, c in sorted(self.resamplers.items())],
+        }
+
+    # ---- copy, hash, snapshot ----
+
+    def key(self) -> tuple[Any, ...]:
+        """Everything that determines future behaviour (not the event log)."""
+        return (
+            self.ioapic.key(), tuple(v.key() for v in self.vcpus),
+            tuple((g, tuple(es)) for g, es in sorted(self.routes.items())),
+            tuple(sorted(self.resamplers.items())), self.time,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vm) and self.snapshot() == other.snapshot()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def clone(self) -> Vm:
+        c = Vm.__new__(Vm)
+        c.config = self.config
+        c.flags = self.flags
+        c.ioapic = self.ioapic.clone()
+        c.vmm = self.vmm
+        c.vcpus = [v.clone() for v in self.vcpus]
+        c.routes = {g: list(es) for g, es in self.routes.items()}
+        c.resamplers = dict(self.resamplers)
+        c.time = self.time
+        c.log = self.log.clone()
+        c._map = None
+        c._scan = None
+        return c
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "version": SNAPSHOT_VERSION,
+            "config": self.config.to_dict(),
+            "ioapic": self.ioapic.to_dict(),
+            "vcpus": [v.to_dict() for v in self.vcpus],
+            "routes": [[g, [list(r) for r in es]] for g, es in sorted(self.routes.items())],
+            "resamplers": [[g, c] for g, c in sorted(self.resamplers.items())],
+            "time": self.time,
+            "log": {"next_seq": self.log.next_seq,
+                    "events": [list(e) for e in self.log.events]},
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> Vm:
+        if not isinstance(snap, dict) or snap.get("version") != SNAPSHOT_VERSION:
+            raise invalid(f"snapshot version must be {SNAPSHOT_VERSION}", "version")
+        try:
+            vm = cls(VmConfig(**snap["config"]))
+            io = IoapicState.from_dict(snap["ioapic"])
+            if io.flavour != vm.ioapic.flavour or len(io.redir) != R.NUM_PINS:
+                raise invalid("snapshot IOAPIC does not match its irqchip mode", "ioapic")
+            vm.ioapic = io
+            vcpus = [Vcpu.from_dict(d) for d in snap["vcpus"]]
+            if len(vcpus) != vm.config.vcpus or any(v.idx != i for i, v in enumerate(vcpus)):
+                raise invalid("snapshot vCPUs do not match its config", "vcpus")
+            vm.vcpus = vcpus
+            vm.routes = {int(g): [tuple(r) for r in es] for g, es in snap["routes"]}
+            vm.resamplers = {int(g): int(c) for g, c in snap["resamplers"]}
+            vm.time = int(snap["time"])
+            vm.log.next_seq = int(snap["log"]["next_seq"])
+            vm.log.events = [
+                (int(s), str(a), str(k), dict(f), None if c is None else int(c))
+                for s, a, k, f, c in snap["log"]["events"]
+            ]
+        except EngineError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise invalid(f"malformed snapshot: {exc!r}", "snapshot") from exc
+        return vm
+
+
+def bitmap_view(bits: int) -> dict[str, Any]:
+    return {"vectors": vectors(bits), "hex": to_hex(bits)}
+
+
+def _check_pin(pin: int) -> None:
+    if not 0 <= pin < R.NUM_PINS:
+        raise invalid(f"pin must be 0..{R.NUM_PINS - 1}", "pin")
+
+
+def _validate_config(c: VmConfig) -> None:
+    if c.irqchip not in ("kernel", "split"):
+        raise invalid("irqchip must be kernel or split", "irqchip")
+    if not 1 <= c.vcpus <= KVM_MAX_VCPUS:
+        raise invalid(f"vcpus must be 1..{KVM_MAX_VCPUS} (KVM_MAX_VCPUS)", "vcpus")
+    if c.vcpus > 255 and not c.x2apic:
+        raise invalid("more than 255 vCPUs need x2apic: true (xAPIC ids are 8-bit, 0xff is "
+                      "broadcast)", "x2apic")
+    if not 0 <= c.nr_reserved_ioapic_pins <= MAX_NR_RESERVED_IOAPIC_PINS:
+        raise invalid("nr_reserved_ioapic_pins must be <= MAX_NR_RESERVED_IOAPIC_PINS (4096), "
+                      "KVM_CAP_SPLIT_IRQCHIP returns -EINVAL", "nr_reserved_ioapic_pins")
+    if c.irqchip == "kernel" and c.nr_reserved_ioapic_pins != R.NUM_PINS:
+        raise invalid("nr_reserved_ioapic_pins applies to the split irqchip only",
+                      "nr_reserved_ioapic_pins")
+    if c.ioapic_version is not None:
+        allowed = (0x11,) if c.irqchip == "kernel" else (0x11, 0x20)
+        if c.ioapic_version not in allowed:
+            raise invalid(
+                "ioapic_version must be 0x11 for KVM's in-kernel IOAPIC"
+                if c.irqchip == "kernel" else "QEMU's IOAPIC accepts version 0x11 or 0x20",
+                "ioapic_version")
+    if c.overrides.get("split_suppress_eoi_broadcast") and c.irqchip != "split":
+        raise invalid("KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST requires a split irqchip "
+                      "(-EINVAL)", "overrides.split_suppress_eoi_broadcast")
+
+
+__all__ = ["REQUEST_NAMES", "Vm", "VmConfig"]

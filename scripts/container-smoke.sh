@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# End-to-end smoke test of the irqlab container image, with Podman (no Docker engine here).
+#
+#   1. builds the local base image if missing      (scripts/build-base-image.sh)
+#   2. builds the image from ./Dockerfile           (--format docker keeps HEALTHCHECK)
+#   3. runs it detached, --network host, bound to 127.0.0.1:$PORT
+#   4. polls http://127.0.0.1:$PORT/healthz until it answers (bounded)
+#   5. runs the image's HEALTHCHECK and checks it passes
+#   6. checks the service process (PID 1) is not root
+#   7. stops (SIGTERM) and removes the container
+# Exits non-zero with a clear message on the first failure. Only 127.0.0.1 is ever contacted.
+#
+# pip inside the build reaches the package index the way the host's pip does: index URLs,
+# trusted hosts and the CA bundle are read at run time from the host's pip configuration
+# (PIP_* env vars, then `pip config list`) and passed as build args / a build secret, and the
+# build runs with --network host. Local file:// indexes of the host are not visible in the
+# build and are skipped. Nothing host-specific is written into any file.
+#
+# Env:  IRQLAB_IMAGE        image tag to build          (default localhost/irqlab:dev)
+#       IRQLAB_SMOKE_PORT   port to bind on 127.0.0.1   (default 18080, else a free one)
+#       IRQLAB_SMOKE_WAIT   seconds to wait for /healthz (default 60)
+#       IRQLAB_SKIP_BUILD=1 reuse an existing $IRQLAB_IMAGE
+#       CONTAINERS_CONF     podman configuration        (default scripts/containers.conf)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
+
+image="${IRQLAB_IMAGE:-localhost/irqlab:dev}"
+wait_s="${IRQLAB_SMOKE_WAIT:-60}"
+name="irqlab-smoke-$$"
+# Explicit as well as in containers.conf, so the commands also work with another config.
+podman_run_opts=(--runtime runc --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 --network host)
+
+log() { printf '[container-smoke] %s\n' "$*" >&2; }
+# podman 4.3 without systemd (as here) logs "unable to get systemd connection" errors for the
+# healthcheck timer on run/stop/rm, even with --health-interval disable; they are harmless (we
+# run the check with `podman healthcheck run`), so only those lines are dropped.
+pm() { podman "$@" 2> >(grep -v -e 'unable to get systemd connection' >&2); }
+fail() { printf '[container-smoke] FAIL: %s\n' "$*" >&2; exit 1; }
+
+command -v podman >/dev/null || fail "podman not found: apt-get install -y podman debootstrap runc"
+command -v python3 >/dev/null || fail "python3 not found on the host"
+
+# ---- 1. base image -------------------------------------------------------------------------
+base="$(sed -n 's/^ARG BASE=//p' "$root/Dockerfile" | head -n 1)"
+base="${IRQLAB_BASE_IMAGE:-$base}"
+if ! podman image exists "$base"; then
+    log "base image $base missing: building it (debootstrap, takes a minute or two)"
+    IRQLAB_BASE_IMAGE="$base" "$here/build-base-image.sh" || fail "could not build base image $base"
+fi
+
+# ---- 2. image ------------------------------------------------------------------------------
+# The host pip's settings, as KEY=VALUE lines (empty values omitted).
+host_pip_settings() {
+    local pip_list=""
+    if python3 -m pip --version >/dev/null 2>&1; then
+        pip_list="$(python3 -m pip config list 2>/dev/null || true)"
+    elif command -v pip3 >/dev/null; then
+        pip_list="$(pip3 config list 2>/dev/null || true)"
+    fi
+    PIP_LIST="$pip_list" python3 - <<'PY'
+import os, re
+
+# `pip config list` prints  section.key='value'  for every file, and :env:.key for PIP_* vars.
+cfg = {}
+for line in os.environ.get("PIP_LIST", "").splitlines():
+    m = re.match(r"^([^.=]*)\.([A-Za-z0-9_-]+)='(.*)'$", line.strip())
+    if m:
+        cfg.setdefault(m.group(2), {})[m.group(1)] = m.group(3)
+
+def get(key):
+    env = os.environ.get("PIP_" + key.upper().replace("-", "_"))
+    if env:
+        return env
+    per = cfg.get(key, {})
+    for section in (":env:", "install", "download", "global"):
+        if per.get(section):
+            return per[section]
+    return ""
+
+def remote(urls):  # the build cannot see the host's file:// indexes
+    return " ".join(u for u in urls.split() if re.match(r"^https?://", u))
+
+out = {
+    "PIP_INDEX_URL": remote(get("index-url")),
+    "PIP_EXTRA_INDEX_URL": remote(get("extra-index-url")),
+    "PIP_TRUSTED_HOST": get("trusted-host"),
+    "PIP_DEFAULT_TIMEOUT": get("default-timeout") or get("timeout"),
+}
+cert = (get("cert") or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
+        or "/etc/ssl/certs/ca-certificates.crt")
+out["CERT_FILE"] = cert if os.path.isfile(cert) else ""
+for k, v in out.items():
+    if v:
+        print(f"{k}={v}")
+PY
+}
+
+if [[ "${IRQLAB_SKIP_BUILD:-0}" == 1 ]] && podman image exists "$image"; then
+    log "IRQLAB_SKIP_BUILD=1: reusing $image"
+else
+    build_opts=()
+    while IFS='=' read -r key value; do
+        case "$key" in
+            CERT_FILE) build_opts+=(--secret "id=pip_cert,src=$value"); log "pip CA bundle: $value" ;;
+            PIP_*) build_opts+=(--build-arg "$key=$value"); log "pip setting passed: $key" ;;
+        esac
+    done < <(host_pip_settings)
+
+    log "building $image"
+    start=$SECONDS
+    podman build --format docker --pull=never --layers \
+        --runtime runc --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 --network host \
+        "${build_opts[@]}" -t "$image" -f "$root/Dockerfile" "$root" \
+        || fail "podman build failed"
+    log "built $image in $((SECONDS - start)) s"
+fi
+
+podman image inspect --format '{{json .HealthCheck}}' "$image" | grep -q healthz \
+    || fail "image $image has no HEALTHCHECK (built without --format docker?)"
+
+# ---- 3. run --------------------------------------------------------------------------------
+port_free() {
+    # SO_REUSEADDR like uvicorn, so sockets in TIME_WAIT from an earlier run do not count.
+    python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" \
+        2>/dev/null
+}
+port="${IRQLAB_SMOKE_PORT:-18080}"
+if ! port_free "$port"; then
+    [[ -n "${IRQLAB_SMOKE_PORT:-}" ]] && fail "port $port on 127.0.0.1 is in use"
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    log "port 18080 in use; using free port $port"
+fi
+
+cleanup() {
+    local rc=$?
+    if podman container exists "$name" 2>/dev/null; then
+        if [[ $rc -ne 0 ]]; then
+            log "container logs ($name):"
+            podman logs --tail 50 "$name" >&2 || true
+        fi
+        pm rm --force --time 5 "$name" >/dev/null 2>&1 || true
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+
+log "starting $name on 127.0.0.1:$port"
+pm run --detach --name "$name" "${podman_run_opts[@]}" \
+    -e IRQLAB_HOST=127.0.0.1 -e IRQLAB_PORT="$port" "$image" >/dev/null \
+    || fail "podman run failed"
+
+# ---- 4. /healthz ---------------------------------------------------------------------------
+url="http://127.0.0.1:$port/healthz"
+probe() {
+    python3 - "$1" <<'PY'
+import sys, urllib.request as u
+try:
+    r = u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=2)
+    body = r.read().decode()
+    print(body)
+    sys.exit(0 if r.status == 200 else 1)
+except Exception:
+    sys.exit(1)
+PY
+}
+deadline=$((SECONDS + wait_s))
+until body="$(probe "$url")"; do
+    state="$(podman inspect --format '{{.State.Status}}' "$name" 2>/dev/null || echo gone)"
+    [[ "$state" == running ]] || fail "container stopped before answering (state: $state)"
+    ((SECONDS < deadline)) || fail "no answer from $url within ${wait_s} s"
+    sleep 1
+done
+log "GET $url -> 200 $body"
+
+# ---- 5. HEALTHCHECK ------------------------------------------------------------------------
+hc="$(pm healthcheck run "$name" 2>&1)" || fail "HEALTHCHECK failed: ${hc:-unhealthy}"
+status="$(podman inspect --format '{{.State.Health.Status}}' "$name" 2>/dev/null || true)"
+[[ -z "$status" || "$status" == healthy ]] || fail "health status is '$status', want healthy"
+log "HEALTHCHECK passed (status: ${status:-${hc:-healthy}})"
+
+# ---- 6. non-root ---------------------------------------------------------------------------
+uids="$(pm exec "$name" sh -c 'sed -n "s/^Uid:[[:space:]]*//p" /proc/1/status')" \
+    || fail "could not read the service's uid"
+read -r ruid euid _ <<<"$uids"
+[[ "$ruid" != 0 && "$euid" != 0 ]] || fail "service process runs as root (Uid: $uids)"
+cmdline="$(pm exec "$name" sh -c 'tr "\0" " " </proc/1/cmdline')"
+log "PID 1 runs as uid $euid (not root): $cmdline"
+
+# ---- 7. stop and remove --------------------------------------------------------------------
+pm stop --time 10 "$name" >/dev/null || fail "podman stop failed"
+code="$(podman inspect --format '{{.State.ExitCode}}' "$name")"
+pm rm "$name" >/dev/null || fail "podman rm failed"
+[[ "$code" == 0 ]] || fail "service exited with code $code on SIGTERM (want 0: graceful stop)"
+log "stopped gracefully (exit 0) and removed"
+
+size="$(podman image inspect --format '{{.Size}}' "$image")"
+log "image $image: $((size / 1000 / 1000)) MB ($size bytes)"
+log "PASS"
