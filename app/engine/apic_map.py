@@ -87,9 +87,19 @@ class ApicMap:
     """Index of present vCPUs by physical and logical destination (kvm_recalculate_apic_map)."""
 
     __slots__ = (
-        "all_present", "logical_clusters", "logical_mode", "max_apic_id", "phys_disabled",
-        "phys_map", "quirk_disabled", "vcpus", "x2_by_id", "xapic_by_id", "xapic_cluster",
-        "xapic_flat", "xapic_other",
+        "all_present",
+        "logical_clusters",
+        "logical_mode",
+        "max_apic_id",
+        "phys_disabled",
+        "phys_map",
+        "quirk_disabled",
+        "vcpus",
+        "x2_by_id",
+        "xapic_by_id",
+        "xapic_cluster",
+        "xapic_flat",
+        "xapic_other",
     )
 
     def __init__(self, vcpus: Sequence[Vcpu], quirk_disabled: bool) -> None:

@@ -43,23 +43,27 @@ def deliver_to_apic(vm: Vm, irq: LapicIrq, cause: int | None) -> int:
         for idx in resolved:
             ret += accept_irq(vm, vm.vcpus[idx], irq, cause)
         if not resolved:
-            vm.log.emit("kvm", "no-target", {"vector": irq.vector, "dest": irq.dest,
-                                             "path": "fast"}, cause)
+            vm.log.emit(
+                "kvm", "no-target", cause, "vector", irq.vector, "dest", irq.dest, "path", "fast"
+            )
         return ret
     return _slow_path(vm, amap, irq, cause)
 
 
 def _fast_targets(vm: Vm, amap: ApicMap, irq: LapicIrq) -> list[int] | None:
     """kvm_irq_delivery_to_apic_fast's target resolution; None means "use the slow path"."""
-    if amap.is_broadcast(irq.dest):
+    dest = irq.dest
+    if (dest == 0xFF and not amap.quirk_disabled) or (
+        amap.quirk_disabled and amap.is_broadcast(dest)
+    ):
         return None
     if not irq.logical:
         if amap.phys_disabled:
             return None
-        # KVM sizes the physical map to at least 0xff, so an 8-bit id always resolves.
-        if irq.dest > max(amap.max_apic_id, 0xFF):
-            return []
-        idx = amap.phys_map.get(irq.dest)
+        idx = amap.phys_map.get(dest)
+        if not irq.lowest_prio:
+            # KVM sizes the physical map to at least 0xff, so an 8-bit id always resolves.
+            return [] if idx is None else [idx]
         slots: list[int | None] = [idx]
         bitmap = 1
     else:
@@ -93,8 +97,10 @@ def _fast_targets(vm: Vm, amap: ApicMap, irq: LapicIrq) -> list[int] | None:
             return [] if target is None else [target]
         best: int | None = None
         for i, s in enumerate(slots):
-            if bitmap >> i & 1 and s is not None and (
-                best is None or vm.vcpus[s].arb_prio < vm.vcpus[best].arb_prio
+            if (
+                bitmap >> i & 1
+                and s is not None
+                and (best is None or vm.vcpus[s].arb_prio < vm.vcpus[best].arb_prio)
             ):
                 best = s
         return [] if best is None else [best]
@@ -106,8 +112,11 @@ def _slow_path(vm: Vm, amap: ApicMap, irq: LapicIrq, cause: int | None) -> int:
     if not irq.logical and irq.dest == 0xFF and irq.lowest_prio:
         irq = LapicIrq(irq.vector, 0, irq.logical, irq.level_trig, irq.dest, False)
     quirk_off = vm.config.broadcast_quirk_disabled
-    matches = [i for i in amap.matching(irq.dest, irq.logical)
-               if match_dest(vm.vcpus[i], irq.dest, irq.logical, quirk_off)]
+    matches = [
+        i
+        for i in amap.matching(irq.dest, irq.logical)
+        if match_dest(vm.vcpus[i], irq.dest, irq.logical, quirk_off)
+    ]
     ret = -1
     if not irq.lowest_prio:
         for i in matches:
@@ -125,6 +134,7 @@ def _slow_path(vm: Vm, amap: ApicMap, irq: LapicIrq, cause: int | None) -> int:
         if chosen is not None:
             ret = accept_irq(vm, vm.vcpus[chosen], irq, cause)
     if ret < 0:
-        vm.log.emit("kvm", "no-target", {"vector": irq.vector, "dest": irq.dest,
-                                         "path": "slow"}, cause)
+        vm.log.emit(
+            "kvm", "no-target", cause, "vector", irq.vector, "dest", irq.dest, "path", "slow"
+        )
     return ret

@@ -1,53 +1,79 @@
 """The causal event log.
 
-Every state change appends one event: (seq, actor, kind, fields, cause). `cause` is the seq of
+Every state change appends one event: seq, actor, kind, fields, cause. `cause` is the seq of
 the event that led to this one, so a client can follow "EOI -> exit -> remote IRR cleared ->
-re-delivered" as a chain. Events are stored as tuples because the log is on the hot path of
-every transition; they are turned into dicts only when read.
+re-delivered" as a chain.
+
+Events sit on the hot path of every transition, so they are stored as flat tuples
+(seq, actor, kind, cause, k1, v1, k2, v2, ...) holding only atomic values: CPython's GC stops
+tracking such tuples after one pass, whereas a tuple that holds a dict is re-walked by every
+collection for as long as the log lives. They become dicts only when read.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-Event = tuple[int, str, str, dict[str, Any], int | None]
+Event = tuple[Any, ...]
 
 
 class EventLog:
-    __slots__ = ("enabled", "events", "next_seq")
+    __slots__ = ("base", "enabled", "events", "next_seq")
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.events: list[Event] = []
+        self.base = 1  # seq of events[0]; raised by truncate()
         self.next_seq = 1
 
-    def emit(self, actor: str, kind: str, fields: dict[str, Any], cause: int | None) -> int:
+    def emit(self, actor: str, kind: str, cause: int | None, *fields: Any) -> int:
+        """Append an event; `fields` alternate name, value."""
         seq = self.next_seq
         self.next_seq = seq + 1
         if self.enabled:
-            self.events.append((seq, actor, kind, fields, cause))
+            self.events.append((seq, actor, kind, cause, *fields))
         return seq
 
+    def reserve(self) -> int:
+        """Take the next seq for an event whose fields are known only after its effects (the
+        root event of an operation); fill() writes it in place, keeping the log in order."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        if self.enabled:
+            self.events.append((seq, "", "", None))
+        return seq
+
+    def fill(self, seq: int, actor: str, kind: str, cause: int | None, *fields: Any) -> None:
+        if self.enabled:
+            i = seq - self.base
+            if 0 <= i < len(self.events):
+                self.events[i] = (seq, actor, kind, cause, *fields)
+
+    def truncate(self) -> None:
+        """Drop stored events (seqs keep counting)."""
+        self.events = []
+        self.base = self.next_seq
+
     def since(self, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        """Events with seq > after, oldest first (binary search: seqs are increasing)."""
-        evs = self.events
-        lo, hi = 0, len(evs)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if evs[mid][0] <= after:
-                lo = mid + 1
-            else:
-                hi = mid
-        chosen = evs[lo:] if limit is None else evs[lo : lo + limit]
+        """Events with seq > after, oldest first."""
+        start = max(0, after + 1 - self.base)
+        chosen = self.events[start:] if limit is None else self.events[start : start + limit]
         return [event_dict(e) for e in chosen]
 
     def clone(self) -> EventLog:
         log = EventLog(self.enabled)
         log.events = list(self.events)
+        log.base = self.base
         log.next_seq = self.next_seq
         return log
 
 
+def event_fields(e: Event) -> dict[str, Any]:
+    return dict(zip(e[4::2], e[5::2], strict=True))
+
+
 def event_dict(e: Event) -> dict[str, Any]:
-    seq, actor, kind, fields, cause = e
-    return {"seq": seq, "actor": actor, "kind": kind, "fields": dict(fields), "cause": cause}
+    return {"seq": e[0], "actor": e[1], "kind": e[2], "fields": event_fields(e), "cause": e[3]}
+
+
+VCPU_NAMES = tuple(f"vcpu{i}" for i in range(4096))  # actor names, built once

@@ -57,7 +57,9 @@ FLAGS: dict[str, FlagInfo] = {
     f.name: f
     for f in [
         FlagInfo(
-            "eoi_exit_bitmap", "kvm", None,
+            "eoi_exit_bitmap",
+            "kvm",
+            None,
             "EOIs are filtered through ioapic_handled_vectors (the EOI-exit bitmap)",
             None,
             "KVM forwards a LAPIC EOI to an IOAPIC only when the vector's bit is set in the "
@@ -66,52 +68,73 @@ FLAGS: dict[str, FlagInfo] = {
             "TMR bit is set, and no handled-vector bitmap exists.",
         ),
         FlagInfo(
-            "scan_keeps_pending_edge", "kvm", "db2bdcbbbd32",
-            "KVM: x86: fix edge EOI and IOAPIC reconfig race", "v4.4",
+            "scan_keeps_pending_edge",
+            "kvm",
+            "db2bdcbbbd32",
+            "KVM: x86: fix edge EOI and IOAPIC reconfig race",
+            "v4.4",
             "In-kernel scan also sets the bit of an EOI-tracked edge pin (RTC, ack notifier) "
             "whose vector is pending in this vCPU's IRR or ISR, though it no longer targets it.",
         ),
         FlagInfo(
-            "scan_keeps_pending_level", "kvm", "0fc5a36dd6b3",
-            "KVM: x86: ioapic: Fix level-triggered EOI and IOAPIC reconfigure race", "v4.15",
+            "scan_keeps_pending_level",
+            "kvm",
+            "0fc5a36dd6b3",
+            "KVM: x86: ioapic: Fix level-triggered EOI and IOAPIC reconfigure race",
+            "v4.15",
             "In-kernel scan (kvm_ioapic_scan_entry) sets the bit of any scanned pin whose vector "
             "is pending in IRR/ISR, level pins included (race 1).",
         ),
         FlagInfo(
-            "split_scan_keeps_pending_level", "kvm", "fceb3a36c29a",
+            "split_scan_keeps_pending_level",
+            "kvm",
+            "fceb3a36c29a",
             "KVM: x86: ioapic: Fix level-triggered EOI and userspace I/OAPIC reconfigure race",
             "v6.2",
             "Split-mode scan (kvm_scan_ioapic_routes) sets the bit of a level MSI route whose "
             "vector is pending in IRR/ISR although the vCPU no longer matches (race 2, the seed).",
         ),
         FlagInfo(
-            "split_scan_syncs_pir", "kvm", "f3ced000a2df",
-            "KVM: x86: Always sync PIR to IRR prior to scanning I/O APIC routes", "v6.10",
+            "split_scan_syncs_pir",
+            "kvm",
+            "f3ced000a2df",
+            "KVM: x86: Always sync PIR to IRR prior to scanning I/O APIC routes",
+            "v6.10",
             "vcpu_scan_ioapic syncs the posted-interrupt bitmap into IRR in split mode too, so a "
             "vector still in the PIR counts as pending (race 2b).",
         ),
         FlagInfo(
-            "rescan_after_stale_eoi", "kvm", "87e4951e250b",
-            "KVM: x86: Rescan I/O APIC routes after EOI interception for old routing", "v6.16",
+            "rescan_after_stale_eoi",
+            "kvm",
+            "87e4951e250b",
+            "KVM: x86: Rescan I/O APIC routes after EOI interception for old routing",
+            "v6.16",
             "A bit kept only because the vector was pending records "
             "highest_stale_pending_ioapic_eoi; an intercepted EOI of that vector requests "
             "SCAN_IOAPIC on the vCPU so the stale bit goes away.",
         ),
         FlagInfo(
-            "rte_edge_clears_remote_irr", "kvm", "a8bfec293052",
+            "rte_edge_clears_remote_irr",
+            "kvm",
+            "a8bfec293052",
             "KVM: x86: ioapic: Clear Remote IRR when entry is switched to edge-triggered",
             "v4.15",
             "Any RTE write that leaves the trigger mode edge clears Remote IRR (the Linux/Xen "
             "'flip to edge' EOI emulation).",
         ),
         FlagInfo(
-            "rte_preserves_readonly_bits", "kvm", "b200dded0a69",
-            "KVM: x86: ioapic: Preserve read-only values in the redirection table", "v4.15",
+            "rte_preserves_readonly_bits",
+            "kvm",
+            "b200dded0a69",
+            "KVM: x86: ioapic: Preserve read-only values in the redirection table",
+            "v4.15",
             "Guest RTE writes keep Remote IRR and delivery status; before it, the written value "
             "was stored verbatim.",
         ),
         FlagInfo(
-            "service_refuses_remote_irr", "kvm", "da3fe7bdfada",
+            "service_refuses_remote_irr",
+            "kvm",
+            "da3fe7bdfada",
             "KVM: x86: ioapic: Don't fire level irq when Remote IRR set (with 7d2253684dd1)",
             "v4.15",
             "ioapic_service refuses a level pin whose Remote IRR is set, so an RTE write no "
@@ -119,48 +142,68 @@ FLAGS: dict[str, FlagInfo] = {
             "ioapic_set_irq only, which reported such an assert as coalesced (0).",
         ),
         FlagInfo(
-            "unmask_resamples", "kvm", "fef8f2b90edb",
-            "KVM: x86/ioapic: Resample the pending state of an IRQ when unmasking", "v6.3",
+            "unmask_resamples",
+            "kvm",
+            "fef8f2b90edb",
+            "KVM: x86/ioapic: Resample the pending state of an IRQ when unmasking",
+            "v6.3",
             "An RTE write on a level pin with irr set, unmasked and Remote IRR clear notifies the "
             "irqfd resampler (and clears irr) instead of delivering, when one is registered.",
         ),
         FlagInfo(
-            "hide_directed_eoi_with_kernel_ioapic", "kvm", "0bcc3fb95b97",
-            "KVM: lapic: stop advertising DIRECTED_EOI when in-kernel IOAPIC is in use", "v4.8",
+            "hide_directed_eoi_with_kernel_ioapic",
+            "kvm",
+            "0bcc3fb95b97",
+            "KVM: lapic: stop advertising DIRECTED_EOI when in-kernel IOAPIC is in use",
+            "v4.8",
             "LVR bit 24 is advertised only when the guest has x2APIC and the IOAPIC is not in "
             "the kernel, so a guest with the in-kernel IOAPIC cannot set SPIV bit 12.",
         ),
         FlagInfo(
-            "notifiers_with_directed_eoi", "kvm", "c806a6ad35bf",
-            "KVM: x86: call irq notifiers with directed EOI", "v4.3",
+            "notifiers_with_directed_eoi",
+            "kvm",
+            "c806a6ad35bf",
+            "KVM: x86: call irq notifiers with directed EOI",
+            "v4.3",
             "The SPIV bit 12 check moved into the IOAPIC EOI loop after the ack notifiers, so "
             "resamplers run under directed EOI; before it such an EOI never reached the IOAPIC.",
         ),
         FlagInfo(
-            "targeted_scan_requests", "kvm", "7ee30bc132c6",
-            "KVM: x86: deliver KVM IOAPIC scan request to target vCPUs", "v5.5",
+            "targeted_scan_requests",
+            "kvm",
+            "7ee30bc132c6",
+            "KVM: x86: deliver KVM IOAPIC scan request to target vCPUs",
+            "v5.5",
             "A Fixed-mode RTE write requests SCAN_IOAPIC only on the old and new destination "
             "vCPUs; before it every RTE write requested a scan on all vCPUs.",
         ),
         FlagInfo(
-            "scan_old_dest_with_new_mode", "kvm", "c96001c5702e",
+            "scan_old_dest_with_new_mode",
+            "kvm",
+            "c96001c5702e",
             "KVM: X86: Use APIC_DEST_* macros properly in kvm_lapic_irq.dest_mode (latent bug, "
-            "spec §4 item 13; commit id unverified)", "v5.6",
+            "spec §4 item 13; commit id unverified)",
+            "v5.6",
             "The old-destination part of the scan mask in ioapic_write_indirect is matched with "
             "the new dest_mode; False matches it with the old dest_mode as 7ee30bc132c6 did. "
             "Still present in current code.",
         ),
         FlagInfo(
-            "split_suppress_eoi_broadcast", "kvm", "6517dfbcc918",
+            "split_suppress_eoi_broadcast",
+            "kvm",
+            "6517dfbcc918",
             "KVM: x86: Suppress EOI broadcasts with split IRQCHIP if Directed EOI is enabled "
-            "(kvm-x86 id; release unverified)", "v7.0",
+            "(kvm-x86 id; release unverified)",
+            "v7.0",
             "The VM enabled KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST (split only): LVR "
             "advertises directed EOI and a LAPIC EOI with SPIV bit 12 set causes no "
             "KVM_EXIT_IOAPIC_EOI (the guest must write the IOAPIC's 0x40 EOI register). "
             "Opt-in per VM, so False in every preset.",
         ),
         FlagInfo(
-            "qemu_routes_before_service", "qemu", "54ad31fb0a",
+            "qemu_routes_before_service",
+            "qemu",
+            "54ad31fb0a",
             "ioapic: Update KVM routes before redelivering IRQ, on RTE update (QEMU)",
             "qemu-8.0",
             "On an RTE write QEMU's userspace IOAPIC rewrites and commits the MSI routes of "
@@ -204,17 +247,25 @@ PRESETS: dict[str, Preset] = {
         _preset(
             "linux-4.14",
             "Last release before 0fc5a36dd6b3: race 1 (in-kernel) and race 2 (split) present.",
-            **_PRE_415, **_PRE_62, **_PRE_610, **_PRE_616,
+            **_PRE_415,
+            **_PRE_62,
+            **_PRE_610,
+            **_PRE_616,
         ),
         _preset(
             "linux-4.15",
             "First release with 0fc5a36dd6b3 and the rest of the Dec 2017 IOAPIC series.",
-            **_PRE_55, **_PRE_62, **_PRE_610, **_PRE_616,
+            **_PRE_55,
+            **_PRE_62,
+            **_PRE_610,
+            **_PRE_616,
         ),
         _preset(
             "linux-6.1",
             "Last release before fceb3a36c29a: split-mode race 2 present.",
-            **_PRE_62, **_PRE_610, **_PRE_616,
+            **_PRE_62,
+            **_PRE_610,
+            **_PRE_616,
         ),
         _preset(
             "linux-6.2",
@@ -224,7 +275,8 @@ PRESETS: dict[str, Preset] = {
         _preset(
             "linux-6.9",
             "Last release before f3ced000a2df: posted-interrupt race 2b present.",
-            **_PRE_610, **_PRE_616,
+            **_PRE_610,
+            **_PRE_616,
         ),
         _preset(
             "linux-6.10",

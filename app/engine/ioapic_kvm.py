@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from . import rte as R
 from .delivery import deliver_to_apic
 from .msi import LapicIrq
-from .state import IoapicState, Vcpu
+from .state import SPIV_DIRECTED_EOI, IoapicState, Vcpu
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -32,7 +32,7 @@ def ioapic_set_irq(vm: Vm, pin: int, source: int, level: bool, cause: int | None
     if not io.irq_states[pin]:
         if io.irr & bit:
             io.irr &= ~bit
-            vm.log.emit("ioapic", "irr-cleared", {"pin": pin}, cause)
+            vm.log.emit("ioapic", "irr-cleared", cause, "pin", pin)
         return 1
     edge = not e & R.TRIGGER_BIT
     old_irr = io.irr
@@ -40,12 +40,11 @@ def ioapic_set_irq(vm: Vm, pin: int, source: int, level: bool, cause: int | None
     if edge:
         io.irr_delivered &= ~bit
         if old_irr == io.irr:
-            vm.log.emit("ioapic", "coalesced", {"pin": pin, "reason": "edge-already-latched"},
-                        cause)
+            vm.log.emit("ioapic", "coalesced", cause, "pin", pin, "reason", "edge-already-latched")
             return 0
     elif e & R.REMOTE_IRR_BIT and not vm.flags.service_refuses_remote_irr:
         # Before 7d2253684dd1/da3fe7bdfada the Remote IRR check sat here and said "coalesced".
-        vm.log.emit("ioapic", "coalesced", {"pin": pin, "reason": "remote-irr"}, cause)
+        vm.log.emit("ioapic", "coalesced", cause, "pin", pin, "reason", "remote-irr")
         return 0
     return ioapic_service(vm, pin, cause)
 
@@ -56,20 +55,38 @@ def ioapic_service(vm: Vm, pin: int, cause: int | None) -> int:
     e = io.redir[pin]
     level = bool(e & R.TRIGGER_BIT)
     if e & R.MASK_BIT:
-        vm.log.emit("ioapic", "blocked", {"pin": pin, "reason": "masked"}, cause)
+        vm.log.emit("ioapic", "blocked", cause, "pin", pin, "reason", "masked")
         return -1
     if level and e & R.REMOTE_IRR_BIT and vm.flags.service_refuses_remote_irr:
-        vm.log.emit("ioapic", "blocked", {"pin": pin, "reason": "remote-irr"}, cause)
+        vm.log.emit("ioapic", "blocked", cause, "pin", pin, "reason", "remote-irr")
         return -1
     irq = LapicIrq(e & 0xFF, (e >> 8) & 7, bool(e & R.DEST_MODE_BIT), level, e >> 56)
     if not level:
         io.irr_delivered |= 1 << pin
-    seq = vm.log.emit("ioapic", "deliver", {"pin": pin, "vector": irq.vector, "dest": irq.dest,
-                                            "level": level}, cause)
+    seq = vm.log.reserve()
     ret = deliver_to_apic(vm, irq, seq)
-    if ret and level:
+    rirr = bool(ret and level)
+    if rirr:
         io.redir[pin] |= R.REMOTE_IRR_BIT
-        vm.log.emit("ioapic", "remote-irr-set", {"pin": pin, "ret": ret}, seq)
+    # Remote IRR is set after delivery, as its result (T2.5): recorded on the delivery event.
+    vm.log.fill(
+        seq,
+        "ioapic",
+        "deliver",
+        cause,
+        "pin",
+        pin,
+        "vector",
+        e & 0xFF,
+        "dest",
+        e >> 56,
+        "level",
+        level,
+        "ret",
+        ret,
+        "remote_irr_set",
+        rirr,
+    )
     return ret
 
 
@@ -80,13 +97,13 @@ def ioapic_write_indirect(vm: Vm, writer: Vcpu | None, value: int, cause: int | 
     value &= 0xFFFFFFFF
     if sel == REG_ID:
         io.id = (value >> 24) & 0xF
-        vm.log.emit("ioapic", "id-write", {"id": io.id}, cause)
+        vm.log.emit("ioapic", "id-write", cause, "id", io.id)
         return
     if sel in (REG_VER, REG_ARB):
         return
     index = (sel - 0x10) >> 1
     if sel < 0x10 or index >= R.NUM_PINS:
-        vm.log.emit("ioapic", "write-dropped", {"ioregsel": sel}, cause)
+        vm.log.emit("ioapic", "write-dropped", cause, "ioregsel", sel)
         return
     f = vm.flags
     e = io.redir[index]
@@ -100,11 +117,22 @@ def ioapic_write_indirect(vm: Vm, writer: Vcpu | None, value: int, cause: int | 
     if f.rte_edge_clears_remote_irr and not e & R.TRIGGER_BIT:
         e &= ~R.REMOTE_IRR_BIT
     io.redir[index] = e
-    seq = vm.log.emit("ioapic", "rte-write", {"pin": index, "half": "high" if sel & 1 else "low",
-                                              "value": value, "entry": e}, cause)
+    seq = vm.log.emit(
+        "ioapic",
+        "rte-write",
+        cause,
+        "pin",
+        index,
+        "half",
+        "high" if sel & 1 else "low",
+        "value",
+        value,
+        "entry",
+        e,
+    )
     vm.routing_changed()
     if mask_before != bool(e & R.MASK_BIT):
-        vm.log.emit("ioapic", "mask-notify", {"pin": index, "masked": bool(e & R.MASK_BIT)}, seq)
+        vm.log.emit("ioapic", "mask-notify", seq, "pin", index, "masked", bool(e & R.MASK_BIT))
     if e & R.TRIGGER_BIT and io.irr >> index & 1:
         if not f.unmask_resamples:
             ioapic_service(vm, index, seq)
@@ -112,7 +140,7 @@ def ioapic_write_indirect(vm: Vm, writer: Vcpu | None, value: int, cause: int | 
             gsi = index  # the default table routes GSI n to pin n
             if vm.notify_resampler(gsi, seq):
                 io.irr &= ~(1 << index)
-                vm.log.emit("ioapic", "irr-cleared", {"pin": index, "reason": "resampled"}, seq)
+                vm.log.emit("ioapic", "irr-cleared", seq, "pin", index, "reason", "resampled")
             else:
                 ioapic_service(vm, index, seq)
     # Scan request (T3 step 7).
@@ -135,21 +163,23 @@ def ioapic_update_eoi(
     vector is `vector` runs its ack notifiers; then, if this vCPU's TMR said level and it has
     not enabled directed EOI, Remote IRR clears and a still-asserted line re-delivers (or,
     after 10000 successive re-deliveries, is deferred by 10 ms of logical time)."""
-    from .state import SPIV_DIRECTED_EOI
-
     io = vm.ioapic
     out: list[dict[str, Any]] = []
-    for pin in range(R.NUM_PINS):
-        if io.redir[pin] & 0xFF != vector:
-            continue
-        vm.notify_acked(pin, cause)
+    for pin in vm.pins_with_vector(vector):
+        if vm.resamplers:
+            vm.notify_acked(pin, cause)
         e = io.redir[pin]
         if not level or v.svr & SPIV_DIRECTED_EOI:
-            out.append({"pin": pin, "remote_irr_cleared": False,
-                        "reason": "edge" if not level else "directed-eoi"})
+            out.append(
+                {
+                    "pin": pin,
+                    "remote_irr_cleared": False,
+                    "reason": "edge" if not level else "directed-eoi",
+                }
+            )
             continue
         io.redir[pin] = e & ~R.REMOTE_IRR_BIT
-        seq = vm.log.emit("ioapic", "remote-irr-cleared", {"pin": pin, "vector": vector}, cause)
+        seq = vm.log.emit("ioapic", "remote-irr-cleared", cause, "pin", pin, "vector", vector)
         action: dict[str, Any] = {"pin": pin, "remote_irr_cleared": True}
         if not e & R.MASK_BIT and io.irr >> pin & 1:
             io.irq_eoi[pin] += 1
@@ -157,8 +187,7 @@ def ioapic_update_eoi(
                 io.irq_eoi[pin] = 0
                 if io.delayed_at is None:
                     io.delayed_at = vm.time + EOI_INJECT_DELAY_US
-                vm.log.emit("ioapic", "eoi-inject-delayed", {"pin": pin, "at": io.delayed_at},
-                            seq)
+                vm.log.emit("ioapic", "eoi-inject-delayed", seq, "pin", pin, "at", io.delayed_at)
                 action["redelivery"] = "delayed"
             else:
                 action["redelivery"] = ioapic_service(vm, pin, seq)
@@ -172,7 +201,7 @@ def eoi_inject_work(vm: Vm, cause: int | None) -> None:
     """kvm_ioapic_eoi_inject_work: re-service every level pin with irr set and no Remote IRR."""
     io = vm.ioapic
     io.delayed_at = None
-    seq = vm.log.emit("ioapic", "eoi-inject-work", {}, cause)
+    seq = vm.log.emit("ioapic", "eoi-inject-work", cause)
     for pin in range(R.NUM_PINS):
         e = io.redir[pin]
         if e & R.TRIGGER_BIT and io.irr >> pin & 1 and not e & R.REMOTE_IRR_BIT:
@@ -212,8 +241,9 @@ def mmio_read(vm: Vm, offset: int, size: int) -> int | None:
     return value & ((1 << (size * 8)) - 1)
 
 
-def mmio_write(vm: Vm, writer: Vcpu | None, offset: int, size: int, value: int,
-               cause: int | None) -> bool:
+def mmio_write(
+    vm: Vm, writer: Vcpu | None, offset: int, size: int, value: int, cause: int | None
+) -> bool:
     """ioapic_mmio_write: lengths 1, 2, 4, 8 (8 uses the low dword); other lengths dropped.
     Only IOREGSEL and IOWIN are decoded: KVM has no EOI register (a write to 0x40 is
     ignored)."""

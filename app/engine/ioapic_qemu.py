@@ -21,7 +21,7 @@ def qemu_ioapic_set_irq(vm: Vm, pin: int, level: bool, cause: int | None) -> dic
     edge, and edges on masked pins are dropped."""
     io = vm.ioapic
     if pin == 0:
-        vm.log.emit("ioapic", "pin-remapped", {"from": 0, "to": 2}, cause)
+        vm.log.emit("ioapic", "pin-remapped", cause, "from", 0, "to", 2)
         pin = 2
     bit = 1 << pin
     e = io.redir[pin]
@@ -29,18 +29,18 @@ def qemu_ioapic_set_irq(vm: Vm, pin: int, level: bool, cause: int | None) -> dic
         if level:
             io.irr |= bit
             if e & R.REMOTE_IRR_BIT:
-                vm.log.emit("ioapic", "blocked", {"pin": pin, "reason": "remote-irr"}, cause)
+                vm.log.emit("ioapic", "blocked", cause, "pin", pin, "reason", "remote-irr")
                 return {"pin": pin, "status": "blocked-remote-irr"}
             return {"pin": pin, "status": "serviced", "delivered": ioapic_service(vm, cause)}
         if io.irr & bit:
             io.irr &= ~bit
-            vm.log.emit("ioapic", "irr-cleared", {"pin": pin}, cause)
+            vm.log.emit("ioapic", "irr-cleared", cause, "pin", pin)
         return {"pin": pin, "status": "lowered"}
     if level and not e & R.MASK_BIT:
         io.irr |= bit
         return {"pin": pin, "status": "serviced", "delivered": ioapic_service(vm, cause)}
     if level:
-        vm.log.emit("ioapic", "dropped", {"pin": pin, "reason": "masked-edge"}, cause)
+        vm.log.emit("ioapic", "dropped", cause, "pin", pin, "reason", "masked-edge")
         return {"pin": pin, "status": "dropped-masked-edge"}
     return {"pin": pin, "status": "ignored"}
 
@@ -65,13 +65,24 @@ def ioapic_service(vm: Vm, cause: int | None) -> list[dict[str, Any]]:
             io.irr &= ~bit
         else:
             if e & R.REMOTE_IRR_BIT:
-                vm.log.emit("ioapic", "coalesced", {"pin": pin, "reason": "remote-irr"}, cause)
+                vm.log.emit("ioapic", "coalesced", cause, "pin", pin, "reason", "remote-irr")
                 continue
             io.redir[pin] = e | R.REMOTE_IRR_BIT
-        seq = vm.log.emit("ioapic", "deliver", {"pin": pin, "vector": e & 0xFF,
-                                                "dest": R.dest(e), "level": level}, cause)
+        seq = vm.log.emit(
+            "ioapic",
+            "deliver",
+            cause,
+            "pin",
+            pin,
+            "vector",
+            e & 0xFF,
+            "dest",
+            R.dest(e),
+            "level",
+            level,
+        )
         if level:
-            vm.log.emit("ioapic", "remote-irr-set", {"pin": pin}, seq)
+            vm.log.emit("ioapic", "remote-irr-set", seq, "pin", pin)
         ret = kvm_set_irq(vm, 0, pin, True, seq)
         if not level:
             kvm_set_irq(vm, 0, pin, False, seq)
@@ -94,7 +105,7 @@ def ioapic_eoi_broadcast(vm: Vm, vector: int, cause: int | None) -> list[dict[st
             out.append({"pin": pin, "remote_irr_cleared": False, "reason": "not-set"})
             continue
         io.redir[pin] = e & ~R.REMOTE_IRR_BIT
-        seq = vm.log.emit("ioapic", "remote-irr-cleared", {"pin": pin, "vector": vector}, cause)
+        seq = vm.log.emit("ioapic", "remote-irr-cleared", cause, "pin", pin, "vector", vector)
         action: dict[str, Any] = {"pin": pin, "remote_irr_cleared": True}
         if not e & R.MASK_BIT and io.irr >> pin & 1:
             io.irq_eoi[pin] += 1
@@ -104,8 +115,7 @@ def ioapic_eoi_broadcast(vm: Vm, vector: int, cause: int | None) -> list[dict[st
                 # timer_mod_anticipate: only ever moves the deadline earlier.
                 if io.delayed_at is None or deadline < io.delayed_at:
                     io.delayed_at = deadline
-                vm.log.emit("ioapic", "eoi-reassert-delayed", {"pin": pin, "at": io.delayed_at},
-                            seq)
+                vm.log.emit("ioapic", "eoi-reassert-delayed", seq, "pin", pin, "at", io.delayed_at)
                 action["redelivery"] = "delayed"
             else:
                 action["redelivery"] = ioapic_service(vm, seq)
@@ -118,7 +128,7 @@ def ioapic_eoi_broadcast(vm: Vm, vector: int, cause: int | None) -> list[dict[st
 def delayed_service(vm: Vm, cause: int | None) -> None:
     """delayed_ioapic_service_cb."""
     vm.ioapic.delayed_at = None
-    seq = vm.log.emit("ioapic", "delayed-service", {}, cause)
+    seq = vm.log.emit("ioapic", "delayed-service", cause)
     ioapic_service(vm, seq)
 
 
@@ -156,7 +166,7 @@ def write_reg(vm: Vm, offset: int, size: int, value: int, cause: int | None) -> 
         sel = io.ioregsel
         if sel == 0x00:
             io.id = (value >> 24) & 0xF
-            vm.log.emit("ioapic", "id-write", {"id": io.id}, cause)
+            vm.log.emit("ioapic", "id-write", cause, "id", io.id)
             return {"kind": "id"}
         if sel in (0x01, 0x02):
             return {"kind": "ignored"}
@@ -174,13 +184,23 @@ def write_reg(vm: Vm, offset: int, size: int, value: int, cause: int | None) -> 
         if not e & R.TRIGGER_BIT:
             e &= ~R.REMOTE_IRR_BIT  # ioapic_fix_edge_remote_irr
         io.redir[index] = e
-        seq = vm.log.emit("ioapic", "rte-write", {"pin": index,
-                                                  "half": "high" if sel & 1 else "low",
-                                                  "value": value & 0xFFFFFFFF, "entry": e}, cause)
+        seq = vm.log.emit(
+            "ioapic",
+            "rte-write",
+            cause,
+            "pin",
+            index,
+            "half",
+            "high" if sel & 1 else "low",
+            "value",
+            value & 0xFFFFFFFF,
+            "entry",
+            e,
+        )
         return {"kind": "rte", "pin": index, "seq": seq}
     if offset == IOEOI:
         if size != 4 or io.version != 0x20:
             return {"kind": "ignored"}
-        seq = vm.log.emit("ioapic", "eoi-register", {"vector": value & 0xFF}, cause)
+        seq = vm.log.emit("ioapic", "eoi-register", cause, "vector", value & 0xFF)
         return {"kind": "eoi", "pins": ioapic_eoi_broadcast(vm, value & 0xFF, seq)}
     return {"kind": "ignored"}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import ioapic_kvm
 from . import requests as rq
 from .apic_map import x2apic_ldr
 from .bitmap import highest
 from .errors import invalid
+from .events import VCPU_NAMES
 from .msi import LapicIrq
 from .state import (
     APIC_LVR_BASE,
@@ -59,7 +61,7 @@ def sync_pir_to_irr(vm: Vm, v: Vcpu, cause: int | None) -> None:
         moved = v.pir
         v.irr |= moved
         v.pir = 0
-        vm.log.emit(f"vcpu{v.idx}", "pir-synced", {"vectors": moved}, cause)
+        vm.log.emit(VCPU_NAMES[v.idx], "pir-synced", cause, "vectors", moved)
 
 
 def accept_irq(vm: Vm, v: Vcpu, irq: LapicIrq, cause: int | None) -> int:
@@ -70,52 +72,75 @@ def accept_irq(vm: Vm, v: Vcpu, irq: LapicIrq, cause: int | None) -> int:
     never be acknowledged (their class is never above PPR).
     """
     dm = irq.delivery_mode
-    actor = f"vcpu{v.idx}"
+    actor = VCPU_NAMES[v.idx]
     if dm <= 1:
         if dm == 1 or irq.redir_hint:
             v.arb_prio += 1
         if not (v.apic_base_enabled and v.svr & SPIV_APIC_ENABLED):
-            vm.log.emit(actor, "refused", {"vector": irq.vector, "reason": "apic-disabled"}, cause)
+            vm.log.emit(actor, "refused", cause, "vector", irq.vector, "reason", "apic-disabled")
             return 0
         bit = 1 << irq.vector
         if irq.level_trig:
             v.tmr |= bit
         else:
             v.tmr &= ~bit
+        vm.accepted.append(v.idx)
         if vm.config.apicv:
             if v.in_guest:
                 # The posted-interrupt notification is processed by the CPU at once.
                 v.irr |= bit
-                vm.log.emit(actor, "accepted", {"vector": irq.vector, "level": irq.level_trig,
-                                                "via": "posted-in-guest"}, cause)
+                vm.log.emit(
+                    actor,
+                    "accepted",
+                    cause,
+                    "vector",
+                    irq.vector,
+                    "level",
+                    irq.level_trig,
+                    "via",
+                    "posted-in-guest",
+                )
             else:
                 v.pir |= bit
-                vm.log.emit(actor, "accepted", {"vector": irq.vector, "level": irq.level_trig,
-                                                "via": "pir"}, cause)
+                vm.log.emit(
+                    actor,
+                    "accepted",
+                    cause,
+                    "vector",
+                    irq.vector,
+                    "level",
+                    irq.level_trig,
+                    "via",
+                    "pir",
+                )
             return 1
         v.irr |= bit
-        seq = vm.log.emit(actor, "accepted", {"vector": irq.vector, "level": irq.level_trig,
-                                              "via": "irr"}, cause)
-        rq.make_request(vm, v, REQ_EVENT, seq)
+        vm.accepted.append(v.idx)
+        vm.log.emit(
+            actor, "accepted", cause, "vector", irq.vector, "level", irq.level_trig, "via", "irr"
+        )
+        # kvm_make_request(KVM_REQ_EVENT) + kick, inlined: this is the hot path.
+        v.requests |= REQ_EVENT
+        v.in_guest = False
         return 1
     if dm == 4:
         v.nmi_count += 1
-        vm.log.emit(actor, "nmi", {}, cause)
+        vm.log.emit(actor, "nmi", cause)
         return 1
     if dm == 2:
         v.smi_count += 1
-        vm.log.emit(actor, "smi", {}, cause)
+        vm.log.emit(actor, "smi", cause)
         return 1
     if dm == 5:
         v.init_count += 1
-        vm.log.emit(actor, "init", {}, cause)
+        vm.log.emit(actor, "init", cause)
         return 1
     # ExtINT is only taken through LVT0; reserved modes are unsupported.
-    vm.log.emit(actor, "refused", {"vector": irq.vector, "reason": f"delivery-mode-{dm}"}, cause)
+    vm.log.emit(actor, "refused", cause, "vector", irq.vector, "reason", f"delivery-mode-{dm}")
     return 0
 
 
-def acknowledge(vm: Vm, v: Vcpu, cause: int | None) -> int | None:
+def acknowledge(vm: Vm, v: Vcpu, cause: int | None, emit: bool = True) -> int | None:
     """kvm_cpu_get_interrupt + kvm_apic_ack_interrupt: the highest IRR vector whose class is
     above PPR moves to ISR. None when nothing is deliverable."""
     if vm.config.apicv:
@@ -128,68 +153,74 @@ def acknowledge(vm: Vm, v: Vcpu, cause: int | None) -> int | None:
     bit = 1 << vec
     v.irr &= ~bit
     v.isr |= bit
-    vm.log.emit(f"vcpu{v.idx}", "ack", {"vector": vec}, cause)
+    if emit:
+        vm.log.emit(VCPU_NAMES[v.idx], "ack", cause, "vector", vec)
     return vec
 
 
-def write_eoi(vm: Vm, v: Vcpu, cause: int | None) -> dict[str, Any]:
+def write_eoi(vm: Vm, v: Vcpu, cause: int | None, emit: bool = True) -> dict[str, Any]:
     """apic_set_eoi, or with APICv the virtualized EOI: the highest ISR vector is retired.
 
     With APICv an EOI exits to KVM only if the vector's bit is set in the EOI-exit bitmap the
     vCPU last loaded (vmx_load_eoi_exitmap); otherwise the CPU retires it and KVM never knows.
     """
-    vec = highest(v.isr)
-    result: dict[str, Any] = {"vector": None, "forwarded": False, "path": None}
+    vec = v.isr.bit_length() - 1
     if vec < 0:
         # KVM: an EOI with an empty ISR does nothing, not even KVM_REQ_EVENT.
-        vm.log.emit(f"vcpu{v.idx}", "eoi-empty", {}, cause)
-        return result
+        if emit:
+            vm.log.emit(VCPU_NAMES[v.idx], "eoi", cause, "vector", None)
+        return {"vector": None, "forwarded": False, "path": None}
     v.isr &= ~(1 << vec)
+    apicv = vm.config.apicv and vm.flags.eoi_exit_bitmap
+    path = (
+        "trap"
+        if not apicv
+        else ("eoi-induced-exit" if (v.eoi_exitmap >> vec) & 1 else "virtualized")
+    )
+    # Without emit, the caller's root event (seq `cause`) records the vector and path.
+    if emit:
+        seq = vm.log.emit(VCPU_NAMES[v.idx], "eoi", cause, "vector", vec, "path", path)
+    else:
+        assert cause is not None
+        seq = cause
+    if path == "virtualized":
+        return {"vector": vec, "forwarded": False, "path": path}
+    result = send_eoi(vm, v, vec, seq)
     result["vector"] = vec
-    if vm.config.apicv and vm.flags.eoi_exit_bitmap and not (v.eoi_exitmap >> vec) & 1:
-        vm.log.emit(f"vcpu{v.idx}", "eoi", {"vector": vec, "path": "virtualized"}, cause)
-        result["path"] = "virtualized"
-        return result
-    path = "eoi-induced-exit" if vm.config.apicv and vm.flags.eoi_exit_bitmap else "trap"
-    seq = vm.log.emit(f"vcpu{v.idx}", "eoi", {"vector": vec, "path": path}, cause)
     result["path"] = path
-    result.update(send_eoi(vm, v, vec, seq))
-    rq.make_request(vm, v, REQ_EVENT, seq)
+    v.requests |= REQ_EVENT
+    v.in_guest = False
     return result
 
 
 def send_eoi(vm: Vm, v: Vcpu, vec: int, cause: int) -> dict[str, Any]:
     """kvm_ioapic_send_eoi: decide whether an IOAPIC hears of the EOI of `vec`."""
     f = vm.flags
-    actor = f"vcpu{v.idx}"
+    actor = VCPU_NAMES[v.idx]
     level = bool((v.tmr >> vec) & 1)
     if not f.eoi_exit_bitmap:
         # 82093AA/SDM: the LAPIC broadcasts the EOI of a level (TMR) vector unless the guest
         # suppressed broadcasts with directed EOI.
         if not level or v.svr & SPIV_DIRECTED_EOI:
-            vm.log.emit(actor, "eoi-not-broadcast", {"vector": vec, "level": level}, cause)
+            vm.log.emit(actor, "eoi-not-broadcast", cause, "vector", vec, "level", level)
             return {"forwarded": False}
     elif not (v.handled >> vec) & 1:
-        vm.log.emit(actor, "eoi-not-forwarded", {"vector": vec, "reason": "not-handled"}, cause)
+        vm.log.emit(actor, "eoi-not-forwarded", cause, "vector", vec, "reason", "not-handled")
         return {"forwarded": False}
     if f.rescan_after_stale_eoi and vec == v.highest_stale:
         rq.make_request(vm, v, REQ_SCAN_IOAPIC, cause)
     if vm.config.irqchip == "split":
         if f.split_suppress_eoi_broadcast and v.svr & SPIV_DIRECTED_EOI:
-            vm.log.emit(actor, "eoi-not-forwarded", {"vector": vec,
-                                                     "reason": "directed-eoi"}, cause)
+            vm.log.emit(actor, "eoi-not-forwarded", cause, "vector", vec, "reason", "directed-eoi")
             return {"forwarded": False}
         v.pending_ioapic_eoi = vec
-        seq = vm.log.emit(actor, "eoi-exit-requested", {"vector": vec}, cause)
+        seq = vm.log.emit(actor, "eoi-exit-requested", cause, "vector", vec)
         rq.make_request(vm, v, REQ_IOAPIC_EOI_EXIT, seq)
         return {"forwarded": True, "eoi_exit": "pending"}
     if not f.notifiers_with_directed_eoi and v.svr & SPIV_DIRECTED_EOI:
-        vm.log.emit(actor, "eoi-not-forwarded", {"vector": vec, "reason": "directed-eoi"}, cause)
+        vm.log.emit(actor, "eoi-not-forwarded", cause, "vector", vec, "reason", "directed-eoi")
         return {"forwarded": False}
-    from .ioapic_kvm import ioapic_update_eoi
-
-    seq = vm.log.emit(actor, "eoi-to-ioapic", {"vector": vec, "level": level}, cause)
-    pins = ioapic_update_eoi(vm, v, vec, level, seq)
+    pins = ioapic_kvm.ioapic_update_eoi(vm, v, vec, level, cause)
     return {"forwarded": True, "ioapic": pins}
 
 
@@ -202,7 +233,7 @@ def write_register(vm: Vm, v: Vcpu, reg: str, value: int, cause: int | None) -> 
     """kvm_lapic_reg_write for the registers that matter to IOAPIC delivery, plus the
     APIC_BASE MSR (enable and x2APIC mode). A change that dirties KVM's APIC map triggers
     kvm_recalculate_apic_map, which requests SCAN_IOAPIC on every vCPU (T13.5)."""
-    actor = f"vcpu{v.idx}"
+    actor = VCPU_NAMES[v.idx]
     map_dirty = False
     if reg == "eoi":
         return write_eoi(vm, v, cause)
@@ -227,7 +258,7 @@ def write_register(vm: Vm, v: Vcpu, reg: str, value: int, cause: int | None) -> 
         map_dirty = _write_apic_base(v, value)
     else:
         raise invalid(f"unknown LAPIC register {reg!r}; known: {', '.join(LAPIC_REGS)}", "reg")
-    seq = vm.log.emit(actor, "lapic-write", {"reg": reg, "value": value}, cause)
+    seq = vm.log.emit(actor, "lapic-write", cause, "reg", reg, "value", value)
     if map_dirty:
         vm.apic_map_changed(seq)
     return {"reg": reg, "value": read_register(vm, v, reg)}
@@ -272,9 +303,12 @@ def read_register(vm: Vm, v: Vcpu, reg: str) -> int:
     if reg == "svr":
         return v.svr
     if reg == "apic_base":
-        return 0xFEE00000 | (APIC_BASE_ENABLE if v.apic_base_enabled else 0) | (
-            APIC_BASE_EXTD if v.x2apic else 0
-        ) | (0x100 if v.idx == 0 else 0)
+        return (
+            0xFEE00000
+            | (APIC_BASE_ENABLE if v.apic_base_enabled else 0)
+            | (APIC_BASE_EXTD if v.x2apic else 0)
+            | (0x100 if v.idx == 0 else 0)
+        )
     if reg == "lvr":
         return lvr(vm)
     if reg == "ppr":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import invalid
 
@@ -13,9 +13,9 @@ DATA_LEVEL_ASSERT = 1 << 14
 DATA_TRIGGER_LEVEL = 1 << 15
 
 
-@dataclass(frozen=True, slots=True)
-class LapicIrq:
-    """KVM's struct kvm_lapic_irq, reduced to what IOAPIC/MSI delivery uses."""
+class LapicIrq(NamedTuple):
+    """KVM's struct kvm_lapic_irq, reduced to what IOAPIC/MSI delivery uses (a NamedTuple:
+    one is built per delivery, and tuples are the cheapest immutable record)."""
 
     vector: int
     delivery_mode: int  # 0..7 (APIC_DM_* >> 8)

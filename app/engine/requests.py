@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from . import lapic, scan
+from .events import VCPU_NAMES
 from .state import (
     REQ_EVENT,
     REQ_IOAPIC_EOI_EXIT,
@@ -20,10 +22,12 @@ if TYPE_CHECKING:
 
 def make_request(vm: Vm, v: Vcpu, bit: int, cause: int | None) -> None:
     """kvm_make_request + kick: a vCPU in guest mode is forced out, so the request is always
-    consumed before that vCPU runs another guest instruction."""
+    consumed before that vCPU runs another guest instruction. KVM_REQ_EVENT is raised on
+    almost every step, so it shows in pending_requests but gets no event of its own."""
     if not v.requests & bit:
         v.requests |= bit
-        vm.log.emit(f"vcpu{v.idx}", "request", {"request": REQUEST_NAMES[bit]}, cause)
+        if bit != REQ_EVENT:
+            vm.log.emit(VCPU_NAMES[v.idx], "request", cause, "request", REQUEST_NAMES[bit])
     v.in_guest = False
 
 
@@ -43,34 +47,36 @@ def vcpu_enter(vm: Vm, v: Vcpu, cause: int | None) -> list[dict[str, Any]]:
     KVM's order (IOAPIC_EOI_EXIT, SCAN_IOAPIC, LOAD_EOI_EXITMAP, then EVENT), and an EOI exit
     returns to the VMM first, with the remaining requests left for the next KVM_RUN.
     Returns the userspace exits taken on the way."""
-    from .scan import vcpu_scan_ioapic
-
     exits: list[dict[str, Any]] = []
-    actor = f"vcpu{v.idx}"
+    actor = VCPU_NAMES[v.idx]
     while True:
         if v.requests & REQ_IOAPIC_EOI_EXIT:
             v.requests &= ~REQ_IOAPIC_EOI_EXIT
             vec = v.pending_ioapic_eoi
             if not vm.flags.eoi_exit_bitmap or (v.handled >> vec) & 1:
-                seq = vm.log.emit(actor, "exit-ioapic-eoi", {"vector": vec}, cause)
+                seq = vm.log.emit(actor, "exit-ioapic-eoi", cause, "vector", vec)
                 assert vm.vmm is not None
-                exits.append({"reason": "KVM_EXIT_IOAPIC_EOI", "vector": vec,
-                              "ioapic": vm.vmm.handle_eoi_exit(vm, vec, seq)})
+                exits.append(
+                    {
+                        "reason": "KVM_EXIT_IOAPIC_EOI",
+                        "vector": vec,
+                        "ioapic": vm.vmm.handle_eoi_exit(vm, vec, seq),
+                    }
+                )
                 continue  # the VMM issues KVM_RUN again
-            vm.log.emit(actor, "eoi-exit-dropped", {"vector": vec,
-                                                    "reason": "no-longer-handled"}, cause)
+            vm.log.emit(
+                actor, "eoi-exit-dropped", cause, "vector", vec, "reason", "no-longer-handled"
+            )
         if v.requests & REQ_SCAN_IOAPIC:
             v.requests &= ~REQ_SCAN_IOAPIC
-            vcpu_scan_ioapic(vm, v, cause)
+            scan.vcpu_scan_ioapic(vm, v, cause)
         if v.requests & REQ_LOAD_EOI_EXITMAP:
             v.requests &= ~REQ_LOAD_EOI_EXITMAP
             v.eoi_exitmap = v.handled
-            vm.log.emit(actor, "eoi-exitmap-loaded", {"vectors": v.handled}, cause)
+            vm.log.emit(actor, "eoi-exitmap-loaded", cause, "vectors", v.handled)
         if v.requests & REQ_EVENT:
             v.requests &= ~REQ_EVENT
-        if vm.config.apicv and v.pir:
-            from .lapic import sync_pir_to_irr
-
-            sync_pir_to_irr(vm, v, cause)
+        if v.pir and vm.config.apicv:
+            lapic.sync_pir_to_irr(vm, v, cause)
         v.in_guest = True
         return exits

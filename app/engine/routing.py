@@ -36,13 +36,15 @@ def qemu_initial_split_routes() -> dict[int, list[RouteEntry]]:
     return {gsi: [("msi", 0, 0, 0)] for gsi in range(NUM_PINS)}
 
 
-def build_table(entries: list[RouteEntry], split: bool, x2apic_format: bool
-                ) -> dict[int, list[RouteEntry]]:
+def build_table(
+    entries: list[RouteEntry], split: bool, x2apic_format: bool
+) -> dict[int, list[RouteEntry]]:
     """kvm_set_irq_routing's validation (setup_routing_entry, kvm_set_routing_entry).
     Entries are (gsi, route) pairs flattened as (gsi, *route)."""
     if len(entries) > KVM_MAX_IRQ_ROUTES:
-        raise invalid(f"at most {KVM_MAX_IRQ_ROUTES} routing entries (KVM_MAX_IRQ_ROUTES)",
-                      "entries")
+        raise invalid(
+            f"at most {KVM_MAX_IRQ_ROUTES} routing entries (KVM_MAX_IRQ_ROUTES)", "entries"
+        )
     table: dict[int, list[RouteEntry]] = {}
     for i, item in enumerate(entries):
         gsi, route = item[0], tuple(item[1:])
@@ -52,25 +54,34 @@ def build_table(entries: list[RouteEntry], split: bool, x2apic_format: bool
         if route[0] == "irqchip":
             chip, pin = route[1], route[2]
             if split:
-                raise invalid("irqchip routes are rejected with a split irqchip (-EINVAL)",
-                              f"{where}.irqchip")
+                raise invalid(
+                    "irqchip routes are rejected with a split irqchip (-EINVAL)", f"{where}.irqchip"
+                )
             if chip not in CHIPS:
                 raise invalid(f"irqchip.chip must be one of {CHIPS}", f"{where}.irqchip.chip")
             limit = NUM_PINS if chip == "ioapic" else 8
             if not 0 <= pin < limit:
-                raise invalid(f"irqchip.pin must be below {limit} for {chip} (-EINVAL)",
-                              f"{where}.irqchip.pin")
+                raise invalid(
+                    f"irqchip.pin must be below {limit} for {chip} (-EINVAL)",
+                    f"{where}.irqchip.pin",
+                )
         elif route[0] == "msi":
             if x2apic_format and route[2] & 0xFF:
-                raise invalid("address_hi bits 7:0 must be zero with 32-bit x2APIC ids "
-                              "(kvm_msi_route_invalid, -EINVAL)", f"{where}.msi.address_hi")
+                raise invalid(
+                    "address_hi bits 7:0 must be zero with 32-bit x2APIC ids "
+                    "(kvm_msi_route_invalid, -EINVAL)",
+                    f"{where}.msi.address_hi",
+                )
         else:
             raise invalid("route must be irqchip or msi", where)
         existing = table.setdefault(gsi, [])
         for other in existing:
             if other[0] != "irqchip" or route[0] != "irqchip" or other[1] == route[1]:
-                raise invalid(f"gsi {gsi} can hold at most one entry per irqchip and an MSI "
-                              "entry alone (-EINVAL)", where)
+                raise invalid(
+                    f"gsi {gsi} can hold at most one entry per irqchip and an MSI "
+                    "entry alone (-EINVAL)",
+                    where,
+                )
         existing.append(route)
     return table
 
@@ -81,20 +92,27 @@ def route_to_json(route: RouteEntry, x2apic_format: bool) -> dict[str, Any]:
     irq = msi_to_irq(route[1], route[2], route[3], x2apic_format)
     return {
         "msi": {"address_lo": route[1], "address_hi": route[2], "data": route[3]},
-        "decoded": {"dest": irq.dest, "dest_mode": "logical" if irq.logical else "physical",
-                    "vector": irq.vector, "trigger": "level" if irq.level_trig else "edge",
-                    "delivery_mode": irq.delivery_mode, "redirection_hint": irq.redir_hint},
+        "decoded": {
+            "dest": irq.dest,
+            "dest_mode": "logical" if irq.logical else "physical",
+            "vector": irq.vector,
+            "trigger": "level" if irq.level_trig else "edge",
+            "delivery_mode": irq.delivery_mode,
+            "redirection_hint": irq.redir_hint,
+        },
     }
 
 
-def kvm_set_msi(vm: Vm, addr_lo: int, addr_hi: int, data: int, level: bool,
-                cause: int | None) -> int:
+def kvm_set_msi(
+    vm: Vm, addr_lo: int, addr_hi: int, data: int, level: bool, cause: int | None
+) -> int:
     """kvm_set_msi: MSIs are pulse-only, level 0 does nothing and returns -1."""
     if not level:
         return -1
     irq = msi_to_irq(addr_lo, addr_hi, data, vm.config.x2apic_format)
-    seq = vm.log.emit("kvm", "msi", {"vector": irq.vector, "dest": irq.dest,
-                                     "level": irq.level_trig}, cause)
+    seq = vm.log.emit(
+        "kvm", "msi", cause, "vector", irq.vector, "dest", irq.dest, "level", irq.level_trig
+    )
     return deliver_to_apic(vm, irq, seq)
 
 

@@ -125,8 +125,16 @@ def encode(
 
 
 FIELD_NAMES = (
-    "vector", "delivery_mode", "dest_mode", "trigger", "polarity", "masked", "dest",
-    "extended_dest", "remote_irr", "delivery_status",
+    "vector",
+    "delivery_mode",
+    "dest_mode",
+    "trigger",
+    "polarity",
+    "masked",
+    "dest",
+    "extended_dest",
+    "remote_irr",
+    "delivery_status",
 )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import rte as R
+from .events import VCPU_NAMES
 from .msi import msi_to_irq
 from .state import REQ_LOAD_EOI_EXITMAP, Vcpu
 
@@ -59,8 +60,9 @@ def scan_targets(vm: Vm) -> list[tuple[int, bool, int, bool]]:
                     continue
                 irq = msi_to_irq(entry[1], entry[2], entry[3], fmt)
                 if irq.level_trig:
-                    out.append((irq.dest, irq.logical, irq.vector,
-                                f.split_scan_keeps_pending_level))
+                    out.append(
+                        (irq.dest, irq.logical, irq.vector, f.split_scan_keeps_pending_level)
+                    )
     return out
 
 
@@ -91,7 +93,7 @@ def build_scan_table(vm: Vm) -> ScanTable:
 
 def vcpu_scan_ioapic(vm: Vm, v: Vcpu, cause: int | None) -> None:
     """vcpu_scan_ioapic on consuming KVM_REQ_SCAN_IOAPIC."""
-    actor = f"vcpu{v.idx}"
+    actor = VCPU_NAMES[v.idx]
     if not v.apic_base_enabled:
         return  # !kvm_apic_present: the bitmap is left as it was
     f = vm.flags
@@ -122,8 +124,7 @@ def vcpu_scan_ioapic(vm: Vm, v: Vcpu, cause: int | None) -> None:
     old = v.handled
     v.handled = handled
     v.highest_stale = stale
-    seq = vm.log.emit(actor, "scan", {"handled": handled, "was": old, "highest_stale": stale},
-                      cause)
+    seq = vm.log.emit(actor, "scan", cause, "handled", handled, "was", old, "highest_stale", stale)
     # Not kicked: the vCPU is already outside guest mode while consuming its requests.
     v.requests |= REQ_LOAD_EOI_EXITMAP
-    vm.log.emit(actor, "request", {"request": "LOAD_EOI_EXITMAP"}, seq)
+    vm.log.emit(actor, "request", seq, "request", "LOAD_EOI_EXITMAP")

@@ -34,17 +34,41 @@ SPIV_DIRECTED_EOI = 1 << 12
 SPIV_RESET = 0xFF  # software-disabled, spurious vector 0xff
 
 
+_REQUEST_LISTS = [
+    tuple(name for bit, name in REQUEST_NAMES.items() if bits & bit) for bits in range(16)
+]
+
+
 def requests_list(bits: int) -> list[str]:
-    return [name for bit, name in REQUEST_NAMES.items() if bits & bit]
+    return list(_REQUEST_LISTS[bits])
 
 
 class Vcpu:
     """One vCPU: its local APIC registers and the arch fields KVM keeps for EOI interception."""
 
     __slots__ = (
-        "apic_base_enabled", "arb_prio", "dfr", "eoi_exitmap", "handled", "highest_stale",
-        "id_reg", "idx", "in_guest", "init_count", "irr", "isr", "ldr", "nmi_count",
-        "pending_ioapic_eoi", "pir", "requests", "smi_count", "svr", "tmr", "tpr", "x2apic",
+        "apic_base_enabled",
+        "arb_prio",
+        "dfr",
+        "eoi_exitmap",
+        "handled",
+        "highest_stale",
+        "id_reg",
+        "idx",
+        "in_guest",
+        "init_count",
+        "irr",
+        "isr",
+        "ldr",
+        "nmi_count",
+        "pending_ioapic_eoi",
+        "pir",
+        "requests",
+        "smi_count",
+        "svr",
+        "tmr",
+        "tpr",
+        "x2apic",
     )
 
     def __init__(self, idx: int) -> None:
@@ -96,8 +120,16 @@ class IoapicState:
     (hw/intc/ioapic.c); the two share the register file and differ in transitions."""
 
     __slots__ = (
-        "delayed_at", "flavour", "id", "ioregsel", "irq_eoi", "irq_states", "irr",
-        "irr_delivered", "redir", "version",
+        "delayed_at",
+        "flavour",
+        "id",
+        "ioregsel",
+        "irq_eoi",
+        "irq_states",
+        "irr",
+        "irr_delivered",
+        "redir",
+        "version",
     )
 
     def __init__(self, flavour: str, version: int) -> None:
@@ -163,11 +195,17 @@ class VmConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "vcpus": self.vcpus, "irqchip": self.irqchip, "profile": self.profile,
-            "overrides": dict(self.overrides), "apicv": self.apicv,
+            "vcpus": self.vcpus,
+            "irqchip": self.irqchip,
+            "profile": self.profile,
+            "overrides": dict(self.overrides),
+            "apicv": self.apicv,
             "nr_reserved_ioapic_pins": self.nr_reserved_ioapic_pins,
-            "ioapic_version": self.ioapic_version, "x2apic": self.x2apic,
-            "x2apic_cpuid": self.x2apic_cpuid, "x2apic_format": self.x2apic_format,
+            "ioapic_version": self.ioapic_version,
+            "x2apic": self.x2apic,
+            "x2apic_cpuid": self.x2apic_cpuid,
+            "x2apic_format": self.x2apic_format,
             "broadcast_quirk_disabled": self.broadcast_quirk_disabled,
-            "vector_hashing": self.vector_hashing, "event_log": self.event_log,
+            "vector_hashing": self.vector_hashing,
+            "event_log": self.event_log,
         }

@@ -11,7 +11,7 @@ from . import rte as R
 from .apic_map import ApicMap, apic_id
 from .bitmap import to_hex, vectors
 from .errors import EngineError, ErrorKind, invalid, not_found
-from .events import EventLog
+from .events import VCPU_NAMES, EventLog
 from .ioapic_kvm import eoi_inject_work, ioapic_set_irq
 from .ioapic_kvm import mmio_read as kvm_mmio_read
 from .ioapic_kvm import mmio_write as kvm_mmio_write
@@ -68,10 +68,21 @@ class Vm:
         self.resamplers: dict[int, int] = {}  # gsi -> times the resamplefd was signalled
         self.time = 0  # logical microseconds; only advance_time moves it
         self.log = EventLog(config.event_log)
+        self.accepted: list[int] = []  # vCPUs that accepted during the current operation
         self._map: ApicMap | None = None
         self._scan: ScanTable | None = None
+        self._vec_pins: dict[int, list[int]] | None = None
 
     # ---- derived state ----
+
+    def pins_with_vector(self, vector: int) -> list[int]:
+        """IOAPIC pins whose current RTE holds `vector` (EOIs match pins by vector)."""
+        if self._vec_pins is None:
+            idx: dict[int, list[int]] = {}
+            for pin, e in enumerate(self.ioapic.redir):
+                idx.setdefault(e & 0xFF, []).append(pin)
+            self._vec_pins = idx
+        return self._vec_pins.get(vector, [])
 
     def apic_map(self) -> ApicMap:
         if self._map is None:
@@ -84,13 +95,15 @@ class Vm:
         return self._scan
 
     def routing_changed(self) -> None:
+        """An RTE or route changed: derived scan targets and the vector index are stale."""
         self._scan = None
+        self._vec_pins = None
 
     def apic_map_changed(self, cause: int | None) -> None:
         """kvm_recalculate_apic_map: rebuild the map and rescan every vCPU."""
         self._map = None
         self._scan = None
-        seq = self.log.emit("kvm", "apic-map-recalculated", {}, cause)
+        seq = self.log.emit("kvm", "apic-map-recalculated", cause)
         make_scan_request(self, None, seq)
 
     def request_scan(self, targets: set[int] | None, cause: int | None) -> None:
@@ -127,46 +140,52 @@ class Vm:
 
     def _signal_resampler(self, gsi: int, cause: int | None) -> int:
         self.resamplers[gsi] += 1
-        return self.log.emit("device", "resamplefd-signalled",
-                             {"gsi": gsi, "count": self.resamplers[gsi]}, cause)
+        return self.log.emit(
+            "device", "resamplefd-signalled", cause, "gsi", gsi, "count", self.resamplers[gsi]
+        )
 
     def install_routes(self, table: dict[int, list[RouteEntry]], cause: int | None) -> None:
         """kvm_set_irq_routing: publish the table; in split mode kvm_arch_irq_routing_update
         requests SCAN_IOAPIC on every vCPU."""
         self.routes = table
         self._scan = None
-        seq = self.log.emit("kvm", "routing-updated", {"gsis": len(table)}, cause)
+        seq = self.log.emit("kvm", "routing-updated", cause, "gsis", len(table))
         if self.config.irqchip == "split":
             make_scan_request(self, None, seq)
 
     def vcpu(self, n: int) -> Vcpu:
-        if not 0 <= n < len(self.vcpus):
+        if not 0 <= n < len(self.vcpus) or n is True or n is False:
             raise not_found(f"vCPU {n} does not exist (this VM has {len(self.vcpus)})", "vcpu")
         return self.vcpus[n]
 
     # ---- device side ----
 
-    def set_line(self, pin: int, level: int | None = None, action: str | None = None,
-                 source: int = 0) -> dict[str, Any]:
+    def set_line(
+        self, pin: int, level: int | None = None, action: str | None = None, source: int = 0
+    ) -> dict[str, Any]:
         """Drive the IOAPIC input pin from a device: a level (0/1) or assert/deassert/pulse.
         The in-kernel IOAPIC ORs the levels of all IRQ sources of a pin (irq_states)."""
         _check_pin(pin)
         if not 0 <= source < MAX_IRQ_SOURCES:
             raise invalid(f"source must be 0..{MAX_IRQ_SOURCES - 1}", "source")
         if action is None:
-            if level not in (0, 1):
+            if level == 1:
+                levels = _HIGH
+            elif level == 0:
+                levels = _LOW
+            else:
                 raise invalid("level must be 0 or 1", "level")
-            levels = [bool(level)]
-        elif action in ("assert", "deassert", "pulse"):
-            levels = {"assert": [True], "deassert": [False], "pulse": [True, False]}[action]
+        elif action in _ACTIONS:
+            levels = _ACTIONS[action]
         else:
             raise invalid("action must be assert, deassert or pulse", "action")
         results = []
         outcome: dict[str, Any]
         for lv in levels:
-            seq = self.log.emit("device", "line", {"pin": pin, "level": int(lv),
-                                                   "source": source}, None)
-            first = self.log.next_seq
+            seq = self.log.emit(
+                "device", "line", None, "pin", pin, "level", int(lv), "source", source
+            )
+            self.accepted = []
             if self.ioapic.flavour == "kvm":
                 ret = ioapic_set_irq(self, pin, source, lv, seq)
                 outcome = {"level": int(lv), "status": ret}
@@ -178,21 +197,15 @@ class Vm:
                     io.irq_states[pin] &= ~(1 << source)
                 outcome = qemu_ioapic_set_irq(self, pin, bool(io.irq_states[pin]), seq)
                 outcome["level"] = int(lv)
-            outcome["delivered_to"] = self._accepted_since(first)
+            outcome["delivered_to"] = sorted(self.accepted)
             results.append(outcome)
-        return {"pin": pin, "source": source, "steps": results,
-                "remote_irr": R.remote_irr(self.ioapic.redir[2 if pin == 0 and
-                                                             self.ioapic.flavour == "qemu"
-                                                             else pin])}
-
-    def _accepted_since(self, first_seq: int) -> list[int]:
-        out = []
-        for seq, actor, kind, _f, _c in reversed(self.log.events):
-            if seq < first_seq:
-                break
-            if kind == "accepted":
-                out.append(int(actor[4:]))
-        return sorted(out)
+        target = 2 if pin == 0 and self.ioapic.flavour == "qemu" else pin
+        return {
+            "pin": pin,
+            "source": source,
+            "steps": results,
+            "remote_irr": bool(self.ioapic.redir[target] & R.REMOTE_IRR_BIT),
+        }
 
     def irq_line(self, gsi: int, level: int, source: int = 0) -> dict[str, Any]:
         """KVM_IRQ_LINE_STATUS: kvm_set_irq through the routing table."""
@@ -200,27 +213,36 @@ class Vm:
             raise invalid("level must be 0 or 1", "level")
         if not 0 <= gsi < 4096:
             raise invalid("gsi must be 0..4095", "gsi")
-        seq = self.log.emit("device", "irq-line", {"gsi": gsi, "level": level}, None)
-        first = self.log.next_seq
+        seq = self.log.emit("device", "irq-line", None, "gsi", gsi, "level", level)
+        self.accepted = []
         status = kvm_set_irq(self, source, gsi, bool(level), seq)
-        return {"gsi": gsi, "status": status, "delivered_to": self._accepted_since(first)}
+        return {"gsi": gsi, "status": status, "delivered_to": sorted(self.accepted)}
 
     def signal_msi(self, address_lo: int, address_hi: int, data: int) -> dict[str, Any]:
         """KVM_SIGNAL_MSI."""
         if self.config.x2apic_format and address_hi & 0xFF:
-            raise invalid("address_hi bits 7:0 must be zero with 32-bit x2APIC ids (-EINVAL)",
-                          "address_hi")
-        seq = self.log.emit("device", "signal-msi", {"address_lo": address_lo,
-                                                     "address_hi": address_hi,
-                                                     "data": data}, None)
-        first = self.log.next_seq
+            raise invalid(
+                "address_hi bits 7:0 must be zero with 32-bit x2APIC ids (-EINVAL)", "address_hi"
+            )
+        seq = self.log.emit(
+            "device",
+            "signal-msi",
+            None,
+            "address_lo",
+            address_lo,
+            "address_hi",
+            address_hi,
+            "data",
+            data,
+        )
+        self.accepted = []
         status = kvm_set_msi(self, address_lo, address_hi, data, True, seq)
-        return {"status": status, "delivered_to": self._accepted_since(first)}
+        return {"status": status, "delivered_to": sorted(self.accepted)}
 
     def set_routes(self, entries: list[RouteEntry]) -> dict[str, Any]:
         """KVM_SET_GSI_ROUTING: replaces the whole table."""
         table = build_table(entries, self.config.irqchip == "split", self.config.x2apic_format)
-        seq = self.log.emit("vmm", "set-gsi-routing", {"entries": len(entries)}, None)
+        seq = self.log.emit("vmm", "set-gsi-routing", None, "entries", len(entries))
         self.install_routes(table, seq)
         return self.routes_view()
 
@@ -230,10 +252,11 @@ class Vm:
         if not 0 <= gsi < 4096:
             raise invalid("gsi must be 0..4095", "gsi")
         if gsi in self.resamplers:
-            raise EngineError(ErrorKind.EXISTS, f"a resampler is already registered for gsi {gsi}",
-                              "gsi")
+            raise EngineError(
+                ErrorKind.EXISTS, f"a resampler is already registered for gsi {gsi}", "gsi"
+            )
         self.resamplers[gsi] = 0
-        seq = self.log.emit("device", "resampler-registered", {"gsi": gsi}, None)
+        seq = self.log.emit("device", "resampler-registered", None, "gsi", gsi)
         if self.config.irqchip == "kernel":
             self._scan = None
             make_scan_request(self, None, seq)
@@ -242,20 +265,17 @@ class Vm:
         """An irqfd with a resampler fires: kvm_set_irq(KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, 1)."""
         if gsi not in self.resamplers:
             raise not_found(f"no resampler registered for gsi {gsi}", "gsi")
-        seq = self.log.emit("device", "irqfd", {"gsi": gsi}, None)
-        first = self.log.next_seq
-        if self.config.irqchip == "kernel":
-            status = kvm_set_irq(self, KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi, True, seq)
-        else:
-            status = kvm_set_irq(self, KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi, True, seq)
-        return {"gsi": gsi, "status": status, "delivered_to": self._accepted_since(first)}
+        seq = self.log.emit("device", "irqfd", None, "gsi", gsi)
+        self.accepted = []
+        status = kvm_set_irq(self, KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi, True, seq)
+        return {"gsi": gsi, "status": status, "delivered_to": sorted(self.accepted)}
 
     def advance_time(self, us: int) -> dict[str, Any]:
         """Move logical time forward, running the throttled re-injection when it is due."""
         if us < 0:
             raise invalid("time only moves forward", "us")
         self.time += us
-        seq = self.log.emit("clock", "advance", {"us": us, "now": self.time}, None)
+        seq = self.log.emit("clock", "advance", None, "us", us, "now", self.time)
         ran = False
         io = self.ioapic
         if io.delayed_at is not None and io.delayed_at <= self.time:
@@ -276,7 +296,7 @@ class Vm:
     def enter(self, n: int) -> dict[str, Any]:
         """KVM_RUN without acting: consume pending requests (and handle any EOI exit)."""
         v = self.vcpu(n)
-        seq = self.log.emit(f"vcpu{n}", "enter", {"requests": requests_list(v.requests)}, None)
+        seq = self.log.emit(VCPU_NAMES[n], "enter", None, "requests", requests_list(v.requests))
         exits = vcpu_enter(self, v, seq)
         return {"vcpu": n, "exits": exits, "pending_requests": requests_list(v.requests)}
 
@@ -284,35 +304,39 @@ class Vm:
         """The vCPU leaves guest mode (halts or runs host code): posted interrupts now wait in
         the PIR until its next entry."""
         v = self.vcpu(n)
-        self.log.emit(f"vcpu{n}", "exit", {}, None)
+        self.log.emit(VCPU_NAMES[n], "exit", None)
         v.in_guest = False
         return {"vcpu": n, "in_guest": False}
 
     def ack(self, n: int) -> dict[str, Any]:
         """The guest opens an interrupt window and takes the highest deliverable interrupt."""
         v = self.vcpu(n)
-        seq = self.log.emit(f"vcpu{n}", "interrupt-window", {}, None)
-        exits = self._as_guest(v, seq)
-        vec = acknowledge(self, v, seq)
+        seq = self.log.reserve()
+        exits = self._as_guest(v, seq) if v.requests or not v.in_guest else []
+        vec = acknowledge(self, v, seq, emit=False)
+        self.log.fill(seq, VCPU_NAMES[n], "ack", None, "vector", vec)
         return {"vcpu": n, "vector": vec, "entry_exits": exits}
 
     def eoi(self, n: int, run_exits: bool = False) -> dict[str, Any]:
         """The guest writes the LAPIC EOI register. With run_exits, the vCPU then re-enters so
         that a pending KVM_EXIT_IOAPIC_EOI reaches the VMM within this call."""
         v = self.vcpu(n)
-        seq = self.log.emit(f"vcpu{n}", "eoi-write", {}, None)
-        exits = self._as_guest(v, seq)
-        result = write_eoi(self, v, seq)
+        seq = self.log.reserve()
+        exits = self._as_guest(v, seq) if v.requests or not v.in_guest else []
+        result = write_eoi(self, v, seq, emit=False)
+        self.log.fill(
+            seq, VCPU_NAMES[n], "eoi", None, "vector", result["vector"], "path", result["path"]
+        )
         result["vcpu"] = n
         result["entry_exits"] = exits
         if run_exits:
-            result["exits"] = vcpu_enter(self, v, seq)
+            result["exits"] = vcpu_enter(self, v, seq) if v.requests else []
         result["pending_requests"] = requests_list(v.requests)
         return result
 
     def lapic_write(self, n: int, reg: str, value: int) -> dict[str, Any]:
         v = self.vcpu(n)
-        seq = self.log.emit(f"vcpu{n}", "lapic-write-op", {"reg": reg}, None)
+        seq = self.log.emit(VCPU_NAMES[n], "lapic-write-op", None, "reg", reg)
         exits = self._as_guest(v, seq)
         result = write_register(self, v, reg, value, seq)
         result["entry_exits"] = exits
@@ -330,11 +354,27 @@ class Vm:
             raise invalid("size must be 1, 2, 4 or 8", "size")
         if not 0 <= value < 1 << (8 * size):
             raise invalid(f"value does not fit in {size} bytes", "value")
-        seq = self.log.emit(f"vcpu{n}", "ioapic-mmio", {"op": op, "offset": offset,
-                                                        "size": size, "value": value}, None)
+        seq = self.log.emit(
+            VCPU_NAMES[n],
+            "ioapic-mmio",
+            None,
+            "op",
+            op,
+            "offset",
+            offset,
+            "size",
+            size,
+            "value",
+            value,
+        )
         exits = self._as_guest(v, seq)
-        out: dict[str, Any] = {"vcpu": n, "op": op, "offset": offset, "size": size,
-                               "entry_exits": exits}
+        out: dict[str, Any] = {
+            "vcpu": n,
+            "op": op,
+            "offset": offset,
+            "size": size,
+            "entry_exits": exits,
+        }
         if self.vmm is None:
             if op == "read":
                 out["value"] = kvm_mmio_read(self, offset, size)
@@ -345,8 +385,13 @@ class Vm:
             out.update(self.vmm.handle_mmio(self, op, offset, size, value, seq))
         return out
 
-    def write_rte(self, n: int, pin: int, entry: int, halves: tuple[str, ...] = ("low", "high"),
-                  ) -> dict[str, Any]:
+    def write_rte(
+        self,
+        n: int,
+        pin: int,
+        entry: int,
+        halves: tuple[str, ...] = ("low", "high"),
+    ) -> dict[str, Any]:
         """Write an RTE as a guest does: IOREGSEL then IOWIN, once per half, in the given order
         (Linux's ioapic_write_entry writes high then low)."""
         _check_pin(pin)
@@ -361,13 +406,22 @@ class Vm:
             self.mmio(n, "write", 0x10, 4, value)
         return self.pin_view(pin)
 
-    def patch_rte(self, n: int, pin: int, changes: dict[str, Any], order: str = "low-first"
-                  ) -> dict[str, Any]:
+    def patch_rte(
+        self, n: int, pin: int, changes: dict[str, Any], order: str = "low-first"
+    ) -> dict[str, Any]:
         """Write only the dwords that hold the changed fields."""
         _check_pin(pin)
         entry = R.patch(self.ioapic.redir[pin], changes)
-        low_fields = {"vector", "delivery_mode", "dest_mode", "trigger", "polarity", "masked",
-                      "remote_irr", "delivery_status"}
+        low_fields = {
+            "vector",
+            "delivery_mode",
+            "dest_mode",
+            "trigger",
+            "polarity",
+            "masked",
+            "remote_irr",
+            "delivery_status",
+        }
         halves = []
         if low_fields & changes.keys():
             halves.append("low")
@@ -392,26 +446,43 @@ class Vm:
     def ioapic_view(self) -> dict[str, Any]:
         io = self.ioapic
         return {
-            "flavour": io.flavour, "id": io.id, "version": io.version, "ioregsel": io.ioregsel,
-            "irr": io.irr, "delayed_injection_at": io.delayed_at,
+            "flavour": io.flavour,
+            "id": io.id,
+            "version": io.version,
+            "ioregsel": io.ioregsel,
+            "irr": io.irr,
+            "delayed_injection_at": io.delayed_at,
             "pins": [self.pin_view(p) for p in range(R.NUM_PINS)],
         }
 
     def vcpu_view(self, n: int) -> dict[str, Any]:
         v = self.vcpu(n)
         return {
-            "vcpu": n, "apic_id": apic_id(v), "x2apic": v.x2apic,
-            "enabled": v.apic_base_enabled, "sw_enabled": bool(v.svr & SPIV_APIC_ENABLED),
-            "ldr": read_register(self, v, "ldr"), "dfr": v.dfr, "tpr": v.tpr, "ppr": ppr(v),
-            "svr": v.svr, "lvr": lvr(self),
-            "irr": bitmap_view(v.irr), "isr": bitmap_view(v.isr), "tmr": bitmap_view(v.tmr),
-            "pir": bitmap_view(v.pir), "handled_vectors": bitmap_view(v.handled),
+            "vcpu": n,
+            "apic_id": apic_id(v),
+            "x2apic": v.x2apic,
+            "enabled": v.apic_base_enabled,
+            "sw_enabled": bool(v.svr & SPIV_APIC_ENABLED),
+            "ldr": read_register(self, v, "ldr"),
+            "dfr": v.dfr,
+            "tpr": v.tpr,
+            "ppr": ppr(v),
+            "svr": v.svr,
+            "lvr": lvr(self),
+            "irr": bitmap_view(v.irr),
+            "isr": bitmap_view(v.isr),
+            "tmr": bitmap_view(v.tmr),
+            "pir": bitmap_view(v.pir),
+            "handled_vectors": bitmap_view(v.handled),
             "eoi_exit_bitmap": bitmap_view(v.eoi_exitmap),
             "pending_requests": requests_list(v.requests),
             "pending_ioapic_eoi": v.pending_ioapic_eoi,
             "highest_stale_pending_ioapic_eoi": v.highest_stale,
-            "in_guest": v.in_guest, "arb_prio": v.arb_prio,
-            "nmi_count": v.nmi_count, "smi_count": v.smi_count, "init_count": v.init_count,
+            "in_guest": v.in_guest,
+            "arb_prio": v.arb_prio,
+            "nmi_count": v.nmi_count,
+            "smi_count": v.smi_count,
+            "init_count": v.init_count,
         }
 
     def bitmaps(self) -> dict[str, Any]:
@@ -419,27 +490,34 @@ class Vm:
         mask = sum(1 << p for p in pins)
         return {
             "remote_irr": {"pins": pins, "hex": f"0x{mask:06x}"},
-            "handled_vectors": [
-                {"vcpu": v.idx, **bitmap_view(v.handled)} for v in self.vcpus
-            ],
+            "handled_vectors": [{"vcpu": v.idx, **bitmap_view(v.handled)} for v in self.vcpus],
         }
 
     def routes_view(self) -> dict[str, Any]:
         fmt = self.config.x2apic_format
-        return {"entries": [
-            {"gsi": gsi, **route_to_json(r, fmt)}
-            for gsi in sorted(self.routes) for r in self.routes[gsi]
-        ]}
+        return {
+            "entries": [
+                {"gsi": gsi, **route_to_json(r, fmt)}
+                for gsi in sorted(self.routes)
+                for r in self.routes[gsi]
+            ]
+        }
 
     def summary(self) -> dict[str, Any]:
-        return {**self.config.to_dict(), "flags": F.as_dict(self.flags), "time": self.time,
-                "events": self.log.next_seq - 1}
+        return {
+            **self.config.to_dict(),
+            "flags": F.as_dict(self.flags),
+            "time": self.time,
+            "events": self.log.next_seq - 1,
+        }
 
     def state(self) -> dict[str, Any]:
         return {
-            "config": self.summary(), "ioapic": self.ioapic_view(),
+            "config": self.summary(),
+            "ioapic": self.ioapic_view(),
             "vcpus": [self.vcpu_view(i) for i in range(len(self.vcpus))],
-            "routes": self.routes_view()["entries"], "bitmaps": self.bitmaps(),
+            "routes": self.routes_view()["entries"],
+            "bitmaps": self.bitmaps(),
             "resamplers": [{"gsi": g, "signalled": c} for g, c in sorted(self.resamplers.items())],
         }
 
@@ -448,9 +526,11 @@ class Vm:
     def key(self) -> tuple[Any, ...]:
         """Everything that determines future behaviour (not the event log)."""
         return (
-            self.ioapic.key(), tuple(v.key() for v in self.vcpus),
+            self.ioapic.key(),
+            tuple(v.key() for v in self.vcpus),
             tuple((g, tuple(es)) for g, es in sorted(self.routes.items())),
-            tuple(sorted(self.resamplers.items())), self.time,
+            tuple(sorted(self.resamplers.items())),
+            self.time,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -469,8 +549,10 @@ class Vm:
         c.resamplers = dict(self.resamplers)
         c.time = self.time
         c.log = self.log.clone()
+        c.accepted = []
         c._map = None
         c._scan = None
+        c._vec_pins = None
         return c
 
     def snapshot(self) -> dict[str, Any]:
@@ -482,8 +564,7 @@ class Vm:
             "routes": [[g, [list(r) for r in es]] for g, es in sorted(self.routes.items())],
             "resamplers": [[g, c] for g, c in sorted(self.resamplers.items())],
             "time": self.time,
-            "log": {"next_seq": self.log.next_seq,
-                    "events": [list(e) for e in self.log.events]},
+            "log": {"next_seq": self.log.next_seq, "events": [list(e) for e in self.log.events]},
         }
 
     @classmethod
@@ -515,6 +596,11 @@ class Vm:
         return vm
 
 
+_HIGH: tuple[bool, ...] = (True,)
+_LOW: tuple[bool, ...] = (False,)
+_ACTIONS: dict[str, tuple[bool, ...]] = {"assert": _HIGH, "deassert": _LOW, "pulse": (True, False)}
+
+
 def bitmap_view(bits: int) -> dict[str, Any]:
     return {"vectors": vectors(bits), "hex": to_hex(bits)}
 
@@ -530,24 +616,34 @@ def _validate_config(c: VmConfig) -> None:
     if not 1 <= c.vcpus <= KVM_MAX_VCPUS:
         raise invalid(f"vcpus must be 1..{KVM_MAX_VCPUS} (KVM_MAX_VCPUS)", "vcpus")
     if c.vcpus > 255 and not c.x2apic:
-        raise invalid("more than 255 vCPUs need x2apic: true (xAPIC ids are 8-bit, 0xff is "
-                      "broadcast)", "x2apic")
+        raise invalid(
+            "more than 255 vCPUs need x2apic: true (xAPIC ids are 8-bit, 0xff is broadcast)",
+            "x2apic",
+        )
     if not 0 <= c.nr_reserved_ioapic_pins <= MAX_NR_RESERVED_IOAPIC_PINS:
-        raise invalid("nr_reserved_ioapic_pins must be <= MAX_NR_RESERVED_IOAPIC_PINS (4096), "
-                      "KVM_CAP_SPLIT_IRQCHIP returns -EINVAL", "nr_reserved_ioapic_pins")
+        raise invalid(
+            "nr_reserved_ioapic_pins must be <= MAX_NR_RESERVED_IOAPIC_PINS (4096), "
+            "KVM_CAP_SPLIT_IRQCHIP returns -EINVAL",
+            "nr_reserved_ioapic_pins",
+        )
     if c.irqchip == "kernel" and c.nr_reserved_ioapic_pins != R.NUM_PINS:
-        raise invalid("nr_reserved_ioapic_pins applies to the split irqchip only",
-                      "nr_reserved_ioapic_pins")
+        raise invalid(
+            "nr_reserved_ioapic_pins applies to the split irqchip only", "nr_reserved_ioapic_pins"
+        )
     if c.ioapic_version is not None:
         allowed = (0x11,) if c.irqchip == "kernel" else (0x11, 0x20)
         if c.ioapic_version not in allowed:
             raise invalid(
                 "ioapic_version must be 0x11 for KVM's in-kernel IOAPIC"
-                if c.irqchip == "kernel" else "QEMU's IOAPIC accepts version 0x11 or 0x20",
-                "ioapic_version")
+                if c.irqchip == "kernel"
+                else "QEMU's IOAPIC accepts version 0x11 or 0x20",
+                "ioapic_version",
+            )
     if c.overrides.get("split_suppress_eoi_broadcast") and c.irqchip != "split":
-        raise invalid("KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST requires a split irqchip "
-                      "(-EINVAL)", "overrides.split_suppress_eoi_broadcast")
+        raise invalid(
+            "KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST requires a split irqchip (-EINVAL)",
+            "overrides.split_suppress_eoi_broadcast",
+        )
 
 
 __all__ = ["REQUEST_NAMES", "Vm", "VmConfig"]

@@ -21,8 +21,9 @@ class Vmm:
 
     __slots__ = ()
 
-    def handle_mmio(self, vm: Vm, op: str, offset: int, size: int, value: int,
-                    cause: int | None) -> dict[str, Any]:
+    def handle_mmio(
+        self, vm: Vm, op: str, offset: int, size: int, value: int, cause: int | None
+    ) -> dict[str, Any]:
         """KVM_EXIT_MMIO on the IOAPIC page. QEMU's memory core splits an 8-byte access into
         two 4-byte ones (ioapic_io_ops has no .impl sizes)."""
         offset &= 0xFF
@@ -38,8 +39,9 @@ class Vmm:
             touched.append(self._write_one(vm, off, sz, part, cause))
         return {"writes": touched}
 
-    def _write_one(self, vm: Vm, offset: int, size: int, value: int,
-                   cause: int | None) -> dict[str, Any]:
+    def _write_one(
+        self, vm: Vm, offset: int, size: int, value: int, cause: int | None
+    ) -> dict[str, Any]:
         before = vm.flags.qemu_routes_before_service
         what = write_reg(vm, offset, size, value, cause)
         seq = what.pop("seq", cause)
@@ -61,10 +63,10 @@ class Vmm:
                 continue
             addr, data = qemu_rte_to_msi(e)
             table[pin] = [("msi", addr & 0xFFFFFFFF, addr >> 32, data)]
-        seq = vm.log.emit("vmm", "commit-routes", {}, cause)
+        seq = vm.log.emit("vmm", "commit-routes", cause)
         vm.install_routes(table, seq)
 
     def handle_eoi_exit(self, vm: Vm, vector: int, cause: int | None) -> list[dict[str, Any]]:
         """kvm_arch_handle_exit(KVM_EXIT_IOAPIC_EOI) -> ioapic_eoi_broadcast(vector)."""
-        seq = vm.log.emit("vmm", "eoi-broadcast", {"vector": vector}, cause)
+        seq = vm.log.emit("vmm", "eoi-broadcast", cause, "vector", vector)
         return ioapic_eoi_broadcast(vm, vector, seq)
