@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import lapic
 from .apic_map import (
     LOGICAL_CLUSTER,
     LOGICAL_DISABLED,
@@ -20,7 +21,6 @@ from .apic_map import (
     match_dest,
     sw_enabled,
 )
-from .lapic import accept_irq
 from .msi import LapicIrq
 
 if TYPE_CHECKING:
@@ -36,12 +36,19 @@ def nth_set_bit(bits: int, n: int) -> int:
 
 def deliver_to_apic(vm: Vm, irq: LapicIrq, cause: int | None) -> int:
     """kvm_irq_delivery_to_apic: fast path if the map resolves the destination, else slow."""
-    amap = vm.apic_map()
+    amap = vm._map or vm.apic_map()
+    if not irq.logical and irq.delivery_mode == 0 and irq.dest != 0xFF and not (
+        amap.phys_disabled or amap.quirk_disabled
+    ):
+        # The common case, resolved as the fast path does: one physical Fixed destination.
+        idx = amap.phys_map.get(irq.dest)
+        if idx is not None:
+            return lapic.accept_irq(vm, vm.vcpus[idx], irq, cause)
     resolved = _fast_targets(vm, amap, irq)
     if resolved is not None:
         ret = 0
         for idx in resolved:
-            ret += accept_irq(vm, vm.vcpus[idx], irq, cause)
+            ret += lapic.accept_irq(vm, vm.vcpus[idx], irq, cause)
         if not resolved:
             vm.log.emit(
                 "kvm", "no-target", cause, "vector", irq.vector, "dest", irq.dest, "path", "fast"
@@ -122,7 +129,7 @@ def _slow_path(vm: Vm, amap: ApicMap, irq: LapicIrq, cause: int | None) -> int:
         for i in matches:
             if ret < 0:
                 ret = 0
-            ret += accept_irq(vm, vm.vcpus[i], irq, cause)
+            ret += lapic.accept_irq(vm, vm.vcpus[i], irq, cause)
     else:
         candidates = [i for i in matches if sw_enabled(vm.vcpus[i])]
         chosen: int | None = None
@@ -132,7 +139,7 @@ def _slow_path(vm: Vm, amap: ApicMap, irq: LapicIrq, cause: int | None) -> int:
             else:
                 chosen = min(candidates, key=lambda i: (vm.vcpus[i].arb_prio, i))
         if chosen is not None:
-            ret = accept_irq(vm, vm.vcpus[chosen], irq, cause)
+            ret = lapic.accept_irq(vm, vm.vcpus[chosen], irq, cause)
     if ret < 0:
         vm.log.emit(
             "kvm", "no-target", cause, "vector", irq.vector, "dest", irq.dest, "path", "slow"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import delivery
 from . import rte as R
-from .delivery import deliver_to_apic
 from .msi import LapicIrq
 from .state import SPIV_DIRECTED_EOI, IoapicState, Vcpu
 
@@ -64,7 +64,7 @@ def ioapic_service(vm: Vm, pin: int, cause: int | None) -> int:
     if not level:
         io.irr_delivered |= 1 << pin
     seq = vm.log.reserve()
-    ret = deliver_to_apic(vm, irq, seq)
+    ret = delivery.deliver_to_apic(vm, irq, seq)
     rirr = bool(ret and level)
     if rirr:
         io.redir[pin] |= R.REMOTE_IRR_BIT

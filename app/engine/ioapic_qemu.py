@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import routing
 from . import rte as R
 
 if TYPE_CHECKING:
@@ -49,14 +50,13 @@ def ioapic_service(vm: Vm, cause: int | None) -> list[dict[str, Any]]:
     """ioapic_service over all pins: Remote IRR is set *before* delivery, unconditionally; an
     already-set Remote IRR coalesces. In split mode delivery is kvm_set_irq(gsi=pin) through
     KVM's current MSI route (1 then 0 for edge, 1 only for level)."""
-    from .routing import kvm_set_irq
-
     io = vm.ioapic
     out: list[dict[str, Any]] = []
-    for pin in range(R.NUM_PINS):
-        bit = 1 << pin
-        if not io.irr & bit:
-            continue
+    pending = io.irr  # only pins with irr set are looked at; same order as QEMU's loop
+    while pending:
+        bit = pending & -pending
+        pending ^= bit
+        pin = bit.bit_length() - 1
         e = io.redir[pin]
         if e & R.MASK_BIT:
             continue
@@ -68,24 +68,12 @@ def ioapic_service(vm: Vm, cause: int | None) -> list[dict[str, Any]]:
                 vm.log.emit("ioapic", "coalesced", cause, "pin", pin, "reason", "remote-irr")
                 continue
             io.redir[pin] = e | R.REMOTE_IRR_BIT
-        seq = vm.log.emit(
-            "ioapic",
-            "deliver",
-            cause,
-            "pin",
-            pin,
-            "vector",
-            e & 0xFF,
-            "dest",
-            R.dest(e),
-            "level",
-            level,
-        )
-        if level:
-            vm.log.emit("ioapic", "remote-irr-set", seq, "pin", pin)
-        ret = kvm_set_irq(vm, 0, pin, True, seq)
+        # The delivery event records that Remote IRR was set first (unlike KVM's T2.5).
+        seq = vm.log.emit("ioapic", "deliver", cause, "pin", pin, "vector", e & 0xFF,
+                          "dest", e >> 56, "level", level, "remote_irr_set", level)  # fmt: skip
+        ret = routing.kvm_set_irq(vm, 0, pin, True, seq)
         if not level:
-            kvm_set_irq(vm, 0, pin, False, seq)
+            routing.kvm_set_irq(vm, 0, pin, False, seq)
         out.append({"pin": pin, "kvm_set_irq": ret})
     return out
 
@@ -96,11 +84,12 @@ def ioapic_eoi_broadcast(vm: Vm, vector: int, cause: int | None) -> list[dict[st
     successive re-deliveries, 10 ms of virtual time later)."""
     io = vm.ioapic
     out: list[dict[str, Any]] = []
-    for pin in range(R.NUM_PINS):
+    for pin in list(vm.pins_with_vector(vector)):
         e = io.redir[pin]
-        if e & 0xFF != vector or not e & R.TRIGGER_BIT:
+        if not e & R.TRIGGER_BIT:
             continue
-        vm.notify_resampler(pin, cause)
+        if vm.resamplers:
+            vm.notify_resampler(pin, cause)
         if not e & R.REMOTE_IRR_BIT:
             out.append({"pin": pin, "remote_irr_cleared": False, "reason": "not-set"})
             continue
@@ -184,6 +173,7 @@ def write_reg(vm: Vm, offset: int, size: int, value: int, cause: int | None) -> 
         if not e & R.TRIGGER_BIT:
             e &= ~R.REMOTE_IRR_BIT  # ioapic_fix_edge_remote_irr
         io.redir[index] = e
+        vm.routing_changed()  # the vector->pins index used by the EOI broadcast
         seq = vm.log.emit(
             "ioapic",
             "rte-write",

@@ -145,10 +145,15 @@ def acknowledge(vm: Vm, v: Vcpu, cause: int | None, emit: bool = True) -> int | 
     above PPR moves to ISR. None when nothing is deliverable."""
     if vm.config.apicv:
         sync_pir_to_irr(vm, v, cause)
-    if not apic_enabled(v) or not v.irr:
+    irr = v.irr
+    if not irr or not v.apic_base_enabled or not v.svr & SPIV_APIC_ENABLED:
         return None
-    vec = v.irr.bit_length() - 1
-    if (vec & 0xF0) <= ppr(v):
+    vec = irr.bit_length() - 1
+    # ppr(v), inlined on this hot path.
+    isrv = v.isr.bit_length() - 1
+    tpr = v.tpr
+    cur_ppr = tpr & 0xFF if (tpr & 0xF0) >= (isrv & 0xF0) or isrv < 0 else isrv & 0xF0
+    if (vec & 0xF0) <= cur_ppr:
         return None
     bit = 1 << vec
     v.irr &= ~bit
@@ -213,9 +218,8 @@ def send_eoi(vm: Vm, v: Vcpu, vec: int, cause: int) -> dict[str, Any]:
         if f.split_suppress_eoi_broadcast and v.svr & SPIV_DIRECTED_EOI:
             vm.log.emit(actor, "eoi-not-forwarded", cause, "vector", vec, "reason", "directed-eoi")
             return {"forwarded": False}
-        v.pending_ioapic_eoi = vec
-        seq = vm.log.emit(actor, "eoi-exit-requested", cause, "vector", vec)
-        rq.make_request(vm, v, REQ_IOAPIC_EOI_EXIT, seq)
+        v.pending_ioapic_eoi = vec  # shown by the request event's cause: this EOI
+        rq.make_request(vm, v, REQ_IOAPIC_EOI_EXIT, cause)
         return {"forwarded": True, "eoi_exit": "pending"}
     if not f.notifiers_with_directed_eoi and v.svr & SPIV_DIRECTED_EOI:
         vm.log.emit(actor, "eoi-not-forwarded", cause, "vector", vec, "reason", "directed-eoi")

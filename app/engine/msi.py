@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 from .errors import invalid
@@ -30,6 +31,7 @@ class LapicIrq(NamedTuple):
         return self.delivery_mode == 1 or self.redir_hint
 
 
+@lru_cache(maxsize=8192)
 def msi_to_irq(address_lo: int, address_hi: int, data: int, x2apic_format: bool) -> LapicIrq:
     """kvm_msi_to_lapic_irq: data bit 14 (assert) is ignored, level is always 1."""
     dest = (address_lo >> 12) & 0xFF

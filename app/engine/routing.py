@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .delivery import deliver_to_apic
+from . import delivery, ioapic_kvm
 from .errors import invalid
 from .msi import msi_to_irq
 from .rte import NUM_PINS
@@ -113,20 +113,18 @@ def kvm_set_msi(
     seq = vm.log.emit(
         "kvm", "msi", cause, "vector", irq.vector, "dest", irq.dest, "level", irq.level_trig
     )
-    return deliver_to_apic(vm, irq, seq)
+    return delivery.deliver_to_apic(vm, irq, seq)
 
 
 def kvm_set_irq(vm: Vm, source: int, gsi: int, level: bool, cause: int | None) -> int:
     """kvm_set_irq: every entry of the GSI; the result sums the non-negative answers. The PIC
     is not modelled, so its entries neither act nor count."""
-    from .ioapic_kvm import ioapic_set_irq
-
     ret = -1
     for route in vm.routes.get(gsi, ()):
         if route[0] == "irqchip":
             if route[1] != "ioapic":
                 continue
-            r = ioapic_set_irq(vm, route[2], source, level, cause)
+            r = ioapic_kvm.ioapic_set_irq(vm, route[2], source, level, cause)
         else:
             r = kvm_set_msi(vm, route[1], route[2], route[3], level, cause)
         if r < 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import lapic
 from . import rte as R
 from .events import VCPU_NAMES
 from .msi import msi_to_irq
@@ -98,9 +99,7 @@ def vcpu_scan_ioapic(vm: Vm, v: Vcpu, cause: int | None) -> None:
         return  # !kvm_apic_present: the bitmap is left as it was
     f = vm.flags
     if vm.config.apicv and (vm.config.irqchip == "kernel" or f.split_scan_syncs_pir):
-        from .lapic import sync_pir_to_irr
-
-        sync_pir_to_irr(vm, v, cause)
+        lapic.sync_pir_to_irr(vm, v, cause)
     if not f.eoi_exit_bitmap:
         v.handled = 0
         v.highest_stale = -1
