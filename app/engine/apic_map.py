@@ -147,6 +147,10 @@ class ApicMap:
             max_id = max(max_id, key, v.idx if not v.x2apic else 0)
             self._add_logical(v)
         self.max_apic_id = max_id
+        if self.phys_disabled:
+            # kvm_recalculate_phys_map fails on aliased ids: no map at all, so logical
+            # delivery takes the slow path too.
+            self.logical_mode = LOGICAL_DISABLED
 
     def _add_logical(self, v: Vcpu) -> None:
         """kvm_recalculate_logical_map: only software-enabled APICs with a non-zero LDR; one

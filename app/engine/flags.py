@@ -5,8 +5,9 @@ This is the only module that knows which release did what. Transitions read the 
 
 A flag is True when the VM behaves as the code *with* the named commit does. Presets bundle the
 flags of one release; a VM is created from a preset plus optional per-flag overrides.
-Release numbers are the first mainline release whose tag contains the commit (see
-docs/kernel-history.md for the evidence behind each).
+Release numbers are the first mainline release whose tag contains the commit; a trailing "?"
+marks a release inferred from mail dates rather than read off a tag (evidence per flag in
+docs/research-notes.md).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ FLAGS: dict[str, FlagInfo] = {
             "kvm",
             "db2bdcbbbd32",
             "KVM: x86: fix edge EOI and IOAPIC reconfig race",
-            "v4.4",
+            "v4.4?",
             "In-kernel scan also sets the bit of an EOI-tracked edge pin (RTC, ack notifier) "
             "whose vector is pending in this vCPU's IRR or ISR, though it no longer targets it.",
         ),
@@ -81,7 +82,7 @@ FLAGS: dict[str, FlagInfo] = {
             "kvm",
             "0fc5a36dd6b3",
             "KVM: x86: ioapic: Fix level-triggered EOI and IOAPIC reconfigure race",
-            "v4.15",
+            "v4.15?",
             "In-kernel scan (kvm_ioapic_scan_entry) sets the bit of any scanned pin whose vector "
             "is pending in IRR/ISR, level pins included (race 1).",
         ),
@@ -118,7 +119,7 @@ FLAGS: dict[str, FlagInfo] = {
             "kvm",
             "a8bfec293052",
             "KVM: x86: ioapic: Clear Remote IRR when entry is switched to edge-triggered",
-            "v4.15",
+            "v4.15?",
             "Any RTE write that leaves the trigger mode edge clears Remote IRR (the Linux/Xen "
             "'flip to edge' EOI emulation).",
         ),
@@ -127,7 +128,7 @@ FLAGS: dict[str, FlagInfo] = {
             "kvm",
             "b200dded0a69",
             "KVM: x86: ioapic: Preserve read-only values in the redirection table",
-            "v4.15",
+            "v4.15?",
             "Guest RTE writes keep Remote IRR and delivery status; before it, the written value "
             "was stored verbatim.",
         ),
@@ -136,7 +137,7 @@ FLAGS: dict[str, FlagInfo] = {
             "kvm",
             "da3fe7bdfada",
             "KVM: x86: ioapic: Don't fire level irq when Remote IRR set (with 7d2253684dd1)",
-            "v4.15",
+            "v4.15?",
             "ioapic_service refuses a level pin whose Remote IRR is set, so an RTE write no "
             "longer re-delivers an in-service level interrupt. Before it the check sat in "
             "ioapic_set_irq only, which reported such an assert as coalesced (0).",
@@ -155,7 +156,7 @@ FLAGS: dict[str, FlagInfo] = {
             "kvm",
             "0bcc3fb95b97",
             "KVM: lapic: stop advertising DIRECTED_EOI when in-kernel IOAPIC is in use",
-            "v4.8",
+            "v4.8?",
             "LVR bit 24 is advertised only when the guest has x2APIC and the IOAPIC is not in "
             "the kernel, so a guest with the in-kernel IOAPIC cannot set SPIV bit 12.",
         ),
@@ -164,7 +165,7 @@ FLAGS: dict[str, FlagInfo] = {
             "kvm",
             "c806a6ad35bf",
             "KVM: x86: call irq notifiers with directed EOI",
-            "v4.3",
+            "v4.1?",
             "The SPIV bit 12 check moved into the IOAPIC EOI loop after the ack notifiers, so "
             "resamplers run under directed EOI; before it such an EOI never reached the IOAPIC.",
         ),
@@ -183,7 +184,7 @@ FLAGS: dict[str, FlagInfo] = {
             "c96001c5702e",
             "KVM: X86: Use APIC_DEST_* macros properly in kvm_lapic_irq.dest_mode (latent bug, "
             "spec §4 item 13; commit id unverified)",
-            "v5.6",
+            "v5.6?",
             "The old-destination part of the scan mask in ioapic_write_indirect is matched with "
             "the new dest_mode; False matches it with the old dest_mode as 7ee30bc132c6 did. "
             "Still present in current code.",
@@ -194,7 +195,7 @@ FLAGS: dict[str, FlagInfo] = {
             "6517dfbcc918",
             "KVM: x86: Suppress EOI broadcasts with split IRQCHIP if Directed EOI is enabled "
             "(kvm-x86 id; release unverified)",
-            "v7.0",
+            "v7.0?",
             "The VM enabled KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST (split only): LVR "
             "advertises directed EOI and a LAPIC EOI with SPIV bit 12 set causes no "
             "KVM_EXIT_IOAPIC_EOI (the guest must write the IOAPIC's 0x40 EOI register). "
