@@ -191,6 +191,8 @@ def write_reg(vm: Vm, offset: int, size: int, value: int, cause: int | None) -> 
     if offset == IOEOI:
         if size != 4 or io.version != 0x20:
             return {"kind": "ignored"}
-        seq = vm.log.emit("ioapic", "eoi-register", cause, "vector", value & 0xFF)
-        return {"kind": "eoi", "pins": ioapic_eoi_broadcast(vm, value & 0xFF, seq)}
+        # ioapic_eoi_broadcast(val) compares the whole written value with the 8-bit RTE
+        # vector, so a value with bits above 7 set matches no pin.
+        seq = vm.log.emit("ioapic", "eoi-register", cause, "value", value)
+        return {"kind": "eoi", "pins": ioapic_eoi_broadcast(vm, value, seq)}
     return {"kind": "ignored"}

@@ -42,14 +42,14 @@ def apic_enabled(v: Vcpu) -> bool:
 
 
 def lvr(vm: Vm) -> int:
-    """kvm_apic_set_version: directed EOI is advertised only with x2APIC in CPUID and, since
-    0bcc3fb95b97, only when the IOAPIC is not in the kernel (or when the VM enabled the
-    suppress-EOI-broadcast API)."""
+    """kvm_apic_set_version: directed EOI needs x2APIC in the guest CPUID, and then (since
+    0bcc3fb95b97) an IOAPIC outside the kernel, or (6517dfbcc918) a VM that enabled
+    suppress-EOI-broadcast."""
     value = APIC_LVR_BASE
     f = vm.flags
-    if f.split_suppress_eoi_broadcast or (
-        vm.config.x2apic_cpuid
-        and not (f.hide_directed_eoi_with_kernel_ioapic and vm.config.irqchip == "kernel")
+    if vm.config.x2apic_cpuid and (
+        f.split_suppress_eoi_broadcast
+        or not (f.hide_directed_eoi_with_kernel_ioapic and vm.config.irqchip == "kernel")
     ):
         value |= APIC_LVR_DIRECTED_EOI
     return value
