@@ -182,16 +182,20 @@ def write_eoi(vm: Vm, v: Vcpu, cause: int | None, emit: bool = True) -> dict[str
         if not apicv
         else ("eoi-induced-exit" if (v.eoi_exitmap >> vec) & 1 else "virtualized")
     )
-    # Without emit, the caller's root event (seq `cause`) records the vector and path.
+    level = bool((v.tmr >> vec) & 1)
+    # Without emit, the caller's root event (seq `cause`) records vector, level and path.
     if emit:
-        seq = vm.log.emit(VCPU_NAMES[v.idx], "eoi", cause, "vector", vec, "path", path)
+        seq = vm.log.emit(
+            VCPU_NAMES[v.idx], "eoi", cause, "vector", vec, "level", level, "path", path
+        )
     else:
         assert cause is not None
         seq = cause
     if path == "virtualized":
-        return {"vector": vec, "forwarded": False, "path": path}
+        return {"vector": vec, "level": level, "forwarded": False, "path": path}
     result = send_eoi(vm, v, vec, seq)
     result["vector"] = vec
+    result["level"] = level
     result["path"] = path
     v.requests |= REQ_EVENT
     v.in_guest = False

@@ -325,7 +325,16 @@ class Vm:
         exits = self._as_guest(v, seq) if v.requests or not v.in_guest else []
         result = write_eoi(self, v, seq, emit=False)
         self.log.fill(
-            seq, VCPU_NAMES[n], "eoi", None, "vector", result["vector"], "path", result["path"]
+            seq,
+            VCPU_NAMES[n],
+            "eoi",
+            None,
+            "vector",
+            result["vector"],
+            "level",
+            result.get("level"),
+            "path",
+            result["path"],
         )
         result["vcpu"] = n
         result["entry_exits"] = exits
