@@ -398,6 +398,11 @@ class Runner:
                 for i, pattern in enumerate(value):
                     _need_dict(pattern, f"{w}[{i}]")
                     check(f"no_events[{i}]", None, self._find_event(pattern))
+            elif key == "event_counts":
+                _need_dict(value, w)
+                for kind, exp in value.items():
+                    n = sum(1 for e in vm.log.events if e[2] == kind)
+                    check(f"event_counts.{kind}", exp, n)
             elif key == "findings":
                 kinds = sorted({f["kind"] for f in self.findings})
                 check("findings", sorted(value), kinds)
