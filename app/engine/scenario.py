@@ -42,7 +42,7 @@ STEP_OPS = (
     "ack", "take", "eoi", "resampler", "irqfd", "advance", "sti", "cli", "count", "expect",
     "settle",
 )
-HANDLER_FORBIDDEN = ("settle", "expect")
+HANDLER_FORBIDDEN = ("settle",)
 BITMAP_FIELDS = ("irr", "isr", "tmr", "pir", "handled_vectors", "eoi_exit_bitmap")
 
 
@@ -160,6 +160,7 @@ class Runner:
                                         "settle_budget", 1, 10_000_000)
         self.step_index = 0
         self.handler_steps = 0
+        self.handler_expects: list[dict[str, Any]] = []  # expect steps run inside handlers
 
     # ---- operations ----
 
@@ -264,7 +265,12 @@ class Runner:
                                1, 10_000_000)
             return self.settle(budget)
         assert op == "expect"
-        return self.expect(step, where)
+        result = self.expect(step, where)
+        if depth:
+            result["step"] = self.step_index
+            result["where"] = where
+            self.handler_expects.append(result)
+        return result
 
     def take(self, n: int, depth: int = 0) -> dict[str, Any]:
         """The vCPU, if its interrupt flag is set, takes the highest deliverable interrupt and
@@ -550,10 +556,12 @@ def run_variant(doc: dict[str, Any], name: str, vm_cfg: dict[str, Any],
         if on_step is not None:
             on_step(i, entry)
     vm = runner.vm
+    passed = passed and all(x["passed"] for x in runner.handler_expects)
     return {
         "name": name,
         "vm": vm.summary(),
         "passed": passed,
+        "handler_expects": runner.handler_expects,
         "steps": results,
         "findings": runner.findings,
         "counters": runner.counters,
