@@ -1,10 +1,88 @@
-"""ASGI application entry point (placeholder until the API lands)."""
+"""The ASGI application: `app.main:app`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
 
 from fastapi import FastAPI
 
-app = FastAPI(title="irqlab")
+from app import __version__
+from app.api import problems
+from app.api.middleware import BodyLimitMiddleware
+from app.api.registry import Registry
+from app.routers import ALL
+from app.settings import Settings, get_settings
+
+DESCRIPTION = """\
+Deterministic models of Linux KVM's x86 interrupt controllers (an IOAPIC per VM, a local
+APIC per vCPU), in-kernel and split-irqchip modes, driven step by step over HTTP.
+
+Integers (vectors, offsets, raw values, ids) are JSON integers or `"0x…"` strings; booleans
+are never integers. Errors are RFC 9457 `application/problem+json`; GET a problem's `type`
+for its description. Every operation response carries the `events` it caused.
+"""
+
+TAGS = [
+    {"name": "vms", "description": "VM lifecycle (KVM_CREATE_VM, irqchip, vCPUs)."},
+    {"name": "profiles", "description": "Behaviour presets per kernel release, and flags."},
+    {"name": "ioapic", "description": "The IOAPIC: entries, input lines, MMIO."},
+    {"name": "routing", "description": "GSI routing, KVM_SIGNAL_MSI, KVM_IRQ_LINE."},
+    {"name": "resamplers", "description": "irqfd with KVM_IRQFD_FLAG_RESAMPLE."},
+    {"name": "clock", "description": "Logical time (EOI storm throttle)."},
+    {"name": "vcpus", "description": "Local APICs, KVM_RUN, interrupt ack and EOI."},
+    {"name": "reports", "description": "Bitmaps, state, event log, snapshots."},
+    {"name": "health", "description": "Liveness and readiness probes."},
+    {"name": "meta", "description": "Problem type documentation."},
+]
 
 
-@app.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.getLogger("irqlab").setLevel(settings.log_level.upper().replace("TRACE", "DEBUG"))
+    app = FastAPI(title="irqlab", version=__version__, description=DESCRIPTION,
+                  openapi_tags=TAGS)
+    app.state.settings = settings
+    app.state.registry = Registry(settings.max_vms, settings.max_vcpus)
+    problems.install(app)
+    for router in ALL:
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    _finish_openapi(app)
+    return app
+
+
+def _finish_openapi(app: FastAPI) -> None:
+    """Two touches to the generated document: the Problem schema that error responses
+    reference under application/problem+json, and integral bounds as JSON integers (FastAPI's
+    OpenAPI model types minimum/maximum as float, so `le=255` would read 255.0)."""
+    generate = app.openapi
+
+    def fix(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, float) and value.is_integer() and key in _BOUNDS:
+                    node[key] = int(value)
+                else:
+                    fix(value)
+        elif isinstance(node, list):
+            for item in node:
+                fix(item)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            schemas["Problem"] = problems.Problem.model_json_schema(
+                ref_template="#/components/schemas/{model}")
+            fix(spec)
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_BOUNDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+
+
+app = create_app()

@@ -115,7 +115,6 @@ def accept_irq(vm: Vm, v: Vcpu, irq: LapicIrq, cause: int | None) -> int:
                 )
             return 1
         v.irr |= bit
-        vm.accepted.append(v.idx)
         vm.log.emit(
             actor, "accepted", cause, "vector", irq.vector, "level", irq.level_trig, "via", "irr"
         )
@@ -125,14 +124,17 @@ def accept_irq(vm: Vm, v: Vcpu, irq: LapicIrq, cause: int | None) -> int:
         return 1
     if dm == 4:
         v.nmi_count += 1
+        vm.accepted.append(v.idx)
         vm.log.emit(actor, "nmi", cause)
         return 1
     if dm == 2:
         v.smi_count += 1
+        vm.accepted.append(v.idx)
         vm.log.emit(actor, "smi", cause)
         return 1
     if dm == 5:
         v.init_count += 1
+        vm.accepted.append(v.idx)
         vm.log.emit(actor, "init", cause)
         return 1
     # ExtINT is only taken through LVT0; reserved modes are unsupported.

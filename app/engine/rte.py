@@ -142,6 +142,7 @@ def patch(e: int, changes: dict[str, Any]) -> int:
     """Entry `e` with some fields replaced."""
     current = decode(e)
     merged = {k: current[k] for k in FIELD_NAMES}
+    merged["delivery_mode"] = delivery_mode(e)  # numeric: reserved modes 3 and 6 round-trip
     for k, v in changes.items():
         if k not in FIELD_NAMES:
             raise invalid(f"unknown RTE field {k!r}", k)

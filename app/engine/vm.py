@@ -197,7 +197,7 @@ class Vm:
                     io.irq_states[pin] &= ~(1 << source)
                 outcome = qemu_ioapic_set_irq(self, pin, bool(io.irq_states[pin]), seq)
                 outcome["level"] = int(lv)
-            outcome["delivered_to"] = sorted(self.accepted)
+            outcome["delivered_to"] = sorted(set(self.accepted))
             results.append(outcome)
         target = 2 if pin == 0 and self.ioapic.flavour == "qemu" else pin
         return {
@@ -216,7 +216,7 @@ class Vm:
         seq = self.log.emit("device", "irq-line", None, "gsi", gsi, "level", level)
         self.accepted = []
         status = kvm_set_irq(self, source, gsi, bool(level), seq)
-        return {"gsi": gsi, "status": status, "delivered_to": sorted(self.accepted)}
+        return {"gsi": gsi, "status": status, "delivered_to": sorted(set(self.accepted))}
 
     def signal_msi(self, address_lo: int, address_hi: int, data: int) -> dict[str, Any]:
         """KVM_SIGNAL_MSI."""
@@ -237,7 +237,7 @@ class Vm:
         )
         self.accepted = []
         status = kvm_set_msi(self, address_lo, address_hi, data, True, seq)
-        return {"status": status, "delivered_to": sorted(self.accepted)}
+        return {"status": status, "delivered_to": sorted(set(self.accepted))}
 
     def set_routes(self, entries: list[RouteEntry]) -> dict[str, Any]:
         """KVM_SET_GSI_ROUTING: replaces the whole table."""
@@ -268,7 +268,7 @@ class Vm:
         seq = self.log.emit("device", "irqfd", None, "gsi", gsi)
         self.accepted = []
         status = kvm_set_irq(self, KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi, True, seq)
-        return {"gsi": gsi, "status": status, "delivered_to": sorted(self.accepted)}
+        return {"gsi": gsi, "status": status, "delivered_to": sorted(set(self.accepted))}
 
     def advance_time(self, us: int) -> dict[str, Any]:
         """Move logical time forward, running the throttled re-injection when it is due."""
@@ -573,7 +573,11 @@ class Vm:
             "routes": [[g, [list(r) for r in es]] for g, es in sorted(self.routes.items())],
             "resamplers": [[g, c] for g, c in sorted(self.resamplers.items())],
             "time": self.time,
-            "log": {"next_seq": self.log.next_seq, "events": [list(e) for e in self.log.events]},
+            "log": {
+                "next_seq": self.log.next_seq,
+                "base": self.log.base,
+                "events": [list(e) for e in self.log.events],
+            },
         }
 
     @classmethod
@@ -593,11 +597,7 @@ class Vm:
             vm.routes = {int(g): [tuple(r) for r in es] for g, es in snap["routes"]}
             vm.resamplers = {int(g): int(c) for g, c in snap["resamplers"]}
             vm.time = int(snap["time"])
-            vm.log.next_seq = int(snap["log"]["next_seq"])
-            vm.log.events = [
-                (int(s), str(a), str(k), dict(f), None if c is None else int(c))
-                for s, a, k, f, c in snap["log"]["events"]
-            ]
+            _restore_log(vm, snap["log"])
         except EngineError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
@@ -610,6 +610,34 @@ _LOW: tuple[bool, ...] = (False,)
 _ACTIONS: dict[str, tuple[bool, ...]] = {"assert": _HIGH, "deassert": _LOW, "pulse": (True, False)}
 
 
+def _restore_log(vm: Vm, log: dict[str, Any]) -> None:
+    """Install a snapshot's event log: flat events [seq, actor, kind, cause, name, value, ...]
+    with consecutive seqs below next_seq."""
+    next_seq = log["next_seq"]
+    if type(next_seq) is not int or next_seq < 1:
+        raise invalid("log.next_seq must be a positive integer", "log.next_seq")
+    events: list[tuple[Any, ...]] = []
+    for i, e in enumerate(log["events"]):
+        ok = (
+            isinstance(e, list) and len(e) >= 4 and len(e) % 2 == 0
+            and type(e[0]) is int and isinstance(e[1], str) and isinstance(e[2], str)
+            and (e[3] is None or type(e[3]) is int)
+            and all(isinstance(k, str) for k in e[4::2])
+        )  # fmt: skip
+        if not ok:
+            raise invalid("an event is [seq, actor, kind, cause, name, value, ...]",
+                          f"log.events[{i}]")
+        events.append(tuple(e))
+    base = events[0][0] if events else log.get("base", next_seq)
+    if type(base) is not int or any(e[0] != base + i for i, e in enumerate(events)) or (
+        events and events[-1][0] >= next_seq
+    ):
+        raise invalid("event seqs must be consecutive and below log.next_seq", "log.events")
+    vm.log.events = events
+    vm.log.base = base
+    vm.log.next_seq = next_seq
+
+
 def bitmap_view(bits: int) -> dict[str, Any]:
     return {"vectors": vectors(bits), "hex": to_hex(bits)}
 
@@ -620,6 +648,17 @@ def _check_pin(pin: int) -> None:
 
 
 def _validate_config(c: VmConfig) -> None:
+    for name, kind in (("vcpus", int), ("nr_reserved_ioapic_pins", int)):
+        if type(getattr(c, name)) is not kind:
+            raise invalid(f"{name} must be an integer", name)
+    for name in ("apicv", "x2apic", "x2apic_cpuid", "x2apic_format", "broadcast_quirk_disabled",
+                 "vector_hashing", "event_log"):
+        if type(getattr(c, name)) is not bool:
+            raise invalid(f"{name} must be true or false", name)
+    if c.ioapic_version is not None and type(c.ioapic_version) is not int:
+        raise invalid("ioapic_version must be an integer", "ioapic_version")
+    if not isinstance(c.profile, str) or not isinstance(c.overrides, dict):
+        raise invalid("profile is a name and overrides an object", "profile")
     if c.irqchip not in ("kernel", "split"):
         raise invalid("irqchip must be kernel or split", "irqchip")
     if not 1 <= c.vcpus <= KVM_MAX_VCPUS:

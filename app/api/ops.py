@@ -1,0 +1,277 @@
+"""Glue between the HTTP models and the engine: converts request models to engine calls and
+engine results to response bodies. Routers call these with the VM's lock held; nothing here
+decides irqchip behaviour, that is the engine's job."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from app.engine import flags as F
+from app.engine import rte as R
+from app.engine.errors import EngineError, invalid
+from app.engine.msi import LapicIrq, irq_to_msi
+from app.engine.state import RouteEntry
+from app.engine.vm import Vm, VmConfig
+
+from . import models as M
+from .registry import Registry, VmEntry
+
+# ---- VMs and profiles
+
+
+def vm_config(body: M.VmCreate) -> VmConfig:
+    return VmConfig(
+        vcpus=body.vcpus, irqchip=body.irqchip, profile=body.profile,
+        overrides=dict(body.overrides), apicv=body.apicv,
+        nr_reserved_ioapic_pins=body.nr_reserved_ioapic_pins,
+        ioapic_version=body.ioapic_version, x2apic=body.x2apic,
+        x2apic_cpuid=body.x2apic_cpuid, x2apic_format=body.x2apic_format,
+        broadcast_quirk_disabled=body.broadcast_quirk_disabled,
+        vector_hashing=body.vector_hashing, event_log=body.event_log,
+    )
+
+
+def summary(entry: VmEntry) -> dict[str, Any]:
+    vm = entry.vm
+    return {"id": entry.id, **vm.summary(), "ioapic_version": vm.ioapic.version}
+
+
+def state(entry: VmEntry) -> dict[str, Any]:
+    out = entry.vm.state()
+    out["config"] = summary(entry)
+    return {"id": entry.id, **out}
+
+
+def profiles() -> dict[str, Any]:
+    return {
+        "default": F.DEFAULT_PRESET,
+        "presets": [{"name": p.name, "description": p.description,
+                     "flags": F.as_dict(p.flags)} for p in F.PRESETS.values()],
+        "flags": [{"name": f.name, "component": f.component, "commit": f.commit,
+                   "title": f.title, "release": f.release, "description": f.description}
+                  for f in F.FLAGS.values()],
+    }
+
+
+# ---- operations with their events
+
+
+def capture(vm: Vm, op: Callable[[], dict[str, Any]], limit: int) -> dict[str, Any]:
+    """Run `op` and attach the events it emitted (at most `limit`)."""
+    first = vm.log.next_seq
+    result = op()
+    events = vm.log.since(first - 1, limit + 1)
+    result["events"] = events[:limit]
+    result["events_truncated"] = len(events) > limit
+    return result
+
+
+def vcpu_set(result: dict[str, Any]) -> dict[str, Any]:
+    """`delivered_to` as a set of vCPUs (sorted, each once)."""
+    if "delivered_to" in result:
+        result["delivered_to"] = sorted(set(result["delivered_to"]))
+    return result
+
+
+def _halves(order: str) -> tuple[str, str]:
+    return ("high", "low") if order == "high-first" else ("low", "high")
+
+
+def write_pin(vm: Vm, pin: int, body: M.PinPut) -> dict[str, Any]:
+    """The guest writes a whole RTE through IOREGSEL/IOWIN, one dword at a time."""
+    entry = body.raw if body.raw is not None else R.encode(**body.changes())
+    return vm.write_rte(body.vcpu, pin, entry, _halves(body.order))
+
+
+def patch_pin(vm: Vm, pin: int, body: M.PinPatch) -> dict[str, Any]:
+    return vm.patch_rte(body.vcpu, pin, body.changes(), body.order)
+
+
+def set_line(vm: Vm, pin: int, body: M.LineRequest) -> dict[str, Any]:
+    """Drive the pin and say, per level change, what happened to it."""
+    target = 2 if pin == 0 and vm.ioapic.flavour == "qemu" else pin
+    before = vm.pin_view(target) if 0 <= target < R.NUM_PINS else None
+    result = vm.set_line(pin, level=body.level, action=body.action, source=body.source)
+    if before is not None:
+        kvm = vm.ioapic.flavour == "kvm"
+        for step in result["steps"]:
+            vcpu_set(step)
+            step["outcome"], step["reason"] = (_kvm_outcome if kvm else _qemu_outcome)(
+                step, before)
+    return result
+
+
+def _blocked_reason(before: dict[str, Any]) -> tuple[str, str]:
+    if before["masked"]:
+        return "blocked", "masked"
+    if before["trigger"] == "level" and before["remote_irr"]:
+        return "blocked", "remote-irr"
+    return "no-target", "no-target"
+
+
+def _kvm_outcome(step: dict[str, Any], before: dict[str, Any]) -> tuple[str, str | None]:
+    """KVM_IRQ_LINE_STATUS: >0 delivered, 0 coalesced, -1 blocked or nobody matched."""
+    status = step["status"]
+    if step["level"] == 0 and not step["delivered_to"] and status == 1:
+        return "lowered", None
+    if isinstance(status, int) and status > 0:
+        return "delivered", None
+    if status == 0:
+        if before["trigger"] == "edge":
+            return "coalesced", "edge-already-latched" if before["irr"] else "no-target"
+        return "coalesced", "remote-irr" if before["remote_irr"] else "no-target"
+    return _blocked_reason(before)
+
+
+def _qemu_outcome(step: dict[str, Any], before: dict[str, Any]) -> tuple[str, str | None]:
+    status = step["status"]
+    if step["delivered_to"]:
+        return "delivered", None
+    if status == "blocked-remote-irr":
+        return "blocked", "remote-irr"
+    if status == "dropped-masked-edge":
+        return "dropped", "masked"
+    if status in ("lowered", "ignored"):
+        return "lowered", None
+    if status == "serviced" and any(d.get("kvm_set_irq", -1) > 0
+                                    for d in step.get("delivered", [])):
+        return "delivered", None
+    return _blocked_reason(before)
+
+
+def mmio(vm: Vm, body: M.MmioRequest) -> dict[str, Any]:
+    return vm.mmio(body.vcpu, body.op, body.offset, body.size, body.value)
+
+
+# ---- routing and MSIs
+
+
+def _encode(decoded: M.DecodedMsi, x2apic_format: bool, where: str) -> tuple[int, int, int]:
+    irq = LapicIrq(vector=decoded.vector, delivery_mode=decoded.delivery_mode,
+                   logical=decoded.dest_mode == "logical",
+                   level_trig=decoded.trigger == "level", dest=decoded.dest,
+                   redir_hint=decoded.redirection_hint)
+    try:
+        return irq_to_msi(irq, x2apic_format)
+    except EngineError as exc:
+        raise EngineError(exc.kind, exc.detail,
+                          f"{where}.{exc.field}" if exc.field else where) from exc
+
+
+def route_entries(body: M.RoutesPut, x2apic_format: bool) -> list[RouteEntry]:
+    out: list[RouteEntry] = []
+    for i, e in enumerate(body.entries):
+        if e.irqchip is not None:
+            out.append((e.gsi, "irqchip", e.irqchip.chip, e.irqchip.pin))
+        elif e.msi is not None:
+            out.append((e.gsi, "msi", e.msi.address_lo, e.msi.address_hi, e.msi.data))
+        else:
+            assert e.decoded is not None
+            out.append((e.gsi, "msi", *_encode(e.decoded, x2apic_format,
+                                               f"entries[{i}].decoded")))
+    return out
+
+
+def set_routes(vm: Vm, body: M.RoutesPut) -> dict[str, Any]:
+    return vm.set_routes(route_entries(body, vm.config.x2apic_format))
+
+
+def signal_msi(vm: Vm, body: M.MsiRequest) -> dict[str, Any]:
+    if body.decoded is not None:
+        lo, hi, data = _encode(body.decoded, vm.config.x2apic_format, "decoded")
+    else:
+        assert body.address_lo is not None and body.data is not None
+        lo, hi, data = body.address_lo, body.address_hi, body.data
+    return vcpu_set(vm.signal_msi(lo, hi, data))
+
+
+def irq_line(vm: Vm, body: M.IrqLineRequest) -> dict[str, Any]:
+    return vcpu_set(vm.irq_line(body.gsi, body.level, body.source))
+
+
+def irqfd(vm: Vm, gsi: int) -> dict[str, Any]:
+    return vcpu_set(vm.irqfd_assert(gsi))
+
+
+def resamplers(vm: Vm) -> dict[str, Any]:
+    return {"resamplers": [{"gsi": g, "signalled": c} for g, c in sorted(vm.resamplers.items())]}
+
+
+def register_resampler(vm: Vm, gsi: int) -> dict[str, Any]:
+    vm.register_resampler(gsi)
+    return {"gsi": gsi, "signalled": vm.resamplers[gsi]}
+
+
+# ---- vCPUs
+
+
+def lapic_patch(vm: Vm, n: int, body: M.LapicPatch) -> dict[str, Any]:
+    """Guest LAPIC writes, all or nothing: the writes first run on a copy of the VM, so a
+    write that faults (#GP) leaves the VM untouched and the error names the register."""
+    vm.vcpu(n)
+    writes = body.writes()
+    trial = vm.clone()
+    for reg, value in writes:
+        trial.lapic_write(n, reg, value)
+    results = [vm.lapic_write(n, reg, value) for reg, value in writes]
+    return {"vcpu": n, "writes": results, "lapic": vm.vcpu_view(n)}
+
+
+def vcpus(vm: Vm) -> dict[str, Any]:
+    return {"vcpus": [vm.vcpu_view(i) for i in range(len(vm.vcpus))]}
+
+
+# ---- reports
+
+
+def events_page(vm: Vm, after: int, limit: int) -> dict[str, Any]:
+    events = vm.log.since(after, limit)
+    return {"events": events, "next_after": events[-1]["seq"] if events else after,
+            "last_seq": vm.log.next_seq - 1}
+
+
+def restore(entry: VmEntry, snapshot: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """Replace the VM with one restored from a snapshot (the id stays). The snapshot's
+    config is held to the same rules as POST /v1/vms (422 naming config.<field>)."""
+    config = snapshot.get("config")
+    if isinstance(config, dict):
+        try:
+            parsed = M.VmCreate.model_validate(config)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", "config", *e["loc"])} for e in exc.errors()]) from exc
+        registry.check_vcpus(parsed.vcpus, "config.vcpus")
+    vm = Vm.restore(snapshot)
+    try:
+        vm.state()  # Vm.restore checks the shape, not every value: make sure it renders
+        vm.log.since(0, 1)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise invalid(f"malformed snapshot: {exc!r}", "snapshot") from exc
+    entry.vm = vm
+    return summary(entry)
+
+
+# ---- responses
+
+
+_LAST = ("events", "events_truncated")
+
+
+def render(model: type[BaseModel] | None, data: Any, status_code: int = 200,
+           headers: dict[str, str] | None = None) -> Response:
+    """Validate `data` against the route's response model and render the JSON, in the worker
+    thread that ran the operation (so big views never block the event loop)."""
+    if model is not None:
+        data = model.model_validate(data).model_dump(mode="json")
+        for key in _LAST:  # the operation's result first, the events it caused after it
+            if key in data:
+                data[key] = data.pop(key)
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return Response(body, status_code=status_code, media_type="application/json",
+                    headers=headers)

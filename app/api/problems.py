@@ -1,0 +1,249 @@
+"""RFC 9457 problem details: the one place where errors become HTTP responses.
+
+Engine errors (`EngineError`) are mapped by kind; request validation errors become 422 with the
+offending field's path; unknown routes, wrong methods and unexpected exceptions get problem
+bodies too, so a client only ever has to parse one error format.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.engine.errors import EngineError, ErrorKind
+
+log = logging.getLogger("irqlab.api")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_PREFIX = "/problems/"
+
+
+class ProblemType(BaseModel):
+    slug: str
+    status: int
+    title: str
+    description: str
+
+
+PROBLEM_TYPES: dict[str, ProblemType] = {
+    p.slug: p
+    for p in [
+        ProblemType(slug="not-found", status=404, title="Not Found",
+                    description="The VM, vCPU, resampler or route named in the request does "
+                                "not exist. `field` says which (`vm`, `vcpu`, `gsi`, ...)."),
+        ProblemType(slug="validation-error", status=422, title="Invalid request field",
+                    description="A body, path or query field is missing, has the wrong type "
+                                "or is out of range. `field` is the dotted path of the first "
+                                "offending field and `errors` lists them all. Booleans are "
+                                "never accepted where an integer is expected."),
+        ProblemType(slug="invalid-operation", status=400, title="Invalid operation",
+                    description="A well-formed request that the modelled kernel refuses: KVM "
+                                "would return -EINVAL (`kvm_errno`), or the guest access "
+                                "would fault (`fault`: `#GP`). `detail` gives KVM's reason."),
+        ProblemType(slug="already-exists", status=409, title="Already exists",
+                    description="The resource already exists (a VM id, a resampler for a "
+                                "GSI). KVM would return -EEXIST where it applies."),
+        ProblemType(slug="limit-reached", status=409, title="Limit reached",
+                    description="A configured service limit would be exceeded. `limit` names "
+                                "the setting (environment variable) and `max` its value."),
+        ProblemType(slug="unsupported", status=409, title="Unsupported by this VM",
+                    description="A valid request that this VM's configuration cannot do."),
+        ProblemType(slug="payload-too-large", status=413, title="Content Too Large",
+                    description="The request body is larger than IRQLAB_MAX_BODY_BYTES."),
+        ProblemType(slug="bad-request", status=400, title="Bad Request",
+                    description="The HTTP request itself is malformed."),
+        ProblemType(slug="method-not-allowed", status=405, title="Method Not Allowed",
+                    description="The resource exists but does not support this method."),
+        ProblemType(slug="internal-error", status=500, title="Internal Server Error",
+                    description="A bug in irqlab. Please report it with the request."),
+    ]
+}
+
+
+def type_uri(slug: str) -> str:
+    return TYPE_PREFIX + slug
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object (media type application/problem+json)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "type": "/problems/not-found", "title": "Not Found", "status": 404,
+        "detail": "no VM with id 'nope'", "field": "vm", "instance": "/v1/vms/nope",
+    }]})
+
+    type: str = Field(description="URI reference identifying the problem type; "
+                                  "GET it for a description.")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(None, description="The request path.")
+    field: str | None = Field(None, description="The offending input (dotted path), if any.")
+
+
+class LimitError(EngineError):
+    """A configured service limit (not a KVM one) would be exceeded."""
+
+    def __init__(self, detail: str, field: str | None, limit: str, maximum: int) -> None:
+        super().__init__(ErrorKind.LIMIT, detail, field)
+        self.limit = limit
+        self.maximum = maximum
+
+
+_KIND_SLUG = {
+    ErrorKind.NOT_FOUND: "not-found",
+    ErrorKind.INVALID: "invalid-operation",
+    ErrorKind.EXISTS: "already-exists",
+    ErrorKind.LIMIT: "limit-reached",
+    ErrorKind.UNSUPPORTED: "unsupported",
+}
+
+
+def problem_response(slug: str, detail: str, *, instance: str | None = None,
+                     field: str | None = None, status: int | None = None,
+                     headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    pt = PROBLEM_TYPES[slug]
+    body: dict[str, Any] = {
+        "type": type_uri(slug), "title": pt.title, "status": status or pt.status,
+        "detail": detail,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    if field is not None:
+        body["field"] = field
+    body.update(extra)
+    return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_MEDIA_TYPE,
+                        headers=headers)
+
+
+def engine_problem(exc: EngineError, instance: str | None = None) -> JSONResponse:
+    """EngineError -> problem: not-found 404, invalid 400 (KVM's -EINVAL or a guest #GP),
+    exists 409, limit 409 (naming the setting), unsupported 409."""
+    slug = _KIND_SLUG.get(exc.kind, "invalid-operation")
+    extra: dict[str, Any] = {}
+    if exc.kind == ErrorKind.INVALID:
+        if "#GP" in exc.detail:
+            extra["fault"] = "#GP"
+        else:
+            extra["kvm_errno"] = "EINVAL"
+    elif exc.kind == ErrorKind.EXISTS and exc.field != "id":
+        extra["kvm_errno"] = "EEXIST"
+    if isinstance(exc, LimitError):
+        extra["limit"] = exc.limit
+        extra["max"] = exc.maximum
+    return problem_response(slug, exc.detail, instance=instance, field=exc.field, **extra)
+
+
+_LOCATIONS = {"body", "query", "path", "header", "cookie"}
+
+
+def field_path(loc: tuple[Any, ...] | list[Any], ctx: dict[str, Any] | None = None) -> str:
+    """('body', 'entries', 0, 'msi', 'data') -> 'entries[0].msi.data'. A model-level check
+    that names its field in ctx['field'] is reported at that field."""
+    parts = list(loc)
+    if parts and parts[0] in _LOCATIONS:
+        parts = parts[1:]
+    if ctx and isinstance(ctx.get("field"), str) and ctx["field"] != "body":
+        parts.append(ctx["field"])
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "body"
+
+
+def validation_problem(errors: list[dict[str, Any]] | Any, instance: str | None) -> JSONResponse:
+    items = []
+    for err in errors:
+        ctx = err.get("ctx") if isinstance(err.get("ctx"), dict) else None
+        items.append({"field": field_path(err.get("loc", ()), ctx), "message": err.get("msg"),
+                      "type": err.get("type")})
+    first = items[0] if items else {"field": "body", "message": "invalid request"}
+    return problem_response("validation-error", f"{first['field']}: {first['message']}",
+                            instance=instance, field=first["field"], errors=items)
+
+
+async def _on_engine_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, EngineError)
+    return engine_problem(exc, request.url.path)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return validation_problem(exc.errors(), request.url.path)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    slug = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(
+        exc.status_code, "bad-request")
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route for {request.method} {request.url.path}"
+    return problem_response(slug, detail, instance=request.url.path, status=exc.status_code,
+                            headers=dict(exc.headers) if exc.headers else None)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response("internal-error", f"{type(exc).__name__}: an irqlab bug",
+                            instance=request.url.path)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(EngineError, _on_engine_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries documenting the problem bodies a route can return."""
+    by_status: dict[int, list[ProblemType]] = {}
+    for pt in PROBLEM_TYPES.values():
+        by_status.setdefault(pt.status, []).append(pt)
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        types = by_status[status]
+        examples = {
+            pt.slug: {"summary": pt.title, "value": {
+                "type": type_uri(pt.slug), "title": pt.title, "status": status,
+                "detail": _EXAMPLE_DETAIL.get(pt.slug, pt.description),
+                **_EXAMPLE_EXTRA.get(pt.slug, {}),
+            }}
+            for pt in types
+        }
+        out[status] = {
+            "description": " / ".join(pt.title for pt in types),
+            "content": {PROBLEM_MEDIA_TYPE: {
+                "schema": {"$ref": "#/components/schemas/Problem"}, "examples": examples}},
+        }
+    return out
+
+
+_EXAMPLE_DETAIL = {
+    "not-found": "no VM with id 'nope'",
+    "validation-error": "vector: booleans are not accepted as integers",
+    "invalid-operation": "irqchip routes are rejected with a split irqchip (-EINVAL)",
+    "already-exists": "a VM with id 'race' already exists",
+    "limit-reached": "at most 64 VMs may exist (IRQLAB_MAX_VMS)",
+    "payload-too-large": "request body exceeds 1048576 bytes (IRQLAB_MAX_BODY_BYTES)",
+}
+_EXAMPLE_EXTRA: dict[str, dict[str, Any]] = {
+    "not-found": {"field": "vm"},
+    "validation-error": {"field": "vector", "errors": [
+        {"field": "vector", "message": "booleans are not accepted as integers",
+         "type": "int_not_bool"}]},
+    "invalid-operation": {"field": "entries[0].irqchip", "kvm_errno": "EINVAL"},
+    "already-exists": {"field": "id"},
+    "limit-reached": {"field": "id", "limit": "IRQLAB_MAX_VMS", "max": 64},
+    "payload-too-large": {"limit": "IRQLAB_MAX_BODY_BYTES", "max": 1048576},
+}

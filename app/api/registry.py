@@ -1,0 +1,113 @@
+"""The VMs this service hosts, each behind its own lock.
+
+Engine objects are not thread-safe. Every operation on a VM holds that VM's lock (an
+`anyio.Lock`) for its whole duration: the engine call, the response model validation and the
+JSON rendering, which run together in a worker thread (`run`). So a request never observes
+another one half applied, requests on one VM are served in arrival order, and requests on
+different VMs never wait for each other: a request waiting for a busy VM waits in the event
+loop, not in a worker thread, so it cannot starve other VMs of threads. The registry's own
+lock guards only the id -> entry table and is never held while an engine operation runs.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from app.engine.errors import EngineError, ErrorKind, not_found
+from app.engine.vm import Vm, VmConfig
+
+from .problems import LimitError
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class VmEntry:
+    id: str
+    vm: Vm
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    deleted: bool = False
+
+
+class Registry:
+    def __init__(self, max_vms: int, max_vcpus: int) -> None:
+        self.max_vms = max_vms
+        self.max_vcpus = max_vcpus
+        self._lock = threading.Lock()
+        self._vms: dict[str, VmEntry] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._vms)
+
+    def check_vcpus(self, vcpus: int, field: str = "vcpus") -> None:
+        if vcpus > self.max_vcpus:
+            raise LimitError(f"at most {self.max_vcpus} vCPUs per VM (IRQLAB_MAX_VCPUS)",
+                             field, "IRQLAB_MAX_VCPUS", self.max_vcpus)
+
+    def _check_free(self, vm_id: str | None) -> None:
+        """Caller holds self._lock."""
+        if vm_id is not None and vm_id in self._vms:
+            raise EngineError(ErrorKind.EXISTS, f"a VM with id {vm_id!r} already exists", "id")
+        if len(self._vms) >= self.max_vms:
+            raise LimitError(f"at most {self.max_vms} VMs may exist (IRQLAB_MAX_VMS)", "id",
+                             "IRQLAB_MAX_VMS", self.max_vms)
+
+    async def create(self, vm_id: str | None, config: VmConfig) -> VmEntry:
+        """KVM_CREATE_VM: checks limits and the id, builds the VM in a worker thread (a
+        4096-vCPU VM takes a while), then checks again and publishes it."""
+        self.check_vcpus(config.vcpus)
+        with self._lock:
+            self._check_free(vm_id)
+        vm = await anyio.to_thread.run_sync(Vm, config)
+        with self._lock:
+            self._check_free(vm_id)
+            if vm_id is None:
+                vm_id = f"vm-{secrets.token_hex(4)}"
+                while vm_id in self._vms:
+                    vm_id = f"vm-{secrets.token_hex(4)}"
+            entry = VmEntry(vm_id, vm)
+            self._vms[vm_id] = entry
+            return entry
+
+    def _get(self, vm_id: str) -> VmEntry:
+        with self._lock:
+            entry = self._vms.get(vm_id)
+        if entry is None:
+            raise not_found(f"no VM with id {vm_id!r}", "vm")
+        return entry
+
+    @asynccontextmanager
+    async def locked(self, vm_id: str) -> AsyncIterator[VmEntry]:
+        """The VM's entry with its lock held for the duration of the block."""
+        entry = self._get(vm_id)
+        async with entry.lock:
+            if entry.deleted:
+                raise not_found(f"no VM with id {vm_id!r}", "vm")
+            yield entry
+
+    async def run(self, vm_id: str, work: Callable[[VmEntry], T]) -> T:
+        """Run `work(entry)` in a worker thread with the VM's lock held. The thread is not
+        abandoned on cancellation, so the lock is released only when the work is done."""
+        async with self.locked(vm_id) as entry:
+            return await anyio.to_thread.run_sync(work, entry)
+
+    async def delete(self, vm_id: str) -> None:
+        with self._lock:
+            entry = self._vms.pop(vm_id, None)
+        if entry is None:
+            raise not_found(f"no VM with id {vm_id!r}", "vm")
+        async with entry.lock:  # wait for operations already queued, then retire the entry
+            entry.deleted = True
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._vms)

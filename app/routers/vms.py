@@ -1,0 +1,78 @@
+"""VM lifecycle."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Response
+
+from app.api import examples as X
+from app.api import models as M
+from app.api import ops
+from app.api.deps import RegistryDep, VmPath
+from app.api.problems import problem_responses
+from app.api.run import view
+from app.engine.errors import EngineError, ErrorKind
+
+router = APIRouter(prefix="/v1", tags=["vms"], responses=problem_responses(422))
+
+
+@router.post(
+    "/vms", status_code=201, response_model=M.VmSummary, summary="Create a VM",
+    description="KVM_CREATE_VM, then KVM_CREATE_IRQCHIP (`irqchip: kernel`) or "
+                "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP, nr_reserved_ioapic_pins) with QEMU's "
+                "userspace IOAPIC (`split`), then KVM_CREATE_VCPU per vCPU. Returns the VM "
+                "with its resolved behaviour flags. A duplicate id is 409, more vCPUs than "
+                "IRQLAB_MAX_VCPUS or more VMs than IRQLAB_MAX_VMS is 409 naming the limit; a "
+                "configuration KVM refuses (e.g. nr_reserved_ioapic_pins > 4096) is 400.",
+    responses={**X.response("summary", 201, "The new VM"),
+               **problem_responses(400, 409, 413, 422)},
+)
+async def create_vm(
+    body: Annotated[M.VmCreate, Body(openapi_examples=X.REQUESTS["create_vm"])],
+    registry: RegistryDep,
+) -> Response:
+    entry = await registry.create(body.id, ops.vm_config(body))
+    return await registry.run(entry.id, lambda e: ops.render(
+        M.VmSummary, ops.summary(e), 201, {"Location": f"/v1/vms/{e.id}"}))
+
+
+@router.get(
+    "/vms", response_model=M.VmList, summary="List VMs",
+    description="Every VM (each what KVM_CREATE_VM made, as a VMM holds its VM file "
+                "descriptors) with its configuration and resolved flags, oldest first.",
+    responses={200: {"description": "The VMs", "content": {"application/json": {
+        "example": {"vms": [X.RESPONSES["summary"]]}}}}},
+)
+async def list_vms(registry: RegistryDep) -> Response:
+    vms = []
+    for vm_id in registry.ids():
+        try:
+            async with registry.locked(vm_id) as entry:
+                vms.append(ops.summary(entry))
+        except EngineError as exc:  # deleted between listing and locking
+            if exc.kind != ErrorKind.NOT_FOUND:
+                raise
+    return ops.render(M.VmList, {"vms": vms})
+
+
+@router.get(
+    "/vms/{vm}", response_model=M.VmSummary, summary="Get a VM",
+    description="The VM that KVM_CREATE_VM made: its configuration (irqchip from "
+                "KVM_CREATE_IRQCHIP or KVM_CAP_SPLIT_IRQCHIP), resolved behaviour flags, "
+                "logical time and last event seq.",
+    responses={**X.response("summary"), **problem_responses(404)},
+)
+async def get_vm(vm: VmPath, registry: RegistryDep) -> Response:
+    return await view(registry, vm, M.VmSummary, ops.summary)
+
+
+@router.delete(
+    "/vms/{vm}", status_code=204, response_class=Response, summary="Delete a VM",
+    description="Closes the VM file descriptor (KVM destroys the VM, its irqchips and "
+                "vCPUs). Waits for an operation in flight on that VM.",
+    responses={204: {"description": "Deleted"}, **problem_responses(404)},
+)
+async def delete_vm(vm: VmPath, registry: RegistryDep) -> Response:
+    await registry.delete(vm)
+    return Response(status_code=204)

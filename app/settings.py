@@ -1,0 +1,46 @@
+"""Service settings, read from IRQLAB_* environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KVM_MAX_VCPUS = 4096
+
+
+class Settings(BaseSettings):
+    """Every field is read from the environment variable IRQLAB_<NAME> (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="IRQLAB_", extra="ignore", frozen=True)
+
+    host: str = Field(default="127.0.0.1", description="Bind address of `irqlab serve`.")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port of `irqlab serve`.")
+    max_vms: int = Field(default=64, ge=1, description="Most VMs that may exist at once.")
+    max_vcpus: int = Field(
+        default=KVM_MAX_VCPUS, ge=1, le=KVM_MAX_VCPUS,
+        description="Most vCPUs one VM may have (KVM_MAX_VCPUS is 4096).",
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1, description="Largest request body accepted; larger ones get 413."
+    )
+    max_events_page: int = Field(
+        default=1000, ge=1,
+        description="Most events returned by one call (events pages, op responses).",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        default="info", description="Log level of the service and of uvicorn."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
