@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .bitmap import vectors
+
 Event = tuple[Any, ...]
 
 
@@ -68,8 +70,16 @@ class EventLog:
         return log
 
 
+# Fields that hold 256-bit vector sets; stored as ints, read as sorted vector lists.
+BITMAP_FIELDS = frozenset({"handled", "was", "vectors"})
+
+
 def event_fields(e: Event) -> dict[str, Any]:
-    return dict(zip(e[4::2], e[5::2], strict=True))
+    out = dict(zip(e[4::2], e[5::2], strict=True))
+    for k in BITMAP_FIELDS.intersection(out):
+        if isinstance(out[k], int):
+            out[k] = vectors(out[k])
+    return out
 
 
 def event_dict(e: Event) -> dict[str, Any]:

@@ -296,7 +296,7 @@ class Vm:
     def enter(self, n: int) -> dict[str, Any]:
         """KVM_RUN without acting: consume pending requests (and handle any EOI exit)."""
         v = self.vcpu(n)
-        seq = self.log.emit(VCPU_NAMES[n], "enter", None, "requests", requests_list(v.requests))
+        seq = self.log.emit(VCPU_NAMES[n], "enter", None, "requests", tuple(requests_list(v.requests)))
         exits = vcpu_enter(self, v, seq)
         return {"vcpu": n, "exits": exits, "pending_requests": requests_list(v.requests)}
 
