@@ -40,7 +40,7 @@ VM_KEYS = set(VmConfig().to_dict())
 STEP_OPS = (
     "line", "irq", "msi", "routes", "write_rte", "patch_rte", "mmio", "lapic", "enter", "exit",
     "ack", "take", "eoi", "resampler", "irqfd", "advance", "sti", "cli", "count", "expect",
-    "settle",
+    "settle", "when",
 )
 HANDLER_FORBIDDEN = ("settle",)
 BITMAP_FIELDS = ("irr", "isr", "tmr", "pir", "handled_vectors", "eoi_exit_bitmap")
@@ -161,11 +161,22 @@ class Runner:
         self.step_index = 0
         self.handler_steps = 0
         self.handler_expects: list[dict[str, Any]] = []  # expect steps run inside handlers
+        self.saved: dict[str, Any] = {}  # step results kept with `save: name`
 
     # ---- operations ----
 
     def run_step(self, step: Any, where: str, vcpu: int | None = None,
                  depth: int = 0) -> dict[str, Any]:
+        result = self._run_step(step, where, vcpu, depth)
+        name = step.get("save")
+        if name is not None:
+            if not isinstance(name, str):
+                raise invalid("save takes a name", f"{where}.save")
+            # An MMIO read keeps its value; anything else keeps its whole result.
+            self.saved[name] = result.get("value", result)
+        return result
+
+    def _run_step(self, step: Any, where: str, vcpu: int | None, depth: int) -> dict[str, Any]:
         if not isinstance(step, dict):
             raise invalid("a step is an object with an 'op'", where)
         op = step.get("op")
@@ -224,7 +235,7 @@ class Runner:
                            parse_int(step.get("value", 0), f"{where}.value"))
         if op == "lapic":
             n = cpu()
-            regs = {k: v for k, v in step.items() if k not in ("op", "vcpu", "label")}
+            regs = {k: v for k, v in step.items() if k not in ("op", "vcpu", "label", "save")}
             if not regs:
                 raise invalid("name at least one register", where)
             return {reg: vm.lapic_write(n, reg, parse_int(val, f"{where}.{reg}", 0, 2**64 - 1))
@@ -260,6 +271,8 @@ class Runner:
                 raise invalid("counter names are strings", f"{where}.name")
             self.counters[name] = self.counters.get(name, 0) + 1
             return {"counter": name, "value": self.counters[name]}
+        if op == "when":
+            return self.when(step, where, vcpu, depth)
         if op == "settle":
             budget = parse_int(step.get("budget", self.budget_default), f"{where}.budget",
                                1, 10_000_000)
@@ -271,6 +284,29 @@ class Runner:
             result["where"] = where
             self.handler_expects.append(result)
         return result
+
+    def when(self, step: dict[str, Any], where: str, vcpu: int | None,
+             depth: int) -> dict[str, Any]:
+        """Run `steps` only if counter `counter` equals `equals` (or is at least `at_least`):
+        lets a handler behave differently on its n-th run, as guest handlers often do."""
+        name = _require(step, "counter", where)
+        value = self.counters.get(name, 0)
+        if "equals" in step:
+            holds = value == parse_int(step["equals"], f"{where}.equals")
+        else:
+            holds = value >= parse_int(_require(step, "at_least", where), f"{where}.at_least")
+        steps = _require(step, "steps", where)
+        if not isinstance(steps, list):
+            raise invalid("steps must be a list", f"{where}.steps")
+        ran = []
+        if holds:
+            for i, s in enumerate(steps):
+                sub = f"{where}.steps[{i}]"
+                if depth and isinstance(s, dict) and s.get("op") in HANDLER_FORBIDDEN:
+                    raise invalid(f"{s['op']} is not allowed inside a handler", f"{sub}.op")
+                ran.append({"op": s.get("op") if isinstance(s, dict) else None,
+                            "result": self.run_step(s, sub, vcpu, depth)})
+        return {"counter": name, "value": value, "ran": holds, "steps": ran}
 
     def take(self, n: int, depth: int = 0) -> dict[str, Any]:
         """The vCPU, if its interrupt flag is set, takes the highest deliverable interrupt and
@@ -412,6 +448,21 @@ class Runner:
             elif key == "findings":
                 kinds = sorted({f["kind"] for f in self.findings})
                 check("findings", sorted(value), kinds)
+            elif key == "saved":
+                _need_dict(value, w)
+                for name, exp in value.items():
+                    if isinstance(exp, str) and exp.startswith("0x"):
+                        exp = parse_int(exp, f"{w}.{name}")
+                    check(f"saved.{name}", exp, self.saved.get(name))
+            elif key == "ioapic":
+                _need_dict(value, w)
+                view = vm.ioapic_view()
+                for f, exp in value.items():
+                    if f not in ("id", "version", "ioregsel", "irr", "flavour"):
+                        raise invalid(f"unknown IOAPIC field {f!r}", f"{w}.{f}")
+                    if isinstance(exp, str) and exp.startswith("0x"):
+                        exp = parse_int(exp, f"{w}.{f}")
+                    check(f"ioapic.{f}", exp, view[f])
             elif key == "resamplers":
                 _need_dict(value, w)
                 for gsi_s, count in value.items():
