@@ -129,8 +129,10 @@ FLAGS: dict[str, FlagInfo] = {
             "b200dded0a69",
             "KVM: x86: ioapic: Preserve read-only values in the redirection table",
             "v4.15?",
-            "Guest RTE writes keep Remote IRR and delivery status; before it, the written value "
-            "was stored verbatim.",
+            "Guest RTE writes keep Remote IRR and delivery status. Before it, delivery status "
+            "was stored as written and every low-dword write cleared Remote IRR (so a guest "
+            "could drop an in-service Remote IRR, and the Linux flip-to-edge trick worked "
+            "without a8bfec293052).",
         ),
         FlagInfo(
             "service_refuses_remote_irr",

@@ -114,6 +114,11 @@ def ioapic_write_indirect(vm: Vm, writer: Vcpu | None, value: int, cause: int | 
     e = (e & 0xFFFFFFFF) | value << 32 if sel & 1 else (e & ~0xFFFFFFFF) | value
     if f.rte_preserves_readonly_bits:
         e = (e & ~R.RO_BITS) | old_ro
+    elif not sel & 1:
+        # Before b200dded0a69 the low-dword branch stored the value and then cleared Remote
+        # IRR, whatever bit 14 said (delivery status was stored as written). That is why the
+        # Linux "flip to edge" EOI emulation worked on those kernels without a8bfec293052.
+        e &= ~R.REMOTE_IRR_BIT
     if f.rte_edge_clears_remote_irr and not e & R.TRIGGER_BIT:
         e &= ~R.REMOTE_IRR_BIT
     io.redir[index] = e

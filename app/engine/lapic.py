@@ -74,7 +74,7 @@ def accept_irq(vm: Vm, v: Vcpu, irq: LapicIrq, cause: int | None) -> int:
     dm = irq.delivery_mode
     actor = VCPU_NAMES[v.idx]
     if dm <= 1:
-        if dm == 1 or irq.redir_hint:
+        if dm == 1:  # only APIC_DM_LOWEST counts, not the MSI redirection hint
             v.arb_prio += 1
         if not (v.apic_base_enabled and v.svr & SPIV_APIC_ENABLED):
             vm.log.emit(actor, "refused", cause, "vector", irq.vector, "reason", "apic-disabled")

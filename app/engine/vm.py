@@ -296,7 +296,9 @@ class Vm:
     def enter(self, n: int) -> dict[str, Any]:
         """KVM_RUN without acting: consume pending requests (and handle any EOI exit)."""
         v = self.vcpu(n)
-        seq = self.log.emit(VCPU_NAMES[n], "enter", None, "requests", tuple(requests_list(v.requests)))
+        seq = self.log.emit(
+            VCPU_NAMES[n], "enter", None, "requests", tuple(requests_list(v.requests))
+        )
         exits = vcpu_enter(self, v, seq)
         return {"vcpu": n, "exits": exits, "pending_requests": requests_list(v.requests)}
 
@@ -625,12 +627,16 @@ def _restore_log(vm: Vm, log: dict[str, Any]) -> None:
             and all(isinstance(k, str) for k in e[4::2])
         )  # fmt: skip
         if not ok:
-            raise invalid("an event is [seq, actor, kind, cause, name, value, ...]",
-                          f"log.events[{i}]")
-        events.append(tuple(e))
+            raise invalid(
+                "an event is [seq, actor, kind, cause, name, value, ...]", f"log.events[{i}]"
+            )
+        # JSON has no tuples: tuple-valued fields (e.g. enter's requests) come back as lists.
+        events.append(tuple(tuple(x) if isinstance(x, list) else x for x in e))
     base = events[0][0] if events else log.get("base", next_seq)
-    if type(base) is not int or any(e[0] != base + i for i, e in enumerate(events)) or (
-        events and events[-1][0] >= next_seq
+    if (
+        type(base) is not int
+        or any(e[0] != base + i for i, e in enumerate(events))
+        or (events and events[-1][0] >= next_seq)
     ):
         raise invalid("event seqs must be consecutive and below log.next_seq", "log.events")
     vm.log.events = events
@@ -651,8 +657,15 @@ def _validate_config(c: VmConfig) -> None:
     for name, kind in (("vcpus", int), ("nr_reserved_ioapic_pins", int)):
         if type(getattr(c, name)) is not kind:
             raise invalid(f"{name} must be an integer", name)
-    for name in ("apicv", "x2apic", "x2apic_cpuid", "x2apic_format", "broadcast_quirk_disabled",
-                 "vector_hashing", "event_log"):
+    for name in (
+        "apicv",
+        "x2apic",
+        "x2apic_cpuid",
+        "x2apic_format",
+        "broadcast_quirk_disabled",
+        "vector_hashing",
+        "event_log",
+    ):
         if type(getattr(c, name)) is not bool:
             raise invalid(f"{name} must be true or false", name)
     if c.ioapic_version is not None and type(c.ioapic_version) is not int:
