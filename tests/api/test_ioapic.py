@@ -61,13 +61,15 @@ async def test_put_raw_high_first_by_vcpu1(client: httpx.AsyncClient, make_vm: M
 
 async def test_put_readonly_bits_follow_profile(client: httpx.AsyncClient, make_vm: MakeVm
                                                 ) -> None:
+    """Since b200dded0a69 both read-only bits keep their values; before it delivery status
+    was stored as written, and a low-dword write cleared Remote IRR whatever bit 14 said."""
     new = await make_vm()
     old = await make_vm(profile="linux-4.14")
-    body = {"vector": 0x30, "trigger": "level", "remote_irr": True}
-    assert (await client.put(f"/v1/vms/{new}/ioapic/pins/2", json=body)).json()[
-        "remote_irr"] is False
-    assert (await client.put(f"/v1/vms/{old}/ioapic/pins/2", json=body)).json()[
-        "remote_irr"] is True
+    body = {"vector": 0x30, "trigger": "level", "remote_irr": True, "delivery_status": True}
+    got_new = (await client.put(f"/v1/vms/{new}/ioapic/pins/2", json=body)).json()
+    got_old = (await client.put(f"/v1/vms/{old}/ioapic/pins/2", json=body)).json()
+    assert (got_new["remote_irr"], got_new["delivery_status"]) == (False, False)
+    assert (got_old["remote_irr"], got_old["delivery_status"]) == (False, True)
 
 
 @pytest.mark.parametrize(("body", "field"), [
