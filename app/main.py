@@ -6,9 +6,10 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.routing import BaseRoute
 
 from app import __version__
-from app.api import problems
+from app.api import problems, scenario_models
 from app.api.middleware import BodyLimitMiddleware
 from app.api.registry import Registry
 from app.routers import ALL
@@ -32,9 +33,27 @@ TAGS = [
     {"name": "clock", "description": "Logical time (EOI storm throttle)."},
     {"name": "vcpus", "description": "Local APICs, KVM_RUN, interrupt ack and EOI."},
     {"name": "reports", "description": "Bitmaps, state, event log, snapshots."},
+    {"name": "scenarios", "description": "Scripted runs (handlers, steps, expectations, a "
+                                         "profile/irqchip matrix) in one call; the built-in "
+                                         "library of KVM/QEMU regression scenarios."},
     {"name": "health", "description": "Liveness and readiness probes."},
     {"name": "meta", "description": "Problem type documentation."},
 ]
+
+
+# Probes first, then the per-step operations of a scenario driver, then everything else.
+_HOT_PATHS = (
+    "/healthz", "/readyz",
+    "/v1/vms/{vm}/ioapic/pins/{pin}/line", "/v1/vms/{vm}/vcpus/{n}/ack",
+    "/v1/vms/{vm}/vcpus/{n}/eoi", "/v1/vms/{vm}/vcpus/{n}/enter", "/v1/vms/{vm}/bitmaps",
+    "/v1/vms/{vm}/irq", "/v1/vms/{vm}/msi", "/v1/vms/{vm}/ioapic/pins/{pin}",
+    "/v1/vms/{vm}/ioapic/mmio", "/v1/vms/{vm}/vcpus/{n}", "/v1/vms/{vm}/events",
+)
+
+
+def _route_rank(route: BaseRoute) -> int:
+    path = getattr(route, "path", "")
+    return _HOT_PATHS.index(path) if path in _HOT_PATHS else len(_HOT_PATHS)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,16 +65,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = Registry(settings.max_vms, settings.max_vcpus)
     problems.install(app)
     for router in ALL:
-        app.include_router(router)
+        # The routers' prefixes, tags and responses were applied when their routes were
+        # declared, so the routes go straight into the app's table: FastAPI matches an
+        # included router by walking it once to find the router and again to dispatch.
+        app.router.routes.extend(router.routes)
+    # Starlette takes the first route whose pattern matches and FastAPI tries them in order,
+    # so the table is ordered by how often a scenario driver calls each route; no two of our
+    # paths can match the same request, so order changes cost, not behaviour.
+    app.router.routes.sort(key=_route_rank)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     _finish_openapi(app)
     return app
 
 
 def _finish_openapi(app: FastAPI) -> None:
-    """Two touches to the generated document: the Problem schema that error responses
-    reference under application/problem+json, and integral bounds as JSON integers (FastAPI's
-    OpenAPI model types minimum/maximum as float, so `le=255` would read 255.0)."""
+    """Three touches to the generated document: the Problem schema that error responses
+    reference under application/problem+json, the scenario document's schemas (the scenario
+    routes read their body themselves, JSON or YAML, so FastAPI does not see the model), and
+    integral bounds as JSON integers (FastAPI's OpenAPI model types minimum/maximum as float,
+    so `le=255` would read 255.0)."""
     generate = app.openapi
 
     def fix(node: Any) -> None:
@@ -75,6 +103,9 @@ def _finish_openapi(app: FastAPI) -> None:
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             schemas["Problem"] = problems.Problem.model_json_schema(
                 ref_template="#/components/schemas/{model}")
+            for name, schema in scenario_models.openapi_components().items():
+                if schemas.setdefault(name, schema) != schema:
+                    raise RuntimeError(f"two different OpenAPI schemas named {name!r}")
             fix(spec)
         assert app.openapi_schema is not None
         return app.openapi_schema

@@ -11,12 +11,13 @@ from app.settings import Settings
 from .registry import Registry
 
 
-def get_registry(request: Request) -> Registry:
+# async: FastAPI runs a plain-def dependency in the threadpool, a hop per request.
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

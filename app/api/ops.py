@@ -260,18 +260,16 @@ def restore(entry: VmEntry, snapshot: dict[str, Any], registry: Registry) -> dic
 # ---- responses
 
 
-_LAST = ("events", "events_truncated")
 
 
 def render(model: type[BaseModel] | None, data: Any, status_code: int = 200,
            headers: dict[str, str] | None = None) -> Response:
-    """Validate `data` against the route's response model and render the JSON, in the worker
-    thread that ran the operation (so big views never block the event loop)."""
+    """Validate `data` against the route's response model and render the JSON with pydantic's
+    serializer (Rust; several times faster than validate + dump + json.dumps), in whatever
+    context ran the operation."""
     if model is not None:
-        data = model.model_validate(data).model_dump(mode="json")
-        for key in _LAST:  # the operation's result first, the events it caused after it
-            if key in data:
-                data[key] = data.pop(key)
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        body = model.model_validate(data).model_dump_json()
+    else:
+        body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return Response(body, status_code=status_code, media_type="application/json",
                     headers=headers)
