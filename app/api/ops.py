@@ -94,55 +94,8 @@ def patch_pin(vm: Vm, pin: int, body: M.PinPatch) -> dict[str, Any]:
 
 
 def set_line(vm: Vm, pin: int, body: M.LineRequest) -> dict[str, Any]:
-    """Drive the pin and say, per level change, what happened to it."""
-    target = 2 if pin == 0 and vm.ioapic.flavour == "qemu" else pin
-    before = vm.pin_view(target) if 0 <= target < R.NUM_PINS else None
-    result = vm.set_line(pin, level=body.level, action=body.action, source=body.source)
-    if before is not None:
-        kvm = vm.ioapic.flavour == "kvm"
-        for step in result["steps"]:
-            vcpu_set(step)
-            step["outcome"], step["reason"] = (_kvm_outcome if kvm else _qemu_outcome)(
-                step, before)
-    return result
-
-
-def _blocked_reason(before: dict[str, Any]) -> tuple[str, str]:
-    if before["masked"]:
-        return "blocked", "masked"
-    if before["trigger"] == "level" and before["remote_irr"]:
-        return "blocked", "remote-irr"
-    return "no-target", "no-target"
-
-
-def _kvm_outcome(step: dict[str, Any], before: dict[str, Any]) -> tuple[str, str | None]:
-    """KVM_IRQ_LINE_STATUS: >0 delivered, 0 coalesced, -1 blocked or nobody matched."""
-    status = step["status"]
-    if step["level"] == 0 and not step["delivered_to"] and status == 1:
-        return "lowered", None
-    if isinstance(status, int) and status > 0:
-        return "delivered", None
-    if status == 0:
-        if before["trigger"] == "edge":
-            return "coalesced", "edge-already-latched" if before["irr"] else "no-target"
-        return "coalesced", "remote-irr" if before["remote_irr"] else "no-target"
-    return _blocked_reason(before)
-
-
-def _qemu_outcome(step: dict[str, Any], before: dict[str, Any]) -> tuple[str, str | None]:
-    status = step["status"]
-    if step["delivered_to"]:
-        return "delivered", None
-    if status == "blocked-remote-irr":
-        return "blocked", "remote-irr"
-    if status == "dropped-masked-edge":
-        return "dropped", "masked"
-    if status in ("lowered", "ignored"):
-        return "lowered", None
-    if status == "serviced" and any(d.get("kvm_set_irq", -1) > 0
-                                    for d in step.get("delivered", [])):
-        return "delivered", None
-    return _blocked_reason(before)
+    """Drive the pin; each level change reports what happened (decided by the engine)."""
+    return vm.set_line(pin, level=body.level, action=body.action, source=body.source)
 
 
 def mmio(vm: Vm, body: M.MmioRequest) -> dict[str, Any]:

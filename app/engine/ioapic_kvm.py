@@ -33,6 +33,7 @@ def ioapic_set_irq(vm: Vm, pin: int, source: int, level: bool, cause: int | None
         if io.irr & bit:
             io.irr &= ~bit
             vm.log.emit("ioapic", "irr-cleared", cause, "pin", pin)
+        vm.outcome = ("lowered", None)
         return 1
     edge = not e & R.TRIGGER_BIT
     old_irr = io.irr
@@ -41,10 +42,12 @@ def ioapic_set_irq(vm: Vm, pin: int, source: int, level: bool, cause: int | None
         io.irr_delivered &= ~bit
         if old_irr == io.irr:
             vm.log.emit("ioapic", "coalesced", cause, "pin", pin, "reason", "edge-already-latched")
+            vm.outcome = ("coalesced", "edge-already-latched")
             return 0
     elif e & R.REMOTE_IRR_BIT and not vm.flags.service_refuses_remote_irr:
         # Before 7d2253684dd1/da3fe7bdfada the Remote IRR check sat here and said "coalesced".
         vm.log.emit("ioapic", "coalesced", cause, "pin", pin, "reason", "remote-irr")
+        vm.outcome = ("coalesced", "remote-irr")
         return 0
     return ioapic_service(vm, pin, cause)
 
@@ -56,9 +59,11 @@ def ioapic_service(vm: Vm, pin: int, cause: int | None) -> int:
     level = bool(e & R.TRIGGER_BIT)
     if e & R.MASK_BIT:
         vm.log.emit("ioapic", "blocked", cause, "pin", pin, "reason", "masked")
+        vm.outcome = ("blocked", "masked")
         return -1
     if level and e & R.REMOTE_IRR_BIT and vm.flags.service_refuses_remote_irr:
         vm.log.emit("ioapic", "blocked", cause, "pin", pin, "reason", "remote-irr")
+        vm.outcome = ("blocked", "remote-irr")
         return -1
     irq = LapicIrq(e & 0xFF, (e >> 8) & 7, bool(e & R.DEST_MODE_BIT), level, e >> 56)
     if not level:
@@ -66,6 +71,7 @@ def ioapic_service(vm: Vm, pin: int, cause: int | None) -> int:
     seq = vm.log.reserve()
     ret = delivery.deliver_to_apic(vm, irq, seq)
     rirr = bool(ret and level)
+    vm.outcome = ("delivered", None) if ret > 0 else ("no-target", None)
     if rirr:
         io.redir[pin] |= R.REMOTE_IRR_BIT
     # Remote IRR is set after delivery, as its result (T2.5): recorded on the delivery event.

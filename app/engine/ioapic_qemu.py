@@ -31,19 +31,36 @@ def qemu_ioapic_set_irq(vm: Vm, pin: int, level: bool, cause: int | None) -> dic
             io.irr |= bit
             if e & R.REMOTE_IRR_BIT:
                 vm.log.emit("ioapic", "blocked", cause, "pin", pin, "reason", "remote-irr")
+                vm.outcome = ("blocked", "remote-irr")
                 return {"pin": pin, "status": "blocked-remote-irr"}
-            return {"pin": pin, "status": "serviced", "delivered": ioapic_service(vm, cause)}
+            return _serviced(vm, pin, ioapic_service(vm, cause))
         if io.irr & bit:
             io.irr &= ~bit
             vm.log.emit("ioapic", "irr-cleared", cause, "pin", pin)
+        vm.outcome = ("lowered", None)
         return {"pin": pin, "status": "lowered"}
     if level and not e & R.MASK_BIT:
         io.irr |= bit
-        return {"pin": pin, "status": "serviced", "delivered": ioapic_service(vm, cause)}
+        return _serviced(vm, pin, ioapic_service(vm, cause))
     if level:
         vm.log.emit("ioapic", "dropped", cause, "pin", pin, "reason", "masked-edge")
+        vm.outcome = ("dropped", "masked")
         return {"pin": pin, "status": "dropped-masked-edge"}
+    vm.outcome = ("lowered", None)  # a level-0 call on an edge pin does nothing at all
     return {"pin": pin, "status": "ignored"}
+
+
+def _serviced(vm: Vm, pin: int, delivered: list[dict[str, Any]]) -> dict[str, Any]:
+    """What ioapic_service did for *this* pin (it services every pin with irr set)."""
+    mine = [d for d in delivered if d["pin"] == pin]
+    e = vm.ioapic.redir[pin]
+    if mine:
+        vm.outcome = ("delivered", None) if mine[0]["kvm_set_irq"] > 0 else ("no-target", None)
+    elif e & R.MASK_BIT:
+        vm.outcome = ("blocked", "masked")  # the level stays latched in irr until unmask
+    else:
+        vm.outcome = ("blocked", "remote-irr")
+    return {"pin": pin, "status": "serviced", "delivered": delivered}
 
 
 def ioapic_service(vm: Vm, cause: int | None) -> list[dict[str, Any]]:

@@ -69,6 +69,7 @@ class Vm:
         self.time = 0  # logical microseconds; only advance_time moves it
         self.log = EventLog(config.event_log)
         self.accepted: list[int] = []  # vCPUs that accepted during the current operation
+        self.outcome: tuple[str, str | None] = ("no-target", None)  # of the last line step
         self._map: ApicMap | None = None
         self._scan: ScanTable | None = None
         self._vec_pins: dict[int, list[int]] | None = None
@@ -186,6 +187,7 @@ class Vm:
                 "device", "line", None, "pin", pin, "level", int(lv), "source", source
             )
             self.accepted = []
+            self.outcome = ("no-target", None)
             if self.ioapic.flavour == "kvm":
                 ret = ioapic_set_irq(self, pin, source, lv, seq)
                 outcome = {"level": int(lv), "status": ret}
@@ -198,6 +200,9 @@ class Vm:
                 outcome = qemu_ioapic_set_irq(self, pin, bool(io.irq_states[pin]), seq)
                 outcome["level"] = int(lv)
             outcome["delivered_to"] = sorted(set(self.accepted))
+            # Set by the transition that decided: delivered, coalesced, blocked (masked or
+            # Remote IRR), dropped (a masked edge in QEMU), lowered, or no-target.
+            outcome["outcome"], outcome["reason"] = self.outcome
             results.append(outcome)
         target = 2 if pin == 0 and self.ioapic.flavour == "qemu" else pin
         return {
@@ -561,6 +566,7 @@ class Vm:
         c.time = self.time
         c.log = self.log.clone()
         c.accepted = []
+        c.outcome = ("no-target", None)
         c._map = None
         c._scan = None
         c._vec_pins = None
