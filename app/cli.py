@@ -1,15 +1,448 @@
-"""The `irqlab` command line."""
+"""The `irqlab` command line.
+
+    irqlab serve [--host H] [--port P] [--log-level L]
+    irqlab run FILE... [--server URL | --local] [--json]
+    irqlab library [--server URL | --local] [--json]
+    irqlab library run NAME... [--profile P] [--irqchip M] [--server URL | --local] [--json]
+
+`run` and `library` talk to an irqlab server (POST /v1/scenarios/run, GET /v1/scenarios, POST
+/v1/scenarios/{name}/run) or, with --local, run the engine in this process. Results are printed
+as one step table per variant (rich), each failed expectation's checks and the findings; --json
+prints the raw result JSON instead (one document: the result, or a list of results when several
+files or names are given). Exit status: 0 every expectation held, 1 some expectation failed,
+2 a malformed document, an unknown scenario or an unreachable server (with a message on
+standard error).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from app.settings import get_settings
 
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
-def main(argv: list[str] | None = None) -> int:
+
+class CliError(Exception):
+    """Reported on standard error; the command's exit status becomes 2."""
+
+
+class Unreachable(CliError):
+    """The server cannot be reached: nothing else can be done, stop at once."""
+
+
+@dataclass
+class Source:
+    """A scenario to run: a document (for the step column) and how to run it."""
+
+    label: str
+    doc: Any
+    raw: bytes = b""
+    media_type: str = "application/json"
+    library_name: str | None = None
+
+
+# ---------------------------------------------------------------- targets
+
+
+class Local:
+    """Runs in this process: app.engine.scenario.run_scenario, no service limits."""
+
+    def run(self, source: Source, profile: str | None = None,
+            irqchip: str | None = None) -> dict[str, Any]:
+        from app.api import scenarios as S
+        from app.api.problems import DocumentError
+
+        doc = S.override_vm(source.doc, profile, irqchip) if isinstance(source.doc, dict) \
+            else source.doc
+        try:
+            return S.execute(doc)
+        except DocumentError as exc:
+            raise CliError(f"{source.label}: malformed scenario document: "
+                           f"{exc.field}: {exc.detail}") from None
+
+    def listing(self) -> dict[str, Any]:
+        from app.api import scenarios as S
+
+        return S.listing()
+
+    def document(self, name: str) -> dict[str, Any]:
+        from app import scenarios as library
+
+        doc = library.get(name)
+        if doc is None:
+            raise CliError(f"no scenario {name!r} in the library (irqlab library lists them)")
+        return doc
+
+
+class Remote:
+    """Talks to an irqlab server over HTTP (httpx)."""
+
+    def __init__(self, url: str) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        try:
+            parsed = httpx.URL(self.url)
+        except httpx.InvalidURL:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            raise Unreachable(f"--server {url!r} is not an http:// or https:// URL")
+        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600.0, connect=5.0))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, label: str, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise Unreachable(
+                f"cannot reach the irqlab server at {self.url} ({type(exc).__name__}: {exc}); "
+                "start one with `irqlab serve`, pass --server URL, or run with --local"
+            ) from None
+        if r.status_code == 200:
+            try:
+                return r.json()
+            except ValueError:
+                raise Unreachable(f"{self.url} answered {path} with something that is not "
+                                  "JSON: is it an irqlab server?") from None
+        try:
+            problem = r.json()
+            detail = problem.get("detail") or r.text
+        except ValueError:
+            problem, detail = {}, r.text.strip() or r.reason_phrase
+        if r.status_code == 422 and problem.get("type") == "/problems/validation-error":
+            raise CliError(f"{label}: malformed scenario document: {detail}")
+        raise CliError(f"{label}: the server answered {r.status_code}: {detail}")
+
+    def run(self, source: Source, profile: str | None = None,
+            irqchip: str | None = None) -> dict[str, Any]:
+        if source.library_name is not None:
+            params = {k: v for k, v in (("profile", profile), ("irqchip", irqchip)) if v}
+            result: dict[str, Any] = self._call(
+                source.label, "POST", f"/v1/scenarios/{source.library_name}/run",
+                params=params)
+            return result
+        result = self._call(source.label, "POST", "/v1/scenarios/run", content=source.raw,
+                            headers={"content-type": source.media_type})
+        return result
+
+    def listing(self) -> dict[str, Any]:
+        listing: dict[str, Any] = self._call("library", "GET", "/v1/scenarios")
+        return listing
+
+    def document(self, name: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self._call(name, "GET", f"/v1/scenarios/{name}")
+        return doc
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_file(path: str) -> Source:
+    """A YAML or JSON document (JSON for *.json, YAML otherwise; '-' is standard input)."""
+    from app.api import scenarios as S
+    from app.api.problems import DocumentError
+
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    is_json = path.lower().endswith(".json")
+    try:
+        doc = S.parse_json(raw) if is_json else S.parse_yaml(raw)
+    except DocumentError as exc:
+        raise CliError(f"{path}: malformed scenario document: {exc.detail}") from None
+    return Source(path, doc, raw, "application/json" if is_json else "application/yaml")
+
+
+# ---------------------------------------------------------------- output
+
+_HEX_KEYS = {"vector", "value", "raw", "data", "address_lo", "address_hi", "apic_base", "svr",
+             "ldr", "dfr", "tpr", "offset", "irr", "isr", "tmr", "pir", "handled_vectors",
+             "eoi_exit_bitmap"}
+
+
+def _fmt(value: Any, key: str | None = None) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return hex(value) if key in _HEX_KEYS and value > 9 else str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v, str(k))}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v, key) for v in value) + "]"
+    return str(value)
+
+
+def _step_text(step: Any) -> str:
+    if not isinstance(step, dict):
+        return ""
+    if step.get("op") == "expect":
+        keys = [k for k in step if k not in ("op", "label")]
+        return ", ".join(keys) if keys else "(assertions from the matrix)"
+    return " ".join(f"{k}={_fmt(v, k)}" for k, v in step.items() if k not in ("op", "label"))
+
+
+def _summary(op: str | None, result: Any) -> str:
+    """One line saying what a step did, from its result (best effort)."""
+    if not isinstance(result, dict):
+        return ""
+    try:
+        if op == "settle":
+            out = f"{result['steps']} steps, {result['taken_total']} interrupts taken"
+            return out + (", budget exhausted (interrupt storm)"
+                          if result.get("budget_exhausted") else "")
+        if op == "count":
+            return f"{result['counter']} = {result['value']}"
+        if op == "when":
+            return f"ran {len(result['steps'])} steps" if result["ran"] else "skipped"
+        if op in ("sti", "cli"):
+            return f"IF={int(result['if'])}"
+        if op == "line":
+            parts = [f"level {s['level']}: " + (
+                f"delivered to vCPU {_fmt(s['delivered_to'])}" if s.get("delivered_to")
+                else f"status {s.get('status')}") for s in result["steps"]]
+            parts.append("Remote IRR " + ("set" if result.get("remote_irr") else "clear"))
+            return "; ".join(parts)
+        if op in ("write_rte", "patch_rte"):
+            return f"pin {result['pin']} = {result['raw']}"
+        parts = []
+        if "vector" in result:
+            parts.append("vector " + (_fmt(result["vector"], "vector")
+                                      if result["vector"] is not None else "none"))
+        if op == "take" and result.get("handler") is not None:
+            parts.append(f"handler ran {len(result['handler'])} steps")
+        if "forwarded" in result:
+            parts.append("forwarded" if result["forwarded"] else "NOT forwarded")
+        if "delivered_to" in result:
+            parts.append(f"delivered to vCPU {_fmt(result['delivered_to'])}"
+                         if result["delivered_to"] else f"status {result.get('status')}")
+        if op == "mmio" and "value" in result:
+            parts.append(f"read {_fmt(result['value'], 'value')}")
+        for key in ("exits", "entry_exits"):
+            reasons = [e.get("reason") for e in result.get(key) or () if isinstance(e, dict)]
+            if reasons:
+                parts.append("exits " + ", ".join(str(r) for r in reasons))
+        if result.get("pending_requests"):
+            parts.append("requests " + ", ".join(result["pending_requests"]))
+        return "; ".join(parts)
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return ""
+
+
+def _variant_caption(v: dict[str, Any]) -> str:
+    vm = v.get("vm") or {}
+    bits = [str(vm.get("irqchip", "?")), str(vm.get("profile", "?")),
+            f"{vm.get('vcpus', '?')} vCPU{'s' if vm.get('vcpus') != 1 else ''}"]
+    bits += [k for k in ("apicv", "x2apic") if vm.get(k)]
+    return ", ".join(bits)
+
+
+def print_result(console: Any, result: dict[str, Any], doc: Any) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    def verdict(passed: bool) -> Text:
+        return Text("passed", style="bold green") if passed else Text("FAILED", style="bold red")
+
+    steps_doc = doc.get("steps") if isinstance(doc, dict) else None
+    header = Text.assemble((str(result.get("name") or "(unnamed scenario)"), "bold"), "  ",
+                           verdict(bool(result.get("passed"))))
+    console.rule(header)
+    if result.get("commits"):
+        console.print(Text("commits: " + ", ".join(str(c) for c in result["commits"])))
+    for v in result.get("variants", []):
+        table = Table(title=Text.assemble(("variant ", "bold"), (str(v.get("name")), "bold"),
+                                          f"  ({_variant_caption(v)})  ",
+                                          verdict(bool(v.get("passed")))),
+                      title_justify="left", show_lines=False, expand=False)
+        table.add_column("#", justify="right")
+        table.add_column("op")
+        table.add_column("label")
+        table.add_column("step")
+        table.add_column("outcome")
+        table.add_column("findings", style="yellow")
+        failed: list[tuple[str, str, dict[str, Any]]] = []
+        for s in v.get("steps", []):
+            i = s.get("index")
+            spec = steps_doc[i] if isinstance(steps_doc, list) and isinstance(i, int) \
+                and i < len(steps_doc) else None
+            res = s.get("result")
+            if not s.get("ok"):
+                outcome = Text("refused: " + str((s.get("error") or {}).get("detail")),
+                               style="magenta")
+            elif s.get("op") == "expect" and isinstance(res, dict):
+                checks = res.get("checks") or []
+                bad = [c for c in checks if not c.get("ok")]
+                outcome = Text(f"passed ({len(checks)} checks)", style="green") if not bad \
+                    else Text(f"FAILED ({len(bad)} of {len(checks)} checks)", style="bold red")
+                failed += [(f"step {i}", str(s.get("label") or ""), c) for c in bad]
+            else:
+                outcome = Text(_summary(s.get("op"), res))
+            table.add_row(Text(str(i)), Text(str(s.get("op"))), Text(str(s.get("label") or "")),
+                          Text(_step_text(spec)), outcome,
+                          Text(", ".join(f.get("kind", "?") for f in s.get("findings", []))))
+        console.print(table)
+        for x in v.get("handler_expects", []):
+            failed += [(f"{x.get('where')} (step {x.get('step')})", str(x.get("label") or ""), c)
+                       for c in x.get("checks", []) if not c.get("ok")]
+        if failed:
+            checks = Table(title=Text("failed checks", style="bold red"), title_justify="left")
+            for col in ("where", "label", "path", "expected", "actual"):
+                checks.add_column(col)
+            for where, label, c in failed:
+                key = str(c.get("path")).rsplit(".", 1)[-1]
+                checks.add_row(Text(where), Text(label), Text(str(c.get("path"))),
+                               Text(_fmt(c.get("expected"), key)),
+                               Text(_fmt(c.get("actual"), key), style="red"))
+            console.print(checks)
+        if v.get("findings"):
+            found = Table(title=Text("findings", style="bold yellow"), title_justify="left")
+            for col in ("step", "kind", "detail"):
+                found.add_column(col)
+            for f in v["findings"]:
+                found.add_row(Text(str(f.get("step"))), Text(str(f.get("kind"))),
+                              Text(str(f.get("detail", ""))))
+            console.print(found)
+    n = len(result.get("variants", []))
+    ok = sum(1 for v in result.get("variants", []) if v.get("passed"))
+    console.print(Text.assemble(f"{result.get('name')}: {ok} of {n} variants passed ",
+                                verdict(ok == n)))
+    console.print()
+
+
+def print_listing(console: Any, listing: dict[str, Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text("built-in scenarios", style="bold"), title_justify="left",
+                  show_lines=True)
+    for col in ("name", "commits", "variants"):
+        table.add_column(col)
+    for s in listing.get("scenarios", []):
+        table.add_row(Text(s["name"], style="bold"), Text("\n".join(s.get("commits", []))),
+                      Text("\n".join(s.get("variants", []))))
+    console.print(table)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _target(args: argparse.Namespace) -> Local | Remote:
+    if getattr(args, "local", False):
+        return Local()
+    return Remote(getattr(args, "server", DEFAULT_SERVER))
+
+
+def _sources(args: argparse.Namespace, target: Local | Remote) -> Iterator[Source]:
+    """What to run; a file or name that cannot be had is an error for it alone."""
+    for path in getattr(args, "files", None) or ():
+        try:
+            yield read_file(path)
+        except CliError as exc:
+            _error(str(exc))
+            args.errors += 1
+    for name in getattr(args, "names", None) or ():
+        try:
+            yield Source(name, target.document(name), library_name=name)
+        except Unreachable:
+            raise
+        except CliError as exc:
+            _error(str(exc))
+            args.errors += 1
+
+
+def _error(message: str) -> None:
+    print(f"irqlab: {message}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    args.errors = 0
+    try:
+        target = _target(args)
+    except Unreachable as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    results: list[dict[str, Any]] = []
+    failed = False
+    try:
+        for source in _sources(args, target):
+            try:
+                result = target.run(source, getattr(args, "profile", None),
+                                    getattr(args, "irqchip", None))
+            except Unreachable:
+                raise
+            except CliError as exc:
+                _error(str(exc))
+                args.errors += 1
+                continue
+            except Exception as exc:  # an irqlab bug: not an expectation failure (1)
+                _error(f"{source.label}: internal error: {type(exc).__name__}: {exc}")
+                args.errors += 1
+                continue
+            failed = failed or not result.get("passed")
+            if getattr(args, "json", False):
+                results.append(result)
+            else:
+                print_result(console, result, source.doc)
+    except Unreachable as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    finally:
+        if isinstance(target, Remote):
+            target.close()
+    if getattr(args, "json", False) and results:
+        one = len(getattr(args, "files", None) or getattr(args, "names", None) or ()) == 1
+        print(json.dumps(results[0] if one else results, indent=2, ensure_ascii=False))
+    if args.errors:
+        return EXIT_ERROR
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _library(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    try:
+        target = _target(args)
+    except Unreachable as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    try:
+        listing = target.listing()
+    except CliError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    finally:
+        if isinstance(target, Remote):
+            target.close()
+    if getattr(args, "json", False):
+        print(json.dumps(listing, indent=2, ensure_ascii=False))
+    else:
+        print_listing(Console(highlight=False), listing)
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    from app.engine import flags as F
+
     settings = get_settings()
-    parser = argparse.ArgumentParser(prog="irqlab")
+    parser = argparse.ArgumentParser(
+        prog="irqlab", description="irqlab: KVM's x86 IOAPIC/LAPIC model as a service, and "
+                                   "its scenario runner.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     serve = sub.add_parser(
         "serve", help="run the HTTP service",
@@ -22,12 +455,52 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", default=settings.log_level,
                        choices=["critical", "error", "warning", "info", "debug", "trace"],
                        help=f"log level (IRQLAB_LOG_LEVEL, now {settings.log_level})")
-    args = parser.parse_args(argv)
+
+    # Options valid at both levels of `library [run]` default to SUPPRESS, so a value given
+    # before `run` is not reset by the subcommand's default.
+    common = argparse.ArgumentParser(add_help=False)
+    where = common.add_mutually_exclusive_group()
+    where.add_argument("--server", metavar="URL", default=argparse.SUPPRESS,
+                       help=f"the irqlab server to use (default {DEFAULT_SERVER})")
+    where.add_argument("--local", action="store_true", default=argparse.SUPPRESS,
+                       help="run in this process instead of on a server")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the raw JSON instead of tables")
+    epilog = ("exit status: 0 every expectation held, 1 an expectation failed, 2 a malformed "
+              "document, an unknown scenario or an unreachable server")
+    run = sub.add_parser(
+        "run", parents=[common], help="run scenario files (YAML or JSON)", epilog=epilog,
+        description="Run scenario documents (YAML, or JSON for *.json; '-' reads standard "
+                    "input) on an irqlab server or, with --local, in this process, and print "
+                    "a step table per variant, the failed checks and the findings.")
+    run.add_argument("files", nargs="+", metavar="FILE")
+    library = sub.add_parser(
+        "library", parents=[common], help="list or run the built-in scenarios",
+        description="List the built-in scenarios (`irqlab library`), or run some "
+                    "(`irqlab library run NAME...`).")
+    library_sub = library.add_subparsers(dest="library_cmd")
+    library_run = library_sub.add_parser(
+        "run", parents=[common], help="run built-in scenarios", epilog=epilog,
+        description="Run built-in scenarios. --profile / --irqchip replace vm.profile / "
+                    "vm.irqchip in every variant (names and expectations are kept).")
+    library_run.add_argument("names", nargs="+", metavar="NAME")
+    library_run.add_argument("--profile", choices=list(F.PRESETS),
+                             help="run every variant on this behaviour preset")
+    library_run.add_argument("--irqchip", choices=["kernel", "split"],
+                             help="run every variant with this irqchip mode")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.cmd == "serve":
         import uvicorn
 
         uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+        return EXIT_OK
+    if args.cmd == "run" or getattr(args, "library_cmd", None) == "run":
+        return _run(args)
+    return _library(args)
 
 
 if __name__ == "__main__":

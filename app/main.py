@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
 from app import __version__
-from app.api import problems
+from app.api import problems, scenario_models
 from app.api.middleware import BodyLimitMiddleware
 from app.api.registry import Registry
 from app.routers import ALL
@@ -33,6 +33,9 @@ TAGS = [
     {"name": "clock", "description": "Logical time (EOI storm throttle)."},
     {"name": "vcpus", "description": "Local APICs, KVM_RUN, interrupt ack and EOI."},
     {"name": "reports", "description": "Bitmaps, state, event log, snapshots."},
+    {"name": "scenarios", "description": "Scripted runs (handlers, steps, expectations, a "
+                                         "profile/irqchip matrix) in one call; the built-in "
+                                         "library of KVM/QEMU regression scenarios."},
     {"name": "health", "description": "Liveness and readiness probes."},
     {"name": "meta", "description": "Problem type documentation."},
 ]
@@ -76,8 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _finish_openapi(app: FastAPI) -> None:
-    """Two touches to the generated document: the Problem schema that error responses
-    reference under application/problem+json, and integral bounds as JSON integers (FastAPI's OpenAPI model types minimum/maximum as float,
+    """Three touches to the generated document: the Problem schema that error responses
+    reference under application/problem+json, the scenario document's schemas (the scenario
+    routes read their body themselves, JSON or YAML, so FastAPI does not see the model), and
+    integral bounds as JSON integers (FastAPI's OpenAPI model types minimum/maximum as float,
     so `le=255` would read 255.0)."""
     generate = app.openapi
 
@@ -98,6 +103,9 @@ def _finish_openapi(app: FastAPI) -> None:
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             schemas["Problem"] = problems.Problem.model_json_schema(
                 ref_template="#/components/schemas/{model}")
+            for name, schema in scenario_models.openapi_components().items():
+                if schemas.setdefault(name, schema) != schema:
+                    raise RuntimeError(f"two different OpenAPI schemas named {name!r}")
             fix(spec)
         assert app.openapi_schema is not None
         return app.openapi_schema

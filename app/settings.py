@@ -30,6 +30,17 @@ class Settings(BaseSettings):
         default=1000, ge=1,
         description="Most events returned by one call (events pages, op responses).",
     )
+    max_scenario_steps: int = Field(
+        default=10_000, ge=1,
+        description="Most steps one scenario document may have (top level, in handlers and "
+                    "in `when` blocks); more: 422 naming the field and the limit.",
+    )
+    max_settle_budget: int = Field(
+        default=100_000, ge=1,
+        description="Largest settle budget a scenario document may ask for (`settle_budget`, "
+                    "a settle step's `budget`); more: 422. Settle steps without one use at "
+                    "most this.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         default="info", description="Log level of the service and of uvicorn."
     )

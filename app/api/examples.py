@@ -158,3 +158,98 @@ def response(key: str, status: int = 200, description: str = "Successful Respons
     """An OpenAPI `responses` entry with the recorded example."""
     return {status: {"description": description,
                      "content": {"application/json": {"example": RESPONSES[key]}}}}
+
+
+# ---- scenarios
+
+SCENARIO: dict[str, Any] = {
+    "name": "lost-eoi-split",
+    "description": "vCPU0 retargets a level pin to vCPU1 while vector 0x40 is in service. "
+                   "Before fceb3a36c29a KVM's rescan drops the vector from vCPU0's handled "
+                   "vectors: its EOI never becomes KVM_EXIT_IOAPIC_EOI and QEMU's Remote IRR "
+                   "stays set.",
+    "commits": ["fceb3a36c29a"],
+    "vm": {"vcpus": 2, "irqchip": "split"},
+    "steps": [
+        {"op": "write_rte", "pin": 5, "entry": {"vector": "0x40", "trigger": "level",
+                                                 "dest": 0}},
+        {"op": "enter", "vcpu": 0},
+        {"op": "line", "pin": 5, "level": 1},
+        {"op": "ack", "vcpu": 0},
+        {"op": "line", "pin": 5, "level": 0},
+        {"op": "patch_rte", "vcpu": 0, "pin": 5, "fields": {"dest": 1}},
+        {"op": "enter", "vcpu": 0},
+        {"op": "eoi", "vcpu": 0},
+        {"op": "enter", "vcpu": 0},
+        {"op": "expect", "label": "after-eoi", "remote_irr": []},
+    ],
+    "matrix": [{"name": "linux-6.1", "vm": {"profile": "linux-6.1"}},
+               {"name": "linux-6.2", "vm": {"profile": "linux-6.2"}}],
+}
+"""A small document: its linux-6.1 variant fails its expectation (the bug), linux-6.2
+passes; the response is 200 either way."""
+
+SCENARIO_YAML = """\
+name: lost-eoi-split
+description: >-
+  vCPU0 retargets a level pin to vCPU1 while vector 0x40 is in service. Before fceb3a36c29a
+  KVM's rescan drops the vector from vCPU0's handled vectors: its EOI never becomes
+  KVM_EXIT_IOAPIC_EOI and QEMU's Remote IRR stays set.
+commits: [fceb3a36c29a]
+vm: {vcpus: 2, irqchip: split}
+steps:
+  - {op: write_rte, pin: 5, entry: {vector: "0x40", trigger: level, dest: 0}}
+  - {op: enter, vcpu: 0}
+  - {op: line, pin: 5, level: 1}
+  - {op: ack, vcpu: 0}
+  - {op: line, pin: 5, level: 0}
+  - {op: patch_rte, vcpu: 0, pin: 5, fields: {dest: 1}}
+  - {op: enter, vcpu: 0}
+  - {op: eoi, vcpu: 0}
+  - {op: enter, vcpu: 0}
+  - {op: expect, label: after-eoi, remote_irr: []}
+matrix:
+  - {name: linux-6.1, vm: {profile: linux-6.1}}
+  - {name: linux-6.2, vm: {profile: linux-6.2}}
+"""
+"""The same document as YAML (a test checks that they are the same)."""
+
+SCENARIO_REQUESTS = {
+    "lost-eoi": _ex("Two profiles, one expectation (fails on linux-6.1)", SCENARIO),
+    "minimal": _ex("One VM, one step", {"vm": {"vcpus": 1}, "steps": [{"op": "enter"}]}),
+}
+
+
+def _cut_result(result: dict[str, Any], variants: slice = slice(None),
+                steps: int | None = None) -> dict[str, Any]:
+    """A run's result cut for the documentation: a few events, the final bitmaps only."""
+    result = copy.deepcopy(result)
+    result["variants"] = result["variants"][variants]
+    for v in result["variants"]:
+        if steps is not None:
+            v["steps"] = [s for s in v["steps"] if s["op"] == "expect" or s["findings"]][:steps]
+        v["events"] = v["events"][:3]
+        v["final_state"] = {"bitmaps": v["final_state"]["bitmaps"]}
+    return result
+
+
+def _scenarios() -> dict[str, Any]:
+    from app import scenarios as library
+    from app.engine.scenario import run_scenario
+
+    from . import scenarios as S
+
+    seed = library.get("seed-race-split")
+    assert seed is not None
+    listing = S.listing()
+    return {
+        "scenario_run": _cut_result(run_scenario(SCENARIO)),
+        "scenario_list": {"scenarios": [s for s in listing["scenarios"]
+                                        if s["name"] in ("race1-kernel", "seed-race-split")]},
+        "scenario_document": S.document("seed-race-split"),
+        "scenario_library_run": _cut_result(
+            run_scenario(S.override_vm(seed, profile="linux-6.1")), slice(1, 2), 4),
+    }
+
+
+RESPONSES.update(_scenarios())

@@ -1,8 +1,9 @@
 """RFC 9457 problem details: the one place where errors become HTTP responses.
 
-Engine errors (`EngineError`) are mapped by kind; request validation errors become 422 with the
-offending field's path; unknown routes, wrong methods and unexpected exceptions get problem
-bodies too, so a client only ever has to parse one error format.
+Engine errors (`EngineError`) are mapped by kind; request validation errors, and scenario
+documents the engine refuses (`DocumentError`), become 422 with the offending field's path;
+unknown routes, wrong methods and unexpected exceptions get problem bodies too, so a client
+only ever has to parse one error format.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
                     description="A body, path or query field is missing, has the wrong type "
                                 "or is out of range. `field` is the dotted path of the first "
                                 "offending field and `errors` lists them all. Booleans are "
-                                "never accepted where an integer is expected."),
+                                "never accepted where an integer is expected. For a scenario "
+                                "document, `field` is the path of the bad element "
+                                "(`steps[3].pin`); a document over a service limit also has "
+                                "`limit` (the setting) and `max`, a YAML or JSON syntax error "
+                                "`line` and `column`."),
         ProblemType(slug="invalid-operation", status=400, title="Invalid operation",
                     description="A well-formed request that the modelled kernel refuses: KVM "
                                 "would return -EINVAL (`kvm_errno`), or the guest access "
@@ -56,6 +61,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
                     description="A valid request that this VM's configuration cannot do."),
         ProblemType(slug="payload-too-large", status=413, title="Content Too Large",
                     description="The request body is larger than IRQLAB_MAX_BODY_BYTES."),
+        ProblemType(slug="unsupported-media-type", status=415,
+                    title="Unsupported Media Type",
+                    description="The body's Content-Type is not one the route reads: scenario "
+                                "documents are application/json, or YAML as application/yaml "
+                                "or text/yaml."),
         ProblemType(slug="bad-request", status=400, title="Bad Request",
                     description="The HTTP request itself is malformed."),
         ProblemType(slug="method-not-allowed", status=405, title="Method Not Allowed",
@@ -96,6 +106,27 @@ class LimitError(EngineError):
         self.maximum = maximum
 
 
+class DocumentError(EngineError):
+    """A scenario document that cannot run: malformed (the engine's EngineError(invalid),
+    whose field is the element's path), unparsable, or over a service limit. It is a 422
+    validation problem, not a KVM refusal (those are results inside a run)."""
+
+    def __init__(self, detail: str, field: str | None, *, error_type: str = "scenario_invalid",
+                 limit: str | None = None, maximum: int | None = None,
+                 line: int | None = None, column: int | None = None) -> None:
+        super().__init__(ErrorKind.INVALID, detail, field or "body")
+        self.error_type = error_type
+        self.extra: dict[str, Any] = {
+            k: v for k, v in (("limit", limit), ("max", maximum), ("line", line),
+                              ("column", column)) if v is not None}
+
+
+class UnsupportedMediaType(Exception):
+    def __init__(self, media_type: str, accepted: str) -> None:
+        super().__init__(media_type)
+        self.detail = f"Content-Type {media_type!r} is not accepted here; use {accepted}"
+
+
 _KIND_SLUG = {
     ErrorKind.NOT_FOUND: "not-found",
     ErrorKind.INVALID: "invalid-operation",
@@ -124,7 +155,14 @@ def problem_response(slug: str, detail: str, *, instance: str | None = None,
 
 def engine_problem(exc: EngineError, instance: str | None = None) -> JSONResponse:
     """EngineError -> problem: not-found 404, invalid 400 (KVM's -EINVAL or a guest #GP),
-    exists 409, limit 409 (naming the setting), unsupported 409."""
+    exists 409, limit 409 (naming the setting), unsupported 409; a scenario DocumentError is
+    422 at the element's path."""
+    if isinstance(exc, DocumentError):
+        field = exc.field or "body"
+        return problem_response(
+            "validation-error", f"{field}: {exc.detail}", instance=instance, field=field,
+            errors=[{"field": field, "message": exc.detail, "type": exc.error_type}],
+            **exc.extra)
     slug = _KIND_SLUG.get(exc.kind, "invalid-operation")
     extra: dict[str, Any] = {}
     if exc.kind == ErrorKind.INVALID:
@@ -181,9 +219,15 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return validation_problem(exc.errors(), request.url.path)
 
 
+async def _on_media_type(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UnsupportedMediaType)
+    return problem_response("unsupported-media-type", exc.detail, instance=request.url.path)
+
+
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    slug = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(
+    slug = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large",
+            415: "unsupported-media-type"}.get(
         exc.status_code, "bad-request")
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
@@ -201,6 +245,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(EngineError, _on_engine_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(UnsupportedMediaType, _on_media_type)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
 
@@ -236,6 +281,8 @@ _EXAMPLE_DETAIL = {
     "already-exists": "a VM with id 'race' already exists",
     "limit-reached": "at most 64 VMs may exist (IRQLAB_MAX_VMS)",
     "payload-too-large": "request body exceeds 1048576 bytes (IRQLAB_MAX_BODY_BYTES)",
+    "unsupported-media-type": "Content-Type 'text/plain' is not accepted here; use "
+                              "application/json, application/yaml or text/yaml",
 }
 _EXAMPLE_EXTRA: dict[str, dict[str, Any]] = {
     "not-found": {"field": "vm"},

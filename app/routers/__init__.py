@@ -1,6 +1,6 @@
 """HTTP routers: thin wrappers that validate, lock the VM, call the engine."""
 
-from . import health, ioapic, profiles, reports, routing, vcpus, vms
+from . import health, ioapic, profiles, reports, routing, scenarios, vcpus, vms
 
 ALL = [health.router, vms.router, profiles.router, ioapic.router, routing.router,
-       vcpus.router, reports.router]
+       vcpus.router, reports.router, scenarios.router]

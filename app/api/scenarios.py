@@ -1,0 +1,295 @@
+"""Glue between HTTP (and the CLI) and the scenario runner: reading documents (JSON or YAML),
+the service limits, the profile/irqchip override of library runs, and running a document with
+the engine's refusals of it turned into DocumentError (422 at the element's path).
+
+A run builds its own VMs, so it holds no VM lock; it is CPU-bound and runs in a worker thread
+(with the response validated and rendered there too) so the event loop stays responsive.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from collections import deque
+from typing import Any
+
+import yaml
+from fastapi import Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from app import scenarios as library
+from app.engine.errors import EngineError, not_found
+from app.engine.scenario import DEFAULT_SETTLE_BUDGET, STEP_OPS, run_scenario, variants
+from app.settings import Settings
+
+from . import ops
+from . import scenario_models as SM
+from .problems import DocumentError, UnsupportedMediaType
+
+JSON_MEDIA_TYPES = ("application/json",)
+YAML_MEDIA_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+ACCEPTED = "application/json, application/yaml or text/yaml"
+
+# ---- reading documents
+
+
+def parse_document(body: bytes, content_type: str | None) -> Any:
+    """The body as a document: YAML for application/yaml or text/yaml, JSON for
+    application/json (or no Content-Type); anything else is 415."""
+    media = (content_type or "").split(";")[0].strip().lower() or "application/json"
+    if media in YAML_MEDIA_TYPES:
+        return parse_yaml(body)
+    if media in JSON_MEDIA_TYPES or media.endswith("+json"):
+        return parse_json(body)
+    raise UnsupportedMediaType(media, ACCEPTED)
+
+
+def parse_json(text: bytes | str) -> Any:
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(text, parse_constant=constant)
+    except json.JSONDecodeError as exc:
+        raise DocumentError(f"JSON syntax error at line {exc.lineno}, column {exc.colno}: "
+                            f"{exc.msg}", "body", error_type="json_invalid",
+                            line=exc.lineno, column=exc.colno) from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DocumentError(f"not JSON: {exc}", "body", error_type="json_invalid") from None
+    except RecursionError:
+        raise DocumentError("the document is nested too deeply", "body",
+                            error_type="json_invalid") from None
+
+
+def parse_yaml(text: bytes | str) -> Any:
+    """yaml.safe_load, refusing what JSON cannot say (timestamps, binary, non-finite floats,
+    keys that are not strings or integers), so a YAML document runs as its JSON twin."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        if mark is None:
+            raise DocumentError(f"YAML syntax error: {problem}", "body",
+                                error_type="yaml_invalid") from None
+        line, column = mark.line + 1, mark.column + 1
+        raise DocumentError(f"YAML syntax error at line {line}, column {column}: {problem}",
+                            "body", error_type="yaml_invalid", line=line,
+                            column=column) from None
+    except yaml.YAMLError as exc:
+        raise DocumentError(f"not YAML: {exc}", "body", error_type="yaml_invalid") from None
+    except RecursionError:
+        raise DocumentError("the document is nested too deeply", "body",
+                            error_type="yaml_invalid") from None
+    _json_values(doc, "")
+    return doc
+
+
+def _json_values(value: Any, path: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise DocumentError(f"object keys are strings or integers, not {key!r}",
+                                    path or "body")
+            _json_values(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _json_values(item, f"{path}[{i}]")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise DocumentError(f"{value} is not a JSON number", path or "body")
+    elif value is not None and not isinstance(value, str | int | bool):
+        raise DocumentError(f"a YAML {type(value).__name__} is not a JSON value (quote it)",
+                            path or "body")
+
+
+# ---- limits and overrides
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value, 0)
+        except ValueError:
+            return None
+    return None
+
+
+def _over(what: str, value: int, field: str, setting: str, maximum: int) -> DocumentError:
+    return DocumentError(f"{what} {value} is over the limit of {maximum} ({setting})", field,
+                         error_type="limit_exceeded", limit=setting, maximum=maximum)
+
+
+def check_limits(doc: Any, settings: Settings) -> Any:
+    """Hold a document to IRQLAB_MAX_SCENARIO_STEPS (every step: top level, in handlers, in
+    `when` blocks), IRQLAB_MAX_SETTLE_BUDGET and IRQLAB_MAX_VCPUS. Returns the document to run:
+    when the engine's default settle budget is over the cap, settle steps without a budget
+    get the cap. Shapes the engine would refuse are left for it to report."""
+    if not isinstance(doc, dict):
+        return doc
+    total = 0
+    budgets: list[tuple[str, Any]] = []
+    queue: deque[tuple[str, Any]] = deque([("steps", doc.get("steps"))])
+    handlers = doc.get("handlers")
+    if isinstance(handlers, dict):
+        queue.extend((f"handlers.{key}", steps) for key, steps in handlers.items())
+    while queue:
+        where, steps = queue.popleft()
+        if not isinstance(steps, list):
+            continue
+        total += len(steps)
+        for i, step in enumerate(steps):
+            if not isinstance(step, dict):
+                continue
+            if step.get("op") == "settle" and "budget" in step:
+                budgets.append((f"{where}[{i}].budget", step["budget"]))
+            elif step.get("op") == "when":
+                queue.append((f"{where}[{i}].steps", step.get("steps")))
+    if total > settings.max_scenario_steps:
+        raise DocumentError(
+            f"the document has {total} steps (top level, handlers and when blocks); at most "
+            f"{settings.max_scenario_steps} are allowed (IRQLAB_MAX_SCENARIO_STEPS)", "steps",
+            error_type="limit_exceeded", limit="IRQLAB_MAX_SCENARIO_STEPS",
+            maximum=settings.max_scenario_steps)
+    cap = settings.max_settle_budget
+    if "settle_budget" in doc:
+        budgets.insert(0, ("settle_budget", doc["settle_budget"]))
+    for field, value in budgets:
+        n = _as_int(value)
+        if n is not None and n > cap:
+            raise _over("settle budget", n, field, "IRQLAB_MAX_SETTLE_BUDGET", cap)
+    vms = [("vm", doc.get("vm"))]
+    matrix = doc.get("matrix")
+    if isinstance(matrix, list):
+        vms += [(f"matrix[{i}].vm", m.get("vm")) for i, m in enumerate(matrix)
+                if isinstance(m, dict)]
+    for where, vm in vms:
+        if isinstance(vm, dict):
+            n = vm.get("vcpus")  # the engine takes integers only
+            if type(n) is int and n > settings.max_vcpus:
+                raise _over("vcpus", n, f"{where}.vcpus", "IRQLAB_MAX_VCPUS",
+                            settings.max_vcpus)
+    if "settle_budget" not in doc and cap < DEFAULT_SETTLE_BUDGET:
+        doc = {**doc, "settle_budget": cap}
+    return doc
+
+
+def override_vm(doc: dict[str, Any], profile: str | None = None,
+                irqchip: str | None = None) -> dict[str, Any]:
+    """The document with vm.profile / vm.irqchip replaced in every variant (the document's vm
+    and each matrix entry's vm); variant names and expectations are kept."""
+    changes = {k: v for k, v in (("profile", profile), ("irqchip", irqchip)) if v is not None}
+    if not changes:
+        return doc
+    doc = copy.deepcopy(doc)
+    base = doc.get("vm")
+    doc["vm"] = {**(base if isinstance(base, dict) else {}), **changes}
+    for variant in doc.get("matrix") or ():
+        if isinstance(variant, dict) and isinstance(variant.get("vm"), dict):
+            variant["vm"].update(changes)
+    return doc
+
+
+# ---- running
+
+
+def execute(doc: Any) -> dict[str, Any]:
+    """run_scenario(doc), with every way the engine refuses the document as DocumentError:
+    its EngineError (the path it names), or, where a malformed element makes it fail in
+    another way, the path the document models find."""
+    try:
+        return run_scenario(doc)
+    except DocumentError:
+        raise
+    except EngineError as exc:
+        raise DocumentError(exc.detail, exc.field or "body") from exc
+    except RecursionError:
+        raise DocumentError("the document is nested too deeply", "body") from None
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as exc:
+        found = locate(doc)
+        if found is None:
+            raise  # a well-formed document: an irqlab bug (500)
+        raise DocumentError(found[1], found[0]) from exc
+
+
+_INSTANCE = re.compile(r" or instance of \w+")
+_MODEL_NAMES = {name for name, obj in vars(SM).items() if isinstance(obj, type)}
+
+
+def locate(doc: Any) -> tuple[str, str] | None:
+    """(path, message) of the most specific element the document models refuse, or None."""
+    try:
+        SM.ScenarioDocument.model_validate(doc)
+    except ValidationError as exc:
+        best: tuple[str, str] | None = None
+        depth = -1
+        for err in exc.errors():
+            parts: list[Any] = []
+            for item in err["loc"]:
+                if isinstance(item, str) and (
+                        item == "[key]" or "[" in item or "(" in item or item in _MODEL_NAMES
+                        or (item in STEP_OPS and parts and isinstance(parts[-1], int))):
+                    continue  # union members and discriminator tags, not document keys
+                parts.append(item)
+            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                parts.append("op")
+            ctx = err.get("ctx")
+            if isinstance(ctx, dict) and isinstance(ctx.get("field"), str):
+                parts.append(ctx["field"])
+            if len(parts) > depth:
+                depth = len(parts)
+                best = (_path(parts), _INSTANCE.sub("", str(err["msg"])))
+        return best
+    return None
+
+
+def _path(parts: list[Any]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else ("." if out else "") + str(p)
+    return out or "body"
+
+
+def _run_and_render(doc: Any) -> Response:
+    result = execute(doc)
+    SM.ScenarioResult.model_validate(result)  # the documented shape (a drift would be a bug)
+    return ops.render(None, result)
+
+
+async def run(doc: Any, settings: Settings) -> Response:
+    """Check the limits, then run in a worker thread (no VM lock: the run has its own VMs)."""
+    doc = check_limits(doc, settings)
+    return await run_in_threadpool(_run_and_render, doc)
+
+
+# ---- the library
+
+
+def info(name: str, doc: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "description": str(doc.get("description") or "").strip(),
+            "commits": list(doc.get("commits") or []),
+            "variants": [v[0] for v in variants(doc)]}
+
+
+def listing() -> dict[str, Any]:
+    out = []
+    for name in library.names():
+        doc = library.get(name)
+        assert doc is not None
+        out.append(info(name, doc))
+    return {"scenarios": out}
+
+
+def document(name: str) -> dict[str, Any]:
+    doc = library.get(name)
+    if doc is None:
+        raise not_found(f"no scenario {name!r} in the library (GET /v1/scenarios)", "name")
+    jsonable: dict[str, Any] = json.loads(json.dumps(doc))  # YAML's integer keys -> strings
+    return jsonable

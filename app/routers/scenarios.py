@@ -1,0 +1,144 @@
+"""Scenarios: run a document, and the built-in library."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from app.api import examples as X
+from app.api import ops
+from app.api import scenario_models as SM
+from app.api import scenarios as S
+from app.api import types as T
+from app.api.deps import SettingsDep
+from app.api.problems import DocumentError, engine_problem, problem_responses
+
+router = APIRouter(prefix="/v1/scenarios", tags=["scenarios"],
+                   responses=problem_responses(422))
+
+_DOC = {"$ref": "#/components/schemas/ScenarioDocument"}
+_LIST = S.listing()
+
+
+def _problem(summary: str, exc: DocumentError) -> dict[str, Any]:
+    body = engine_problem(exc, "/v1/scenarios/run").body
+    return {"summary": summary, "value": json.loads(bytes(body))}
+
+
+def _document_problems() -> dict[int | str, dict[str, Any]]:
+    """The 413/415/422 entries, with scenario examples for 422."""
+    out = problem_responses(413, 415, 422)
+    out[422] = copy.deepcopy(out[422])
+    out[422]["description"] = "A malformed document, or one over a service limit"
+    out[422]["content"]["application/problem+json"]["examples"] = {
+        "bad-element": _problem("A step names pin 99", DocumentError(
+            "must be in 0..23", "steps[3].pin")),
+        "bad-op": _problem("An unknown op", DocumentError(
+            "op must be one of line, irq, msi, ...", "steps[0].op")),
+        "limit": _problem("Over IRQLAB_MAX_SETTLE_BUDGET", DocumentError(
+            "settle budget 500000 is over the limit of 100000 (IRQLAB_MAX_SETTLE_BUDGET)",
+            "steps[7].budget", error_type="limit_exceeded", limit="IRQLAB_MAX_SETTLE_BUDGET",
+            maximum=100_000)),
+        "yaml": _problem("A YAML syntax error", DocumentError(
+            "YAML syntax error at line 3, column 9: expected ',' or ']', but got '}'", "body",
+            error_type="yaml_invalid", line=3, column=9)),
+    }
+    return out
+
+
+def _result_response(key: str, description: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": description,
+                  "content": {"application/json": {"example": X.RESPONSES[key]}}}}
+
+
+_VMS = (
+    " For each variant of the document's matrix (one, `default`, without a matrix) a fresh "
+    "VM is built as POST /v1/vms would (KVM_CREATE_VM, KVM_CREATE_IRQCHIP or "
+    "KVM_CAP_SPLIT_IRQCHIP with QEMU's IOAPIC, KVM_CREATE_VCPU) and the steps run against it; "
+    "no VM under /v1/vms is used or locked."
+)
+_RUN_DESC = _VMS + (
+    " The result has, per variant, every step's result, "
+    "each expect step's checks (path, expected, actual), the invariant findings, the whole "
+    "event log and the final state. Expectation failures, findings and operations the "
+    "modelled kernel refuses (-EINVAL, #GP: `ok: false` on that step) are results: HTTP 200 "
+    "with `passed: false`. A malformed document is 422 whose `field` is the path of the bad "
+    "element (`steps[3].pin`). More than IRQLAB_MAX_SCENARIO_STEPS steps (top level, "
+    "handlers, when blocks), a settle budget over IRQLAB_MAX_SETTLE_BUDGET or more vCPUs "
+    "than IRQLAB_MAX_VCPUS is 422 naming the field, with `limit` and `max`. Deterministic: "
+    "the same document always gives the same result."
+)
+
+
+@router.post(
+    "/run", response_model=SM.ScenarioResult, summary="Run a scenario document",
+    description="Run a scenario document (JSON, or YAML with Content-Type application/yaml "
+                "or text/yaml; its JSON Schema is openapi/scenario.schema.json)." + _RUN_DESC,
+    responses={**_result_response("scenario_run", "The result (also when expectations "
+                                                  "fail)"),
+               **_document_problems()},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _DOC, "examples": X.SCENARIO_REQUESTS},
+        "application/yaml": {"schema": _DOC, "example": X.SCENARIO_YAML},
+        "text/yaml": {"schema": _DOC, "example": X.SCENARIO_YAML},
+    }}},
+)
+async def run_document(request: Request, settings: SettingsDep) -> Response:
+    doc = S.parse_document(await request.body(), request.headers.get("content-type"))
+    return await S.run(doc, settings)
+
+
+@router.get(
+    "", response_model=SM.ScenarioList, summary="List the built-in scenarios",
+    description="The built-in library (app/scenarios/*.yaml): regression scenarios for KVM "
+                "and QEMU commits, each with its description, the commits it is about and "
+                "its variants' names (typically a profile before a fix and one with it, or "
+                "both irqchip modes). Example cut to two scenarios.",
+    responses=_result_response("scenario_list", "The library"),
+)
+async def list_scenarios() -> Response:
+    return ops.render(SM.ScenarioList, _LIST)
+
+
+@router.get(
+    "/{name}", summary="Get a built-in scenario",
+    description="A library scenario's document, as JSON (integer keys of the YAML, e.g. "
+                "handler vectors, become strings); POST it to /v1/scenarios/run, changed or "
+                "not. Its steps drive the KVM/QEMU IOAPIC and LAPIC model.",
+    responses={200: {"description": "The document", "content": {"application/json": {
+        "schema": _DOC, "example": X.RESPONSES["scenario_document"]}}},
+        **problem_responses(404)},
+)
+async def get_scenario(name: Annotated[str, Path(examples=["seed-race-split"])]) -> Response:
+    return ops.render(None, S.document(name))
+
+
+@router.post(
+    "/{name}/run", response_model=SM.ScenarioResult, summary="Run a built-in scenario",
+    description="Run a library scenario, as POST /v1/scenarios/run runs its document. "
+                "`profile` and `irqchip`, when given, override the document's vm for every "
+                "variant: each variant's vm.profile / vm.irqchip is replaced (names and "
+                "expectations are kept), e.g. `profile=linux-6.1` runs every variant on a "
+                "kernel before fceb3a36c29a, so a variant named after a fixed kernel fails "
+                "its expectations: still 200, `passed: false`. A combination the document "
+                "cannot run (e.g. irqchip=kernel with QEMU's IOAPIC version 0x20) is 422."
+                + _VMS,
+    responses={**_result_response("scenario_library_run", "The result (example: "
+                                  "seed-race-split with profile=linux-6.1, cut to one "
+                                  "variant)"),
+               **problem_responses(404, 422)},
+)
+async def run_library_scenario(
+    name: Annotated[str, Path(examples=["seed-race-split"])],
+    settings: SettingsDep,
+    profile: Annotated[T.ProfileName | None, Query(
+        description="Replace every variant's vm.profile (GET /v1/profiles).",
+        examples=["linux-6.1"])] = None,
+    irqchip: Annotated[Literal["kernel", "split"] | None, Query(
+        description="Replace every variant's vm.irqchip.")] = None,
+) -> Response:
+    doc = S.override_vm(S.document(name), profile, irqchip)
+    return await S.run(doc, settings)
