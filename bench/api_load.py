@@ -50,7 +50,7 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
 
 
 def setup_vm(base: str) -> None:
-    """One vCPU, pin 5 edge-triggered vector 0x40 to vCPU0: every pulse is a real delivery."""
+    """One vCPU, pin 5 edge-triggered vector 0x40 to vCPU0."""
     r = httpx.post(f"{base}/v1/vms", json={"id": "bench", "vcpus": 1})
     r.raise_for_status()
     r = httpx.put(f"{base}/v1/vms/bench/ioapic/pins/5",
@@ -91,12 +91,20 @@ def main() -> None:
         setup_vm(base)
         with tempfile.TemporaryDirectory() as tmp:
             lua = Path(tmp) / "line.lua"
-            lua.write_text('wrk.method = "POST"\n'
-                           'wrk.headers["Content-Type"] = "application/json"\n'
-                           'wrk.body = \'{"action": "pulse"}\'\n')
+            # Alternate assert and deassert so that every request changes the line: an
+            # assert delivers vector 0x40 to vCPU0 (edge: latched, delivered, TMR cleared),
+            # a deassert clears the latched irr. Each connection keeps its own parity.
+            lua.write_text(
+                'local n = 0\n'
+                'request = function()\n'
+                '  n = n + 1\n'
+                '  local body = (n % 2 == 1) and \'{"action": "assert"}\' '
+                'or \'{"action": "deassert"}\'\n'
+                '  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)\n'
+                'end\n')
             routes = {
                 "no-op GET /healthz": (f"{base}/healthz", None),
-                "POST …/ioapic/pins/5/line (pulse)": (
+                "POST …/pins/5/line assert/deassert": (
                     f"{base}/v1/vms/bench/ioapic/pins/5/line", lua),
                 "GET …/bitmaps": (f"{base}/v1/vms/bench/bitmaps", None),
             }

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Request, Response
 
 from app.api import examples as X
 from app.api import models as M
 from app.api import ops
-from app.api.deps import PinPath, RegistryDep, SettingsDep, VmPath
+from app.api.deps import PinPath, VmPath
 from app.api.problems import problem_responses
 from app.api.run import act, view
 
@@ -34,8 +34,8 @@ _WRITE_DESC = (
                 "redirection entry with its input level (example cut to one pin).",
     responses={**X.response("ioapic"), **problem_responses(404)},
 )
-async def get_ioapic(vm: VmPath, registry: RegistryDep) -> Response:
-    return await view(registry, vm, M.IoapicView, lambda e: e.vm.ioapic_view())
+async def get_ioapic(vm: VmPath, request: Request) -> Response:
+    return await view(request, vm, M.IoapicView, lambda e: e.vm.ioapic_view())
 
 
 @router.get(
@@ -44,8 +44,8 @@ async def get_ioapic(vm: VmPath, registry: RegistryDep) -> Response:
                 "the pin's input level and IRQ sources.",
     responses={**X.response("pin"), **problem_responses(404, 422)},
 )
-async def get_pin(vm: VmPath, pin: PinPath, registry: RegistryDep) -> Response:
-    return await view(registry, vm, M.PinView, lambda e: e.vm.pin_view(pin))
+async def get_pin(vm: VmPath, pin: PinPath, request: Request) -> Response:
+    return await view(request, vm, M.PinView, lambda e: e.vm.pin_view(pin))
 
 
 @router.put(
@@ -57,9 +57,9 @@ async def get_pin(vm: VmPath, pin: PinPath, registry: RegistryDep) -> Response:
 async def put_pin(
     vm: VmPath, pin: PinPath,
     body: Annotated[M.PinPut, Body(openapi_examples=X.REQUESTS["put_pin"])],
-    registry: RegistryDep, settings: SettingsDep,
+    request: Request,
 ) -> Response:
-    return await act(registry, settings, vm, M.PinWriteResult,
+    return await act(request, vm, M.PinWriteResult,
                      lambda v: ops.write_pin(v, pin, body))
 
 
@@ -73,9 +73,9 @@ async def put_pin(
 async def patch_pin(
     vm: VmPath, pin: PinPath,
     body: Annotated[M.PinPatch, Body(openapi_examples=X.REQUESTS["patch_pin"])],
-    registry: RegistryDep, settings: SettingsDep,
+    request: Request,
 ) -> Response:
-    return await act(registry, settings, vm, M.PinWriteResult,
+    return await act(request, vm, M.PinWriteResult,
                      lambda v: ops.patch_pin(v, pin, body))
 
 
@@ -92,9 +92,9 @@ async def patch_pin(
 async def line(
     vm: VmPath, pin: PinPath,
     body: Annotated[M.LineRequest, Body(openapi_examples=X.REQUESTS["line"])],
-    registry: RegistryDep, settings: SettingsDep,
+    request: Request,
 ) -> Response:
-    return await act(registry, settings, vm, M.LineResult, lambda v: ops.set_line(v, pin, body))
+    return await act(request, vm, M.LineResult, lambda v: ops.set_line(v, pin, body))
 
 
 @router.post(
@@ -108,6 +108,6 @@ async def line(
 )
 async def mmio(
     vm: VmPath, body: Annotated[M.MmioRequest, Body(openapi_examples=X.REQUESTS["mmio"])],
-    registry: RegistryDep, settings: SettingsDep,
+    request: Request,
 ) -> Response:
-    return await act(registry, settings, vm, M.MmioResult, lambda v: ops.mmio(v, body))
+    return await act(request, vm, M.MmioResult, lambda v: ops.mmio(v, body))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from app.api import examples as X
 from app.api import models as M
 from app.api import ops
-from app.api.deps import RegistryDep, SettingsDep, VmPath
+from app.api.deps import VmPath
 from app.api.problems import problem_responses
 from app.api.run import view
 
@@ -25,8 +25,8 @@ router = APIRouter(prefix="/v1/vms/{vm}", tags=["reports"],
                 "ioapic_handled_vectors (the EOI-exit bitmap vcpu_scan_ioapic computed).",
     responses={**X.response("bitmaps"), **problem_responses(404)},
 )
-async def bitmaps(vm: VmPath, registry: RegistryDep) -> Response:
-    return await view(registry, vm, M.Bitmaps, lambda e: e.vm.bitmaps())
+async def bitmaps(vm: VmPath, request: Request) -> Response:
+    return await view(request, vm, M.Bitmaps, lambda e: e.vm.bitmaps())
 
 
 @router.get(
@@ -36,8 +36,8 @@ async def bitmaps(vm: VmPath, registry: RegistryDep) -> Response:
                 "+ the routing table). Example cut to one pin and one vCPU.",
     responses={**X.response("state"), **problem_responses(404)},
 )
-async def state(vm: VmPath, registry: RegistryDep) -> Response:
-    return await view(registry, vm, M.VmState, ops.state)
+async def state(vm: VmPath, request: Request) -> Response:
+    return await view(request, vm, M.VmState, ops.state)
 
 
 @router.get(
@@ -50,10 +50,11 @@ async def state(vm: VmPath, registry: RegistryDep) -> Response:
     responses={**X.response("events"), **problem_responses(404, 422)},
 )
 async def events(
-    vm: VmPath, registry: RegistryDep, settings: SettingsDep,
+    vm: VmPath, request: Request,
     after: Annotated[int, Query(ge=0, description="Return events after this seq.")] = 0,
     limit: Annotated[int | None, Query(ge=1, description="Page size.")] = None,
 ) -> Response:
+    settings = request.app.state.settings
     if limit is None:
         limit = settings.max_events_page
     elif limit > settings.max_events_page:
@@ -64,7 +65,7 @@ async def events(
             "ctx": {"le": settings.max_events_page},
         }])
     page = limit
-    return await view(registry, vm, M.EventPage, lambda e: ops.events_page(e.vm, after, page))
+    return await view(request, vm, M.EventPage, lambda e: ops.events_page(e.vm, after, page))
 
 
 @router.get(
@@ -74,8 +75,8 @@ async def events(
                 "KVM_GET_LAPIC and QEMU's vmstate save together. Example cut short.",
     responses={**X.response("snapshot"), **problem_responses(404)},
 )
-async def get_snapshot(vm: VmPath, registry: RegistryDep) -> Response:
-    return await view(registry, vm, None, lambda e: e.vm.snapshot())
+async def get_snapshot(vm: VmPath, request: Request) -> Response:
+    return await view(request, vm, None, lambda e: e.vm.snapshot())
 
 
 @router.put(
@@ -88,9 +89,10 @@ async def get_snapshot(vm: VmPath, registry: RegistryDep) -> Response:
     responses={**X.response("summary"), **problem_responses(400, 404, 409, 413, 422)},
 )
 async def put_snapshot(
-    vm: VmPath, registry: RegistryDep,
+    vm: VmPath, request: Request,
     snapshot: Annotated[dict[str, Any], Body(openapi_examples={"snapshot": {
         "summary": "A document from GET …/snapshot (cut short)",
         "value": X.RESPONSES["snapshot"]}})],
 ) -> Response:
-    return await view(registry, vm, M.VmSummary, lambda e: ops.restore(e, snapshot, registry))
+    registry = request.app.state.registry
+    return await view(request, vm, M.VmSummary, lambda e: ops.restore(e, snapshot, registry))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Response
+from fastapi import APIRouter, Body, Path, Request, Response
 
 from app.api import examples as X
 from app.api import models as M
 from app.api import ops
-from app.api.deps import RegistryDep, SettingsDep, VmPath
+from app.api.deps import VmPath
 from app.api.problems import problem_responses
 from app.api.run import act, view
 
@@ -25,8 +25,8 @@ router = APIRouter(prefix="/v1/vms/{vm}", responses=problem_responses(422))
                 "Example cut to two entries.",
     responses={**X.response("routes"), **problem_responses(404)},
 )
-async def get_routes(vm: VmPath, registry: RegistryDep) -> Response:
-    return await view(registry, vm, M.RoutesView, lambda e: e.vm.routes_view())
+async def get_routes(vm: VmPath, request: Request) -> Response:
+    return await view(request, vm, M.RoutesView, lambda e: e.vm.routes_view())
 
 
 @router.put(
@@ -41,9 +41,9 @@ async def get_routes(vm: VmPath, registry: RegistryDep) -> Response:
 )
 async def put_routes(
     vm: VmPath, body: Annotated[M.RoutesPut, Body(openapi_examples=X.REQUESTS["routes"])],
-    registry: RegistryDep, settings: SettingsDep,
+    request: Request,
 ) -> Response:
-    return await act(registry, settings, vm, M.RoutesPutResult,
+    return await act(request, vm, M.RoutesPutResult,
                      lambda v: ops.set_routes(v, body))
 
 
@@ -56,9 +56,9 @@ async def put_routes(
 )
 async def signal_msi(
     vm: VmPath, body: Annotated[M.MsiRequest, Body(openapi_examples=X.REQUESTS["msi"])],
-    registry: RegistryDep, settings: SettingsDep,
+    request: Request,
 ) -> Response:
-    return await act(registry, settings, vm, M.DeliveryResult,
+    return await act(request, vm, M.DeliveryResult,
                      lambda v: ops.signal_msi(v, body))
 
 
@@ -70,9 +70,9 @@ async def signal_msi(
 )
 async def irq_line(
     vm: VmPath, body: Annotated[M.IrqLineRequest, Body(openapi_examples=X.REQUESTS["irq"])],
-    registry: RegistryDep, settings: SettingsDep,
+    request: Request,
 ) -> Response:
-    return await act(registry, settings, vm, M.DeliveryResult,
+    return await act(request, vm, M.DeliveryResult,
                      lambda v: ops.irq_line(v, body))
 
 
@@ -84,8 +84,8 @@ async def irq_line(
                 "signalled.",
     responses={**X.response("resamplers"), **problem_responses(404)},
 )
-async def list_resamplers(vm: VmPath, registry: RegistryDep) -> Response:
-    return await view(registry, vm, M.ResamplerList, lambda e: ops.resamplers(e.vm))
+async def list_resamplers(vm: VmPath, request: Request) -> Response:
+    return await view(request, vm, M.ResamplerList, lambda e: ops.resamplers(e.vm))
 
 
 @router.post(
@@ -100,9 +100,9 @@ async def list_resamplers(vm: VmPath, registry: RegistryDep) -> Response:
 async def add_resampler(
     vm: VmPath,
     body: Annotated[M.ResamplerRequest, Body(openapi_examples=X.REQUESTS["resampler"])],
-    registry: RegistryDep, settings: SettingsDep,
+    request: Request,
 ) -> Response:
-    return await act(registry, settings, vm, M.ResamplerCreated,
+    return await act(request, vm, M.ResamplerCreated,
                      lambda v: ops.register_resampler(v, body.gsi), status_code=201)
 
 
@@ -115,10 +115,10 @@ async def add_resampler(
     responses={**X.response("irqfd"), **problem_responses(404, 422)},
 )
 async def fire_irqfd(
-    vm: VmPath, registry: RegistryDep, settings: SettingsDep,
+    vm: VmPath, request: Request,
     gsi: int = Path(ge=0, description="GSI of a registered resampler.", examples=[5]),
 ) -> Response:
-    return await act(registry, settings, vm, M.DeliveryResult, lambda v: ops.irqfd(v, gsi))
+    return await act(request, vm, M.DeliveryResult, lambda v: ops.irqfd(v, gsi))
 
 
 @router.post(
@@ -131,7 +131,7 @@ async def fire_irqfd(
 )
 async def advance_clock(
     vm: VmPath, body: Annotated[M.ClockRequest, Body(openapi_examples=X.REQUESTS["clock"])],
-    registry: RegistryDep, settings: SettingsDep,
+    request: Request,
 ) -> Response:
-    return await act(registry, settings, vm, M.ClockResult,
+    return await act(request, vm, M.ClockResult,
                      lambda v: v.advance_time(body.advance_us))

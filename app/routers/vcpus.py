@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Request, Response
 
 from app.api import examples as X
 from app.api import models as M
 from app.api import ops
-from app.api.deps import RegistryDep, SettingsDep, VcpuPath, VmPath
+from app.api.deps import VcpuPath, VmPath
 from app.api.problems import problem_responses
 from app.api.run import act, view
 
@@ -24,8 +24,8 @@ router = APIRouter(prefix="/v1/vms/{vm}/vcpus", tags=["vcpus"],
                 "pending requests (kvm_make_request) and pending_ioapic_eoi.",
     responses={**X.response("vcpus"), **problem_responses(404)},
 )
-async def list_vcpus(vm: VmPath, registry: RegistryDep) -> Response:
-    return await view(registry, vm, M.VcpuList, lambda e: ops.vcpus(e.vm))
+async def list_vcpus(vm: VmPath, request: Request) -> Response:
+    return await view(request, vm, M.VcpuList, lambda e: ops.vcpus(e.vm))
 
 
 @router.get(
@@ -35,8 +35,8 @@ async def list_vcpus(vm: VmPath, registry: RegistryDep) -> Response:
                 "and pending_ioapic_eoi. Bitmaps are {vectors, hex}.",
     responses={**X.response("vcpu"), **problem_responses(404)},
 )
-async def get_vcpu(vm: VmPath, n: VcpuPath, registry: RegistryDep) -> Response:
-    return await view(registry, vm, M.VcpuView, lambda e: e.vm.vcpu_view(n))
+async def get_vcpu(vm: VmPath, n: VcpuPath, request: Request) -> Response:
+    return await view(request, vm, M.VcpuView, lambda e: e.vm.vcpu_view(n))
 
 
 @router.patch(
@@ -51,9 +51,9 @@ async def get_vcpu(vm: VmPath, n: VcpuPath, registry: RegistryDep) -> Response:
 async def patch_lapic(
     vm: VmPath, n: VcpuPath,
     body: Annotated[M.LapicPatch, Body(openapi_examples=X.REQUESTS["lapic"])],
-    registry: RegistryDep, settings: SettingsDep,
+    request: Request,
 ) -> Response:
-    return await act(registry, settings, vm, M.LapicPatchResult,
+    return await act(request, vm, M.LapicPatchResult,
                      lambda v: ops.lapic_patch(v, n, body))
 
 
@@ -65,9 +65,9 @@ async def patch_lapic(
                 "vcpu_scan_ioapic; LOAD_EOI_EXITMAP; EVENT).",
     responses={**X.response("enter_eoi"), **problem_responses(404)},
 )
-async def enter(vm: VmPath, n: VcpuPath, registry: RegistryDep, settings: SettingsDep
+async def enter(vm: VmPath, n: VcpuPath, request: Request
                 ) -> Response:
-    return await act(registry, settings, vm, M.EnterResult, lambda v: v.enter(n))
+    return await act(request, vm, M.EnterResult, lambda v: v.enter(n))
 
 
 @router.post(
@@ -77,9 +77,9 @@ async def enter(vm: VmPath, n: VcpuPath, registry: RegistryDep, settings: Settin
                 "(pi_desc) until the next VM entry syncs them (vmx_sync_pir_to_irr).",
     responses={**X.response("exit"), **problem_responses(404)},
 )
-async def exit_guest(vm: VmPath, n: VcpuPath, registry: RegistryDep, settings: SettingsDep
+async def exit_guest(vm: VmPath, n: VcpuPath, request: Request
                      ) -> Response:
-    return await act(registry, settings, vm, M.ExitResult, lambda v: v.exit_guest(n))
+    return await act(request, vm, M.ExitResult, lambda v: v.exit_guest(n))
 
 
 @router.post(
@@ -90,9 +90,9 @@ async def exit_guest(vm: VmPath, n: VcpuPath, registry: RegistryDep, settings: S
                 "Pending requests are consumed first (the vCPU must be in the guest).",
     responses={**X.response("ack"), **problem_responses(404)},
 )
-async def ack(vm: VmPath, n: VcpuPath, registry: RegistryDep, settings: SettingsDep
+async def ack(vm: VmPath, n: VcpuPath, request: Request
               ) -> Response:
-    return await act(registry, settings, vm, M.AckResult, lambda v: v.ack(n))
+    return await act(request, vm, M.AckResult, lambda v: v.ack(n))
 
 
 @router.post(
@@ -106,9 +106,9 @@ async def ack(vm: VmPath, n: VcpuPath, registry: RegistryDep, settings: Settings
     responses={**X.response("eoi"), **problem_responses(404, 413, 422)},
 )
 async def eoi(
-    vm: VmPath, n: VcpuPath, registry: RegistryDep, settings: SettingsDep,
+    vm: VmPath, n: VcpuPath, request: Request,
     body: Annotated[M.EoiRequest | None, Body(openapi_examples=X.REQUESTS["eoi"])] = None,
 ) -> Response:
     run_exits = body.run_exits if body is not None else False
-    return await act(registry, settings, vm, M.EoiResult,
+    return await act(request, vm, M.EoiResult,
                      lambda v: v.eoi(n, run_exits=run_exits))

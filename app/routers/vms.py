@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Request, Response
 
 from app.api import examples as X
 from app.api import models as M
@@ -63,8 +63,8 @@ async def list_vms(registry: RegistryDep) -> Response:
                 "logical time and last event seq.",
     responses={**X.response("summary"), **problem_responses(404)},
 )
-async def get_vm(vm: VmPath, registry: RegistryDep) -> Response:
-    return await view(registry, vm, M.VmSummary, ops.summary)
+async def get_vm(vm: VmPath, request: Request) -> Response:
+    return await view(request, vm, M.VmSummary, ops.summary)
 
 
 @router.delete(
