@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import delivery
 from . import rte as R
+from .ioapic_common import log_rte_write, replace_half, rte_index
 from .msi import LapicIrq
 from .state import SPIV_DIRECTED_EOI, IoapicState, Vcpu
 
@@ -107,8 +108,8 @@ def ioapic_write_indirect(vm: Vm, writer: Vcpu | None, value: int, cause: int | 
         return
     if sel in (REG_VER, REG_ARB):
         return
-    index = (sel - 0x10) >> 1
-    if sel < 0x10 or index >= R.NUM_PINS:
+    index = rte_index(sel)
+    if index is None:
         vm.log.emit("ioapic", "write-dropped", cause, "ioregsel", sel)
         return
     f = vm.flags
@@ -117,7 +118,7 @@ def ioapic_write_indirect(vm: Vm, writer: Vcpu | None, value: int, cause: int | 
     old_ro = e & R.RO_BITS
     old_dest = R.dest(e)
     old_logical = bool(e & R.DEST_MODE_BIT)
-    e = (e & 0xFFFFFFFF) | value << 32 if sel & 1 else (e & ~0xFFFFFFFF) | value
+    e = replace_half(e, sel, value)
     if f.rte_preserves_readonly_bits:
         e = (e & ~R.RO_BITS) | old_ro
     elif not sel & 1:
@@ -128,19 +129,7 @@ def ioapic_write_indirect(vm: Vm, writer: Vcpu | None, value: int, cause: int | 
     if f.rte_edge_clears_remote_irr and not e & R.TRIGGER_BIT:
         e &= ~R.REMOTE_IRR_BIT
     io.redir[index] = e
-    seq = vm.log.emit(
-        "ioapic",
-        "rte-write",
-        cause,
-        "pin",
-        index,
-        "half",
-        "high" if sel & 1 else "low",
-        "value",
-        value,
-        "entry",
-        e,
-    )
+    seq = log_rte_write(vm.log, index, sel, value, e, cause)
     vm.routing_changed()
     if mask_before != bool(e & R.MASK_BIT):
         vm.log.emit("ioapic", "mask-notify", seq, "pin", index, "masked", bool(e & R.MASK_BIT))
@@ -226,8 +215,8 @@ def read_indirect(io: IoapicState) -> int:
         return (R.NUM_PINS - 1) << 16 | io.version
     if sel in (REG_ID, REG_ARB):
         return io.id << 24
-    index = ((sel - 0x10) & 0xFFFFFFFF) >> 1
-    if index >= R.NUM_PINS:
+    index = rte_index(sel)
+    if index is None:
         return 0xFFFFFFFF
     e = io.redir[index]
     return (e >> 32 if sel & 1 else e) & 0xFFFFFFFF

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import routing
 from . import rte as R
+from .ioapic_common import log_rte_write, replace_half, rte_index
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -151,8 +152,8 @@ def read_reg(vm: Vm, offset: int, size: int) -> int:
         return io.id << 24
     if sel == 0x01:
         return io.version | (R.NUM_PINS - 1) << 16
-    index = (sel - 0x10) >> 1
-    if sel < 0x10 or index >= R.NUM_PINS:
+    index = rte_index(sel)
+    if index is None:
         return 0
     e = io.redir[index]
     return (e >> 32 if sel & 1 else e) & 0xFFFFFFFF
@@ -176,34 +177,19 @@ def write_reg(vm: Vm, offset: int, size: int, value: int, cause: int | None) -> 
             return {"kind": "id"}
         if sel in (0x01, 0x02):
             return {"kind": "ignored"}
-        index = (sel - 0x10) >> 1
-        if sel < 0x10 or index >= R.NUM_PINS:
+        index = rte_index(sel)
+        if index is None:
             return {"kind": "ignored"}
         e = io.redir[index]
         ro = e & R.RO_BITS
-        if sel & 1:
-            e = (e & 0xFFFFFFFF) | (value & 0xFFFFFFFF) << 32
-        else:
-            e = (e & ~0xFFFFFFFF) | (value & 0xFFFFFFFF)
+        e = replace_half(e, sel, value)
         e = (e & ~R.RO_BITS) | ro
         io.irq_eoi[index] = 0
         if not e & R.TRIGGER_BIT:
             e &= ~R.REMOTE_IRR_BIT  # ioapic_fix_edge_remote_irr
         io.redir[index] = e
         vm.routing_changed()  # the vector->pins index used by the EOI broadcast
-        seq = vm.log.emit(
-            "ioapic",
-            "rte-write",
-            cause,
-            "pin",
-            index,
-            "half",
-            "high" if sel & 1 else "low",
-            "value",
-            value & 0xFFFFFFFF,
-            "entry",
-            e,
-        )
+        seq = log_rte_write(vm.log, index, sel, value, e, cause)
         return {"kind": "rte", "pin": index, "seq": seq}
     if offset == IOEOI:
         if size != 4 or io.version != 0x20:

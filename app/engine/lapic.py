@@ -86,38 +86,21 @@ def accept_irq(vm: Vm, v: Vcpu, irq: LapicIrq, cause: int | None) -> int:
             v.tmr &= ~bit
         vm.accepted.append(v.idx)
         if vm.config.apicv:
+            # With APICv the vector is posted; a vCPU in guest mode processes the
+            # notification at once, otherwise it waits in the PIR until the next entry.
             if v.in_guest:
-                # The posted-interrupt notification is processed by the CPU at once.
                 v.irr |= bit
-                vm.log.emit(
-                    actor,
-                    "accepted",
-                    cause,
-                    "vector",
-                    irq.vector,
-                    "level",
-                    irq.level_trig,
-                    "via",
-                    "posted-in-guest",
-                )
+                via = "posted-in-guest"
             else:
                 v.pir |= bit
-                vm.log.emit(
-                    actor,
-                    "accepted",
-                    cause,
-                    "vector",
-                    irq.vector,
-                    "level",
-                    irq.level_trig,
-                    "via",
-                    "pir",
-                )
+                via = "pir"
+        else:
+            v.irr |= bit
+            via = "irr"
+        vm.log.emit(actor, "accepted", cause, "vector", irq.vector, "level", irq.level_trig,
+                    "via", via)  # fmt: skip
+        if vm.config.apicv:
             return 1
-        v.irr |= bit
-        vm.log.emit(
-            actor, "accepted", cause, "vector", irq.vector, "level", irq.level_trig, "via", "irr"
-        )
         # kvm_make_request(KVM_REQ_EVENT) + kick, inlined: this is the hot path.
         v.requests |= REQ_EVENT
         v.in_guest = False
