@@ -62,6 +62,12 @@ def parse_int(value: Any, where: str, lo: int = 0, hi: int = (1 << 64) - 1) -> i
     return value
 
 
+def _need_list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise invalid("expected a list", where)
+    return value
+
+
 def _vec_list(value: Any, where: str) -> list[int]:
     if not isinstance(value, list):
         raise invalid("expected a list of vectors", where)
@@ -104,10 +110,14 @@ def route_entries(entries: Any, where: str, x2apic_format: bool) -> list[tuple[A
         gsi = parse_int(_require(e, "gsi", w), f"{w}.gsi", 0, 4095)
         if "irqchip" in e:
             chip = e["irqchip"]
+            if not isinstance(chip, dict):
+                raise invalid("irqchip is an object {chip, pin}", f"{w}.irqchip")
             out.append((gsi, "irqchip", chip.get("chip", "ioapic"),
                         parse_int(chip.get("pin"), f"{w}.irqchip.pin", 0, 255)))
         elif "msi" in e:
             m = e["msi"]
+            if not isinstance(m, dict):
+                raise invalid("msi is an object {address_lo, address_hi, data}", f"{w}.msi")
             out.append((gsi, "msi", parse_int(m.get("address_lo", 0), f"{w}.msi.address_lo",
                                               0, 0xFFFFFFFF),
                         parse_int(m.get("address_hi", 0), f"{w}.msi.address_hi", 0, 0xFFFFFFFF),
@@ -194,6 +204,8 @@ class Runner:
             pin = parse_int(_require(step, "pin", where), f"{where}.pin", 0, R.NUM_PINS - 1)
             source = parse_int(step.get("source", 0), f"{where}.source", 0, 63)
             if "action" in step:
+                if step["action"] not in ("assert", "deassert", "pulse"):
+                    raise invalid("action must be assert, deassert or pulse", f"{where}.action")
                 return vm.set_line(pin, action=step["action"], source=source)
             level = parse_int(_require(step, "level", where), f"{where}.level", 0, 1)
             return vm.set_line(pin, level=level, source=source)
@@ -226,9 +238,15 @@ class Runner:
             fields = {k: (parse_int(v, f"{where}.fields.{k}", 0, 255)
                           if k in ("vector", "dest", "extended_dest") else v)
                       for k, v in fields.items()}
+            try:
+                R.patch(0, fields)  # the fields themselves, before any guest write
+            except EngineError as exc:
+                raise invalid(exc.detail, f"{where}.fields.{exc.field}") from None
             return vm.patch_rte(cpu(), pin, fields, step.get("order", "low-first"))
         if op == "mmio":
             access = step.get("access", "read")
+            if access not in ("read", "write"):
+                raise invalid("access must be read or write", f"{where}.access")
             return vm.mmio(cpu(), access,
                            parse_int(_require(step, "offset", where), f"{where}.offset", 0, 0xFF),
                            parse_int(step.get("size", 4), f"{where}.size", 1, 8),
@@ -380,7 +398,9 @@ class Runner:
 
     def expect(self, step: dict[str, Any], where: str) -> dict[str, Any]:
         label = step.get("label")
-        assertions = {k: v for k, v in step.items() if k not in ("op", "label")}
+        if label is not None and not isinstance(label, str):
+            raise invalid("a label is a string", f"{where}.label")
+        assertions = {k: v for k, v in step.items() if k not in ("op", "label", "save")}
         if label is not None and label in self.expect_extra:
             extra = self.expect_extra[label]
             if not isinstance(extra, dict):
@@ -396,7 +416,8 @@ class Runner:
         for key, value in assertions.items():
             w = f"{where}.{key}"
             if key == "remote_irr":
-                want = sorted(parse_int(p, f"{w}[{i}]", 0, 23) for i, p in enumerate(value))
+                want = sorted(parse_int(p, f"{w}[{i}]", 0, 23)
+                              for i, p in enumerate(_need_list(value, w)))
                 check("remote_irr", want, vm.bitmaps()["remote_irr"]["pins"])
             elif key == "pins":
                 _need_dict(value, w)
@@ -421,6 +442,9 @@ class Runner:
                         if f in BITMAP_FIELDS:
                             check(f"vcpus.{n}.{f}", _vec_list(exp, fw), view[f]["vectors"])
                         elif f == "pending_requests":
+                            exp = _need_list(exp, fw)
+                            if not all(isinstance(x, str) for x in exp):
+                                raise invalid("request names are strings", fw)
                             check(f"vcpus.{n}.{f}", sorted(exp), sorted(view[f]))
                         elif f == "if":
                             check(f"vcpus.{n}.if", exp, self.if_flag[n])
@@ -433,11 +457,11 @@ class Runner:
                 for name, exp in value.items():
                     check(f"counters.{name}", exp, self.counters.get(name, 0))
             elif key == "events":
-                for i, pattern in enumerate(value):
+                for i, pattern in enumerate(_need_list(value, w)):
                     _need_dict(pattern, f"{w}[{i}]")
                     check(f"events[{i}]", pattern, self._find_event(pattern))
             elif key == "no_events":
-                for i, pattern in enumerate(value):
+                for i, pattern in enumerate(_need_list(value, w)):
                     _need_dict(pattern, f"{w}[{i}]")
                     check(f"no_events[{i}]", None, self._find_event(pattern))
             elif key == "event_counts":
@@ -447,7 +471,10 @@ class Runner:
                     check(f"event_counts.{kind}", exp, n)
             elif key == "findings":
                 kinds = sorted({f["kind"] for f in self.findings})
-                check("findings", sorted(value), kinds)
+                want_kinds = _need_list(value, w)
+                if not all(isinstance(x, str) for x in want_kinds):
+                    raise invalid("finding kinds are strings", w)
+                check("findings", sorted(want_kinds), kinds)
             elif key == "saved":
                 _need_dict(value, w)
                 for name, exp in value.items():
@@ -629,7 +656,19 @@ def run_scenario(doc: dict[str, Any]) -> dict[str, Any]:
         if key not in ("name", "description", "commits", "vm", "handlers", "steps", "matrix",
                        "settle_budget", "notes"):
             raise invalid(f"unknown scenario field {key!r}", key)
-    runs = [run_variant(doc, name, cfg, extra) for name, cfg, extra in variants(doc)]
+    runs = []
+    for i, (name, cfg, extra) in enumerate(variants(doc)):
+        try:
+            runs.append(run_variant(doc, name, cfg, extra))
+        except EngineError as exc:
+            # A bad vm value that came from a matrix entry is that entry's fault.
+            key = (exc.field or "").removeprefix("vm.").split(".")[0]
+            matrix = doc.get("matrix") or []
+            if (exc.field or "").startswith("vm.") and i < len(matrix) and key in (
+                matrix[i].get("vm") or {}
+            ):
+                exc.field = f"matrix[{i}].{exc.field}"
+            raise
     return {
         "name": doc.get("name"),
         "description": doc.get("description"),
