@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
 from app import __version__
-from app.api import problems, scenario_models
+from app.api import bodies, problems, scenario_models
 from app.api.middleware import BodyLimitMiddleware
 from app.api.registry import Registry
 from app.routers import ALL
@@ -103,6 +103,9 @@ def _finish_openapi(app: FastAPI) -> None:
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             schemas["Problem"] = problems.Problem.model_json_schema(
                 ref_template="#/components/schemas/{model}")
+            for model in bodies.MANUAL_BODY_MODELS:
+                schemas.setdefault(model.__name__, model.model_json_schema(
+                    ref_template="#/components/schemas/{model}"))
             for name, schema in scenario_models.openapi_components().items():
                 if schemas.setdefault(name, schema) != schema:
                     raise RuntimeError(f"two different OpenAPI schemas named {name!r}")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Request, Response
 from app.api import examples as X
 from app.api import models as M
 from app.api import ops
+from app.api.bodies import json_body, json_body_openapi
 from app.api.deps import PinPath, VmPath
 from app.api.problems import problem_responses
 from app.api.run import act, view
@@ -88,12 +89,10 @@ async def patch_pin(
                 "and an `outcome`: delivered, coalesced, blocked (by Remote IRR or the mask), "
                 "dropped, lowered or no-target.",
     responses={**X.response("line"), **problem_responses(404, 413, 422)},
+    openapi_extra=json_body_openapi(M.LineRequest, X.REQUESTS["line"]),
 )
-async def line(
-    vm: VmPath, pin: PinPath,
-    body: Annotated[M.LineRequest, Body(openapi_examples=X.REQUESTS["line"])],
-    request: Request,
-) -> Response:
+async def line(vm: VmPath, pin: PinPath, request: Request) -> Response:
+    body = await json_body(request, M.LineRequest)
     return await act(request, vm, M.LineResult, lambda v: ops.set_line(v, pin, body))
 
 
