@@ -1,0 +1,450 @@
+"""KvmVm: irqlab's guest on the real /dev/kvm with the in-kernel irqchip (KVM_CREATE_IRQCHIP),
+or with the split irqchip (KVM_CAP_SPLIT_IRQCHIP: LAPICs in-kernel, the IOAPIC in userspace).
+
+In split mode this module only surfaces what the kernel hands to userspace: the guest's
+accesses to the IOAPIC page arrive as KVM_EXIT_MMIO and go to the caller's `mmio_handler`, and
+KVM_EXIT_IOAPIC_EOI exits are recorded per step (and passed to `eoi_handler`). There is no
+userspace IOAPIC here yet; set_line and the IOAPIC state reads need the in-kernel one.
+
+Each vCPU is driven synchronously from the caller's thread, one command at a time: between
+commands the vCPU is parked on its command IN (a KVM_EXIT_IO the host has not answered yet).
+Every KVM_RUN is covered by a watchdog: a timer thread that, when the step overruns, sets
+kvm_run.immediate_exit and kicks the vCPU thread with a signal until KVM_RUN returns EINTR; and
+every step is bounded in exits. A vCPU that overran or faulted is marked dead and refuses
+further commands.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from . import guest as G
+from . import ioctl as K
+
+KICK_SIGNAL = signal.SIGRTMIN + 1
+DEFAULT_STEP_TIMEOUT = 2.0  # seconds of wall time one command may take
+DEFAULT_MAX_EXITS = 1000  # exits one command may take
+REMOTE_IRR_BIT = 1 << 14
+
+
+# (guest-physical address, is_write, length, value written) -> value read (None for writes)
+MmioHandler = Callable[[int, bool, int, int], int | None]
+EoiHandler = Callable[[int, int], None]  # (vcpu, vector)
+
+
+class KvmVmError(RuntimeError):
+    """The real VM could not do what was asked (a guest fault, an unexpected exit)."""
+
+
+class GuestWedged(KvmVmError):
+    """The watchdog stopped a command that did not return to the command loop."""
+
+
+def _noop_handler(signum: int, frame: Any) -> None:
+    return None
+
+
+def ensure_kick_handler() -> None:
+    """The watchdog interrupts KVM_RUN with KICK_SIGNAL, which must have a handler (the default
+    action would kill the process). Python only installs handlers from the main thread."""
+    current = signal.getsignal(KICK_SIGNAL)
+    if current is _noop_handler:
+        return
+    if current not in (signal.SIG_DFL, None):
+        raise KvmVmError(f"signal {KICK_SIGNAL} already has a handler; the watchdog needs it")
+    if threading.current_thread() is not threading.main_thread():
+        raise KvmVmError(
+            "the KVM watchdog's signal handler must be installed from the main thread first "
+            "(call app.kvm.vm.ensure_kick_handler() at startup)"
+        )
+    signal.signal(KICK_SIGNAL, _noop_handler)
+
+
+class _Watchdog:
+    """Kick one thread out of KVM_RUN if the step takes longer than `timeout` seconds."""
+
+    def __init__(self, vcpu: K.VcpuFd, timeout: float) -> None:
+        self.vcpu = vcpu
+        self.timeout = timeout
+        self.tid = threading.get_ident()
+        self.done = threading.Event()
+        self.fired = False
+        self.thread = threading.Thread(target=self._watch, daemon=True, name="kvm-watchdog")
+
+    def _watch(self) -> None:
+        if self.done.wait(self.timeout):
+            return
+        self.fired = True
+        # immediate_exit makes a KVM_RUN that has not entered yet return EINTR at once; the
+        # signal gets one that is in the guest out. Repeat until the step gives up.
+        while not self.done.is_set():
+            self.vcpu.run.immediate_exit = 1
+            signal.pthread_kill(self.tid, KICK_SIGNAL)
+            self.done.wait(0.01)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.done.set()
+        self.thread.join()
+        self.vcpu.run.immediate_exit = 0
+
+
+@dataclass
+class StepResult:
+    vectors: list[int] = field(default_factory=list)  # VECTOR_PORT reports, in order
+    results: list[int] = field(default_factory=list)  # RESULT_PORT values
+    exits: list[str] = field(default_factory=list)  # exit reasons seen, in order
+    ioapic_eois: list[int] = field(default_factory=list)  # KVM_EXIT_IOAPIC_EOI vectors
+    mmio: list[tuple[int, bool, int, int]] = field(default_factory=list)  # (gpa, write, len, val)
+
+
+class KvmVcpu:
+    def __init__(self, vm: KvmVm, fd: K.VcpuFd) -> None:
+        self.vm = vm
+        self.fd = fd
+        self.idx = fd.vcpu_id
+        self.dead: str | None = None
+        self._parked = False
+
+    def setup(self) -> None:
+        """Flat 32-bit protected mode at the guest's entry point, then run to the first
+        command IN (the LAPIC set-up code runs on the way)."""
+        sregs = self.fd.get_sregs()
+        for name in ("cs", "ds", "es", "fs", "gs", "ss"):
+            seg: K.KvmSegment = getattr(sregs, name)
+            seg.base = 0
+            seg.limit = 0xFFFFFFFF
+            seg.present = 1
+            seg.dpl = 0
+            seg.db = 1
+            seg.s = 1
+            seg.l = 0
+            seg.g = 1
+            seg.avl = 0
+            seg.unusable = 0
+            if name == "cs":
+                seg.selector = G.CODE_SEL
+                seg.type = 0xB  # execute/read, accessed
+            else:
+                seg.selector = G.DATA_SEL
+                seg.type = 0x3  # read/write, accessed
+        sregs.gdt.base = G.GDT_ADDR
+        sregs.gdt.limit = G.GDT_LIMIT
+        sregs.idt.base = G.IDT_ADDR
+        sregs.idt.limit = G.IDT_LIMIT
+        sregs.cr0 = (sregs.cr0 | 1) & ~(1 << 31)  # PE on, PG off
+        sregs.cr4 = 0
+        sregs.efer = 0
+        self.fd.set_sregs(sregs)
+        regs = K.KvmRegs()
+        regs.rip = G.ENTRY
+        regs.rsp = G.STACK_TOP
+        regs.rflags = 0x2  # IF clear
+        self.fd.set_regs(regs)
+        # With the in-kernel LAPIC, APs start in wait-for-SIPI (UNINITIALIZED) and KVM_RUN
+        # would block; irqlab starts every vCPU at its entry point directly.
+        if self.fd.get_mp_state() != K.KVM_MP_STATE_RUNNABLE:
+            self.fd.set_mp_state(K.KVM_MP_STATE_RUNNABLE)
+        self._step(None, [])
+
+    def command(self, cmd: int, args: list[int] | None = None) -> StepResult:
+        if self.dead is not None:
+            raise KvmVmError(f"vCPU {self.idx} is dead: {self.dead}")
+        return self._step(cmd, list(args or []))
+
+    def _step(self, cmd: int | None, args: list[int]) -> StepResult:
+        """Answer the parked command IN with `cmd` (None: first entry) and run until the guest
+        is back on the command IN."""
+        fd = self.fd
+        res = StepResult()
+        if cmd is not None:
+            if not self._parked:
+                raise KvmVmError(f"vCPU {self.idx} is not waiting for a command")
+            _answer_in(fd, cmd)
+        self._parked = False
+        ensure_kick_handler()
+        with _Watchdog(fd, self.vm.step_timeout) as wd:
+            for _ in range(self.vm.max_exits):
+                reason = fd.run_once()
+                res.exits.append(K.EXIT_NAMES.get(reason, str(reason)))
+                if reason == K.KVM_EXIT_IO:
+                    io = fd.run.u.io
+                    port, inn = io.port, io.direction == K.KVM_EXIT_IO_IN
+                    if inn and port == G.CMD_PORT:
+                        self._parked = True
+                        return res
+                    if inn and port == G.ARG_PORT:
+                        if not args:
+                            self._die("the guest asked for an argument the command lacks")
+                        _answer_in(fd, args.pop(0))
+                    elif not inn and port == G.VECTOR_PORT:
+                        res.vectors.append(fd.io_data()[0])
+                    elif not inn and port == G.RESULT_PORT:
+                        res.results.append(int.from_bytes(bytes(fd.io_data()), "little"))
+                    elif not inn and port == G.WINDOW_PORT:
+                        pass
+                    elif not inn and port == G.FAULT_PORT:
+                        self._die(f"guest exception {fd.io_data()[0]}")
+                    else:
+                        self._die(f"unexpected port I/O: {'in' if inn else 'out'} 0x{port:x}")
+                elif reason == K.KVM_EXIT_IOAPIC_EOI:
+                    vec = int(fd.run.u.eoi.vector)
+                    res.ioapic_eois.append(vec)
+                    if self.vm.eoi_handler is not None:
+                        self.vm.eoi_handler(self.idx, vec)
+                elif reason == K.KVM_EXIT_INTR:
+                    if wd.fired:
+                        self._die(
+                            f"watchdog: the command did not finish in {self.vm.step_timeout}s",
+                            GuestWedged,
+                        )
+                    # A stray signal: KVM_RUN resumes where it was.
+                elif reason == K.KVM_EXIT_MMIO:
+                    self._mmio_exit(res)
+                elif reason == K.KVM_EXIT_FAIL_ENTRY:
+                    fe = fd.run.u.fail_entry
+                    self._die(f"KVM_EXIT_FAIL_ENTRY 0x{fe.hardware_entry_failure_reason:x}")
+                elif reason == K.KVM_EXIT_INTERNAL_ERROR:
+                    self._die(f"KVM_EXIT_INTERNAL_ERROR suberror {fd.run.u.internal.suberror}")
+                else:
+                    self._die(f"unexpected exit {K.EXIT_NAMES.get(reason, reason)}")
+            self._die(f"the command took more than {self.vm.max_exits} exits", GuestWedged)
+        raise AssertionError("unreachable")
+
+    def _mmio_exit(self, res: StepResult) -> None:
+        m = self.fd.run.u.mmio
+        gpa, write, length = int(m.phys_addr), bool(m.is_write), int(m.len)
+        if not 1 <= length <= 8:
+            self._die(f"MMIO exit with length {length}")
+        value = int.from_bytes(bytes(m.data[:length]), "little") if write else 0
+        handler = self.vm.mmio_handler
+        if handler is None:
+            self._die(
+                f"unexpected MMIO exit at 0x{gpa:x} ({'write' if write else 'read'}, "
+                f"{length} bytes) and no mmio_handler"
+            )
+            return
+        res.mmio.append((gpa, write, length, value))
+        answer = handler(gpa, write, length, value)
+        if not write:
+            raw = (answer or 0).to_bytes(8, "little", signed=False)
+            for i in range(length):
+                m.data[i] = raw[i]
+
+    def _die(self, why: str, kind: type[KvmVmError] = KvmVmError) -> None:
+        self.dead = why
+        raise kind(f"vCPU {self.idx}: {why}")
+
+    def close(self) -> None:
+        self.fd.close()
+
+
+def _answer_in(fd: K.VcpuFd, value: int) -> None:
+    data = fd.io_data()
+    raw = (value & ((1 << (8 * len(data))) - 1)).to_bytes(len(data), "little")
+    for i, b in enumerate(raw):
+        data[i] = b
+
+
+class KvmVm:
+    """A real KVM VM with the in-kernel IOAPIC/PIC/LAPICs and `vcpus` vCPUs running irqlab's
+    guest. Close it (or use it as a context manager) to release every fd and mapping."""
+
+    def __init__(
+        self,
+        vcpus: int = 1,
+        step_timeout: float = DEFAULT_STEP_TIMEOUT,
+        max_exits: int = DEFAULT_MAX_EXITS,
+        device: str = "/dev/kvm",
+        irqchip: str = "kernel",
+        mmio_handler: MmioHandler | None = None,
+        eoi_handler: EoiHandler | None = None,
+    ) -> None:
+        if not 1 <= vcpus <= 64:
+            raise ValueError("vcpus must be 1..64")
+        if irqchip not in ("kernel", "split"):
+            raise ValueError("irqchip must be kernel or split")
+        self.irqchip = irqchip
+        self.mmio_handler = mmio_handler
+        self.eoi_handler = eoi_handler
+        self.step_timeout = step_timeout
+        self.max_exits = max_exits
+        self.vcpus: list[KvmVcpu] = []
+        self._kvm: K.Kvm | None = None
+        self._vm: K.VmFd | None = None
+        self._mem: K.GuestMemory | None = None
+        try:
+            ensure_kick_handler()
+            self._kvm = K.Kvm(device)
+            if self._kvm.api_version() != K.KVM_API_VERSION:
+                raise KvmVmError("KVM API version is not 12")
+            self._vm = self._kvm.create_vm()
+            self._mem = K.GuestMemory(G.MEM_SIZE)
+            for gpa, blob in G.image().items():
+                self._mem.write(gpa, blob)
+            self._vm.set_user_memory_region(0, 0, self._mem)
+            if irqchip == "kernel":
+                self._vm.create_irqchip()
+            else:
+                # Must precede KVM_CREATE_VCPU; args[0] = GSIs reserved for the IOAPIC.
+                self._vm.enable_split_irqchip(K.KVM_IOAPIC_NUM_PINS)
+            for i in range(vcpus):
+                self.vcpus.append(KvmVcpu(self, self._vm.create_vcpu(i)))
+            for v in self.vcpus:
+                v.setup()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def vmfd(self) -> K.VmFd:
+        if self._vm is None:
+            raise KvmVmError("the VM is closed")
+        return self._vm
+
+    def close(self) -> None:
+        for v in self.vcpus:
+            v.close()
+        if self._vm is not None:
+            self._vm.close()
+            self._vm = None
+        if self._mem is not None:
+            self._mem.close()
+            self._mem = None
+        if self._kvm is not None:
+            self._kvm.close()
+            self._kvm = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def vcpu(self, n: int) -> KvmVcpu:
+        if not 0 <= n < len(self.vcpus):
+            raise KvmVmError(f"vCPU {n} does not exist (this VM has {len(self.vcpus)})")
+        return self.vcpus[n]
+
+    # ---- device side ----
+
+    def set_line(self, pin: int, level: int) -> dict[str, Any]:
+        """KVM_IRQ_LINE_STATUS on GSI `pin` (the default routing sends GSI n to IOAPIC pin n,
+        and GSIs 0..15 also to the PIC, which the guest's LAPIC ignores: LINT0 is masked)."""
+        if level not in (0, 1):
+            raise ValueError("level must be 0 or 1")
+        if not 0 <= pin < K.KVM_IOAPIC_NUM_PINS:
+            raise ValueError("pin must be 0..23")
+        self._need_kernel_ioapic("set_line")
+        status = self.vmfd.irq_line_status(pin, level)
+        return {"pin": pin, "level": level, "status": status, "remote_irr": self.remote_irr(pin)}
+
+    def signal_msi(self, address_lo: int, address_hi: int, data: int) -> int:
+        return self.vmfd.signal_msi(address_lo, address_hi, data)
+
+    # ---- guest side ----
+
+    def ack(self, n: int) -> int | None:
+        """The guest opens a one-instruction interrupt window; the vector it took, or None."""
+        res = self.vcpu(n).command(G.CMD_ACK)
+        if len(res.vectors) > 1:
+            raise KvmVmError(f"one window took {len(res.vectors)} interrupts: {res.vectors}")
+        return res.vectors[0] if res.vectors else None
+
+    def eoi(self, n: int) -> None:
+        """The guest writes 0 to the xAPIC EOI register."""
+        self.vcpu(n).command(G.CMD_EOI)
+
+    def mmio_write(self, n: int, address: int, value: int) -> None:
+        self.vcpu(n).command(G.CMD_MMIO_WRITE, [address, value])
+
+    def mmio_read(self, n: int, address: int) -> int:
+        res = self.vcpu(n).command(G.CMD_MMIO_READ, [address])
+        if len(res.results) != 1:
+            raise KvmVmError("the MMIO read reported no value")
+        return res.results[0]
+
+    def mmio(self, n: int, op: str, offset: int, value: int = 0) -> int | None:
+        """A 32-bit guest access to the IOAPIC window (offset 0x00 IOREGSEL, 0x10 IOWIN)."""
+        if offset not in (0x00, 0x10, 0x20, 0x40):
+            raise ValueError("offset must be 0x00, 0x10, 0x20 or 0x40")
+        if op == "write":
+            self.mmio_write(n, G.IOAPIC_BASE + offset, value)
+            return None
+        if op == "read":
+            return self.mmio_read(n, G.IOAPIC_BASE + offset)
+        raise ValueError("op must be read or write")
+
+    def write_rte(
+        self, n: int, pin: int, entry: int, halves: tuple[str, ...] = ("low", "high")
+    ) -> None:
+        """Write an RTE as a guest does: IOREGSEL then IOWIN, once per half, in this order
+        (the same default as app.engine.vm.Vm.write_rte)."""
+        for h in halves:
+            self.mmio(n, "write", 0x00, 0x10 + 2 * pin + (1 if h == "high" else 0))
+            self.mmio(n, "write", 0x10, (entry >> 32) if h == "high" else entry & 0xFFFFFFFF)
+
+    def spin(self, n: int) -> None:
+        """Send the guest into `jmp $`: only the watchdog ends this step (test aid)."""
+        self.vcpu(n).command(G.CMD_SPIN)
+
+    # ---- state ----
+
+    def _need_kernel_ioapic(self, what: str) -> None:
+        if self.irqchip != "kernel":
+            raise KvmVmError(f"{what} needs the in-kernel IOAPIC (this VM is split)")
+
+    def redirection_table(self) -> list[int]:
+        self._need_kernel_ioapic("redirection_table")
+        io = self.vmfd.get_ioapic()
+        return [int(io.redirtbl[p]) for p in range(K.KVM_IOAPIC_NUM_PINS)]
+
+    def remote_irr(self, pin: int) -> bool:
+        return bool(self.redirection_table()[pin] & REMOTE_IRR_BIT)
+
+    def ioapic_view(self) -> dict[str, Any]:
+        self._need_kernel_ioapic("ioapic_view")
+        io = self.vmfd.get_ioapic()
+        redir = [int(io.redirtbl[p]) for p in range(K.KVM_IOAPIC_NUM_PINS)]
+        pins = [p for p, e in enumerate(redir) if e & REMOTE_IRR_BIT]
+        return {
+            "base_address": int(io.base_address),
+            "id": int(io.id),
+            "ioregsel": int(io.ioregsel),
+            "irr": int(io.irr),
+            "redir": redir,
+            "remote_irr_pins": pins,
+        }
+
+    def vcpu_view(self, n: int) -> dict[str, Any]:
+        page = self.vcpu(n).fd.get_lapic()
+        return {
+            "vcpu": n,
+            "apic_id": page.reg(page.ID) >> 24,
+            "irr": page.irr,
+            "isr": page.isr,
+            "tmr": page.tmr,
+            "ppr": page.ppr,
+            "tpr": page.tpr,
+            "svr": page.svr,
+            "handled_vectors": None,  # not exposed by the kernel
+            "dead": self.vcpu(n).dead,
+        }
