@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
 from app import __version__
-from app.api import bodies, problems, scenario_models
+from app.api import bodies, ops, problems, scenario_models
 from app.api.middleware import BodyLimitMiddleware
 from app.api.registry import Registry
 from app.routers import ALL
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="irqlab", version=__version__, description=DESCRIPTION,
                   openapi_tags=TAGS)
     app.state.settings = settings
+    ops.VALIDATE_RESPONSES = settings.validate_responses
     app.state.registry = Registry(settings.max_vms, settings.max_vcpus)
     problems.install(app)
     for router in ALL:

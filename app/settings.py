@@ -41,6 +41,11 @@ class Settings(BaseSettings):
                     "a settle step's `budget`); more: 422. Settle steps without one use at "
                     "most this.",
     )
+    validate_responses: bool = Field(
+        default=False,
+        description="Also validate every response against its documented model and check "
+                    "it renders identically (the test-suite sets this; costs ~20 us/request).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         default="info", description="Log level of the service and of uvicorn."
     )

@@ -88,9 +88,10 @@ def build_table(
 
 def route_to_json(route: RouteEntry, x2apic_format: bool) -> dict[str, Any]:
     if route[0] == "irqchip":
-        return {"irqchip": {"chip": route[1], "pin": route[2]}}
+        return {"irqchip": {"chip": route[1], "pin": route[2]}, "msi": None, "decoded": None}
     irq = msi_to_irq(route[1], route[2], route[3], x2apic_format)
     return {
+        "irqchip": None,
         "msi": {"address_lo": route[1], "address_hi": route[2], "data": route[3]},
         "decoded": {
             "dest": irq.dest,

@@ -21,6 +21,7 @@ def anyio_backend() -> str:
 
 
 def make_app(**overrides: Any) -> FastAPI:
+    overrides = {"validate_responses": True, **overrides}
     return create_app(Settings.model_construct(**{**Settings.model_construct().model_dump(),
                                                   **overrides}))
 

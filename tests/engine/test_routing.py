@@ -26,7 +26,7 @@ def test_irqchip_routes_only_with_the_in_kernel_irqchip(irqchip: str) -> None:
         assert err.value.kind == ErrorKind.INVALID
     else:
         assert vm.set_routes(entries)["entries"] == [
-            {"gsi": 3, "irqchip": {"chip": "ioapic", "pin": 3}}
+            {"gsi": 3, "irqchip": {"chip": "ioapic", "pin": 3}, "msi": None, "decoded": None}
         ]
 
 
