@@ -53,14 +53,15 @@ def qemu_ioapic_set_irq(vm: Vm, pin: int, level: bool, cause: int | None) -> dic
 
 def _serviced(vm: Vm, pin: int, delivered: list[dict[str, Any]]) -> dict[str, Any]:
     """What ioapic_service did for *this* pin (it services every pin with irr set)."""
-    mine = next((d for d in delivered if d["pin"] == pin), None)
-    e = vm.ioapic.redir[pin]
-    if mine is not None:
-        vm.outcome = ("delivered", None) if mine["kvm_set_irq"] > 0 else ("no-target", None)
-    elif e & R.MASK_BIT:
-        vm.outcome = ("blocked", "masked")  # the level stays latched in irr until unmask
+    for d in delivered:
+        if d["pin"] == pin:
+            vm.outcome = ("delivered", None) if d["kvm_set_irq"] > 0 else ("no-target", None)
+            break
     else:
-        vm.outcome = ("blocked", "remote-irr")
+        if vm.ioapic.redir[pin] & R.MASK_BIT:
+            vm.outcome = ("blocked", "masked")  # the level stays latched in irr until unmask
+        else:
+            vm.outcome = ("blocked", "remote-irr")
     return {"pin": pin, "status": "serviced", "delivered": delivered}
 
 

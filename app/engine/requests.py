@@ -47,6 +47,11 @@ def vcpu_enter(vm: Vm, v: Vcpu, cause: int | None) -> list[dict[str, Any]]:
     KVM's order (IOAPIC_EOI_EXIT, SCAN_IOAPIC, LOAD_EOI_EXITMAP, then EVENT), and an EOI exit
     returns to the VMM first, with the remaining requests left for the next KVM_RUN.
     Returns the userspace exits taken on the way."""
+    if v.requests == REQ_EVENT and not (v.pir and vm.config.apicv):
+        # The common case (an interrupt was accepted): nothing else to do at this entry.
+        v.requests = 0
+        v.in_guest = True
+        return []
     exits: list[dict[str, Any]] = []
     actor = VCPU_NAMES[v.idx]
     while True:
