@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   openapi_tags=TAGS)
     app.state.settings = settings
     ops.VALIDATE_RESPONSES = settings.validate_responses
-    app.state.registry = Registry(settings.max_vms, settings.max_vcpus)
+    app.state.registry = Registry(settings.max_vms, settings.max_vcpus,
+                                  settings.max_events_per_vm)
     problems.install(app)
     for router in ALL:
         # The routers' prefixes, tags and responses were applied when their routes were

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
                     "a settle step's `budget`); more: 422. Settle steps without one use at "
                     "most this.",
     )
+    max_events_per_vm: int = Field(
+        default=200_000, ge=2,
+        description="Most events a VM's log keeps; past it the oldest half is dropped (seqs "
+                    "keep counting, GET …/events starts at the oldest kept).",
+    )
     validate_responses: bool = Field(
         default=False,
         description="Also validate every response against its documented model and check "

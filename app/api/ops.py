@@ -202,6 +202,7 @@ def restore(entry: VmEntry, snapshot: dict[str, Any], registry: Registry) -> dic
                 [{**e, "loc": ("body", "config", *e["loc"])} for e in exc.errors()]) from exc
         registry.check_vcpus(parsed.vcpus, "config.vcpus")
     vm = Vm.restore(snapshot)
+    registry.bound_log(vm)
     try:
         vm.state()  # Vm.restore checks the shape, not every value: make sure it renders
         vm.log.since(0, 1)

@@ -44,9 +44,10 @@ class VmEntry:
 
 
 class Registry:
-    def __init__(self, max_vms: int, max_vcpus: int) -> None:
+    def __init__(self, max_vms: int, max_vcpus: int, max_events: int | None = None) -> None:
         self.max_vms = max_vms
         self.max_vcpus = max_vcpus
+        self.max_events = max_events  # per VM log (IRQLAB_MAX_EVENTS_PER_VM)
         self._lock = threading.Lock()
         self._vms: dict[str, VmEntry] = {}
 
@@ -74,6 +75,7 @@ class Registry:
         with self._lock:
             self._check_free(vm_id)
         vm = await anyio.to_thread.run_sync(Vm, config)
+        self.bound_log(vm)
         with self._lock:
             self._check_free(vm_id)
             if vm_id is None:
@@ -83,6 +85,11 @@ class Registry:
             entry = VmEntry(vm_id, vm)
             self._vms[vm_id] = entry
             return entry
+
+    def bound_log(self, vm: Vm) -> None:
+        """Keep at most max_events events in the VM's log (the oldest go first)."""
+        if self.max_events is not None:
+            vm.log.limit = max(2, self.max_events)
 
     def _get(self, vm_id: str) -> VmEntry:
         with self._lock:

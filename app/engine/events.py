@@ -19,14 +19,20 @@ from .bitmap import vectors
 Event = tuple[Any, ...]
 
 
-class EventLog:
-    __slots__ = ("base", "enabled", "events", "next_seq")
+UNLIMITED = 1 << 62
 
-    def __init__(self, enabled: bool = True) -> None:
+
+class EventLog:
+    __slots__ = ("base", "enabled", "events", "limit", "next_seq")
+
+    def __init__(self, enabled: bool = True, limit: int | None = None) -> None:
         self.enabled = enabled
         self.events: list[Event] = []
-        self.base = 1  # seq of events[0]; raised by truncate()
+        self.base = 1  # seq of events[0]; raised when old events are dropped
         self.next_seq = 1
+        # Most events kept: past it the oldest half is dropped (seqs keep counting), so a
+        # long-lived VM's log stays bounded at an amortized cost of one comparison per event.
+        self.limit = UNLIMITED if limit is None else max(2, limit)
 
     def emit(self, actor: str, kind: str, cause: int | None, *fields: Any) -> int:
         """Append an event; `fields` alternate name, value."""
@@ -34,7 +40,14 @@ class EventLog:
         self.next_seq = seq + 1
         if self.enabled:
             self.events.append((seq, actor, kind, cause, *fields))
+            if seq - self.base >= self.limit:
+                self._drop_oldest()
         return seq
+
+    def _drop_oldest(self) -> None:
+        keep = self.limit // 2
+        del self.events[: len(self.events) - keep]
+        self.base = self.events[0][0] if self.events else self.next_seq
 
     def reserve(self) -> int:
         """Take the next seq for an event whose fields are known only after its effects (the
@@ -43,6 +56,8 @@ class EventLog:
         self.next_seq = seq + 1
         if self.enabled:
             self.events.append((seq, "", "", None))
+            if seq - self.base >= self.limit:
+                self._drop_oldest()
         return seq
 
     def fill(self, seq: int, actor: str, kind: str, cause: int | None, *fields: Any) -> None:
@@ -64,6 +79,7 @@ class EventLog:
 
     def clone(self) -> EventLog:
         log = EventLog(self.enabled)
+        log.limit = self.limit
         log.events = list(self.events)
         log.base = self.base
         log.next_seq = self.next_seq

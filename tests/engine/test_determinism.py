@@ -80,3 +80,31 @@ def test_random_operations_replay_identically(scenario: tuple) -> None:
     run(b, ops)
     assert a.log.events == b.log.events
     assert a.key() == b.key()
+
+
+def test_event_log_limit_drops_the_oldest_and_keeps_seqs() -> None:
+    """A bounded log keeps the newest events, reads continue by seq, and the VM's state is
+    the same as with an unbounded log (the log is a record, not state)."""
+    from app.engine import rte as R
+    from app.engine.vm import Vm, VmConfig
+
+    def run(limit: int | None) -> Vm:
+        vm = Vm(VmConfig(vcpus=1))
+        if limit is not None:
+            vm.log.limit = limit
+        vm.write_rte(0, 5, R.encode(vector=0x40, trigger="level", dest=0))
+        for _ in range(200):
+            vm.set_line(5, 1)
+            vm.ack(0)
+            vm.set_line(5, 0)
+            vm.eoi(0)
+        return vm
+
+    bounded, unbounded = run(50), run(None)
+    assert bounded.key() == unbounded.key()
+    assert bounded.log.next_seq == unbounded.log.next_seq
+    assert 25 <= len(bounded.log.events) <= 50
+    assert bounded.log.events == unbounded.log.events[-len(bounded.log.events):]
+    first = bounded.log.events[0][0]
+    assert [e["seq"] for e in bounded.log.since(0)][:2] == [first, first + 1]
+    assert bounded.log.since(first + 4, 1)[0]["seq"] == first + 5
