@@ -4,7 +4,6 @@ keys, 2-space indent, trailing newline). `--check` exits 1 when the committed fi
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,22 +23,10 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="compare instead of writing")
-    parser.add_argument("--output", type=Path, default=TARGET)
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-        if current != text:
-            print(f"{args.output} is out of date; run scripts/export_openapi.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}")
-    return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from json_export import write_or_check
+
+    return write_or_check(render, TARGET, "export_openapi.py", __doc__ or "", argv)
 
 
 if __name__ == "__main__":
