@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
 from app import __version__
-from app.api import bodies, ops, problems, scenario_models
+from app.api import bodies, kvm_ops, ops, problems, scenario_models
 from app.api.middleware import BodyLimitMiddleware
 from app.api.registry import Registry
 from app.routers import ALL
@@ -22,6 +24,10 @@ APIC per vCPU), in-kernel and split-irqchip modes, driven step by step over HTTP
 Integers (vectors, offsets, raw values, ids) are JSON integers or `"0x…"` strings; booleans
 are never integers. Errors are RFC 9457 `application/problem+json`; GET a problem's `type`
 for its description. Every operation response carries the `events` it caused.
+
+`"backend": "kvm"` on POST /v1/vms makes a real VM on the host's /dev/kvm (in-kernel irqchip)
+instead of a model; the IOAPIC, MSI, vCPU view/ack/EOI and report routes then read the kernel
+(fields it does not expose are null) and the other routes answer 409 `unsupported`.
 """
 
 TAGS = [
@@ -56,15 +62,28 @@ def _route_rank(route: BaseRoute) -> int:
     return _HOT_PATHS.index(path) if path in _HOT_PATHS else len(_HOT_PATHS)
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Startup: the KVM watchdog's signal handler (only the main thread, where uvicorn runs
+    the event loop, may install it). Shutdown: close every VM, releasing the kvm ones' fds."""
+    kvm_ops.install_kick_handler()
+    try:
+        yield
+    finally:
+        registry: Registry = app.state.registry
+        await registry.close_all()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.getLogger("irqlab").setLevel(settings.log_level.upper().replace("TRACE", "DEBUG"))
     app = FastAPI(title="irqlab", version=__version__, description=DESCRIPTION,
-                  openapi_tags=TAGS)
+                  openapi_tags=TAGS, lifespan=lifespan)
     app.state.settings = settings
     ops.VALIDATE_RESPONSES = settings.validate_responses
     app.state.registry = Registry(settings.max_vms, settings.max_vcpus,
-                                  settings.max_events_per_vm)
+                                  settings.max_events_per_vm, settings.max_kvm_vms,
+                                  settings.max_kvm_vcpus)
     problems.install(app)
     for router in ALL:
         # The routers' prefixes, tags and responses were applied when their routes were

@@ -23,6 +23,15 @@ class Settings(BaseSettings):
         default=KVM_MAX_VCPUS, ge=1, le=KVM_MAX_VCPUS,
         description="Most vCPUs one VM may have (KVM_MAX_VCPUS is 4096).",
     )
+    max_kvm_vms: int = Field(
+        default=4, ge=0,
+        description="Most VMs with `backend: kvm` (real /dev/kvm VMs) that may exist at once; "
+                    "more: 409 limit-reached. 0 disables the kvm backend.",
+    )
+    max_kvm_vcpus: int = Field(
+        default=8, ge=1, le=64,
+        description="Most vCPUs one kvm-backend VM may have (at most 64); more: 409.",
+    )
     max_body_bytes: int = Field(
         default=1 << 20, ge=1, description="Largest request body accepted; larger ones get 413."
     )

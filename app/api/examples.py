@@ -34,6 +34,8 @@ REQUESTS: dict[str, dict[str, dict[str, Any]]] = {
         "apicv-x2apic": _ex("APICv and x2APIC, 32-bit MSI ids", {
             "vcpus": 300, "irqchip": "split", "apicv": True, "x2apic": True,
             "x2apic_format": True}),
+        "kvm": _ex("A real VM on this host's /dev/kvm (in-kernel irqchip)", {
+            "id": "real", "vcpus": 1, "backend": "kvm"}),
     },
     "put_pin": {
         "fields": _ex("Level-triggered vector 0x40 to APIC id 0",

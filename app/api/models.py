@@ -57,6 +57,17 @@ class VmCreate(StrictModel):
         False, description="KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK.")
     vector_hashing: bool = Field(True, description="kvm.vector_hashing module parameter.")
     event_log: bool = Field(True, description="Record the causal event log.")
+    backend: Literal["model", "kvm"] = Field(
+        "model", description="`model` (default): irqlab's deterministic model of KVM/QEMU. "
+                             "`kvm`: a real VM on this host's /dev/kvm with the in-kernel "
+                             "irqchip, driven by irqlab's own guest; state is read from the "
+                             "kernel (KVM_GET_LAPIC, KVM_GET_IRQCHIP), what it does not expose "
+                             "is null. Only `irqchip: kernel`, and the model-only fields "
+                             "(profile, overrides, apicv, x2apic...) must keep their defaults "
+                             "(409 unsupported otherwise). Limits: IRQLAB_MAX_KVM_VMS, "
+                             "IRQLAB_MAX_KVM_VCPUS (409 limit-reached); no usable /dev/kvm is "
+                             "409 unsupported with the reason in `detail`.",
+        examples=["kvm"])
 
 
 RTE_FIELDS = ("vector", "delivery_mode", "dest_mode", "dest", "trigger", "polarity", "masked",
@@ -285,23 +296,35 @@ class Bitmap(OpenModel):
     hex: str = Field(description="The 256-bit bitmap as 0x + 64 hex digits.")
 
 
+_KVM_NULL = " Null on the kvm backend (not exposed by the kernel)."
+
+
 class VmSummary(OpenModel):
     id: str
+    backend: str = Field(description="`model` or `kvm` (a real VM on this host's /dev/kvm).")
     vcpus: int
     irqchip: str
-    profile: str
+    profile: str = Field(description="Behaviour preset; `host` on the kvm backend (the "
+                                     "host kernel's behaviour).")
     overrides: dict[str, bool]
-    apicv: bool
+    apicv: bool | None = Field(description="APICv." + _KVM_NULL)
     nr_reserved_ioapic_pins: int
     ioapic_version: int = Field(description="Effective IOAPIC version.")
     x2apic: bool
     x2apic_cpuid: bool
     x2apic_format: bool
     broadcast_quirk_disabled: bool
-    vector_hashing: bool
+    vector_hashing: bool | None = Field(description="kvm.vector_hashing; on the kvm "
+                                                    "backend read from /sys/module/kvm/"
+                                                    "parameters, null if absent.")
     event_log: bool
-    flags: dict[str, bool] = Field(description="Resolved behaviour flags.")
-    time: int = Field(description="Logical time in microseconds.")
+    flags: dict[str, bool] | None = Field(description="Resolved behaviour flags; null on the "
+                                                      "kvm backend (the host kernel decides).")
+    time: int | None = Field(description="Logical time in microseconds; null on the kvm "
+                                         "backend (no logical clock).")
+    kvm_vendor_module: str | None = Field(None, description="kvm backend only: the host's "
+                                                            "KVM vendor module (kvm_intel, "
+                                                            "kvm_amd, kvm_pvm).")
     events: int = Field(description="seq of the last event.")
 
 
@@ -346,7 +369,8 @@ class PinView(OpenModel):
     extended_dest: int
     sources: list[int] = Field(description="IRQ source ids holding the line high.")
     irr: bool = Field(description="The IOAPIC's internal IRR bit of this pin.")
-    eoi_count: int = Field(description="Successive re-deliveries at EOI (storm throttle).")
+    eoi_count: int | None = Field(description="Successive re-deliveries at EOI (storm "
+                                              "throttle)." + _KVM_NULL)
 
 
 class PinWriteResult(PinView, OpResult):
@@ -367,7 +391,8 @@ class LineStep(OpenModel):
     level: int
     status: int | str = Field(description="KVM_IRQ_LINE_STATUS value (in-kernel) or QEMU's "
                                           "ioapic_set_irq path (split).")
-    delivered_to: list[int] = Field(description="vCPUs that accepted the interrupt.")
+    delivered_to: list[int] | None = Field(description="vCPUs that accepted the interrupt."
+                                                       + _KVM_NULL)
     outcome: str = Field(description="delivered, coalesced, blocked, dropped, lowered or "
                                      "no-target.")
     reason: str | None = Field(description="remote-irr, masked, edge-already-latched, "
@@ -431,7 +456,7 @@ class RoutesPutResult(RoutesView, OpResult):
 class DeliveryResult(OpResult):
     status: int = Field(description="kvm_set_irq / kvm_set_msi: >0 delivered to that many "
                                     "LAPICs, 0 coalesced, -1 not delivered.")
-    delivered_to: list[int]
+    delivered_to: list[int] | None = Field(description="vCPUs that accepted." + _KVM_NULL)
     gsi: int | None = None
 
 
@@ -454,10 +479,13 @@ class ClockResult(OpResult):
 
 
 class VcpuView(OpenModel):
+    """On the kvm backend the LAPIC registers come from KVM_GET_LAPIC; fields the kernel
+    does not expose are null."""
+
     vcpu: int
     apic_id: int
-    x2apic: bool
-    enabled: bool
+    x2apic: bool | None = Field(description="x2APIC mode." + _KVM_NULL)
+    enabled: bool | None = Field(description="APIC_BASE enable bit." + _KVM_NULL)
     sw_enabled: bool
     ldr: int
     dfr: int
@@ -468,18 +496,22 @@ class VcpuView(OpenModel):
     irr: Bitmap
     isr: Bitmap
     tmr: Bitmap
-    pir: Bitmap
-    handled_vectors: Bitmap = Field(description="ioapic_handled_vectors (the EOI-exit "
-                                                "bitmap KVM computed).")
-    eoi_exit_bitmap: Bitmap = Field(description="The copy loaded into the VMCS (APICv).")
-    pending_requests: list[str]
-    pending_ioapic_eoi: int
-    highest_stale_pending_ioapic_eoi: int
-    in_guest: bool
-    arb_prio: int
-    nmi_count: int
-    smi_count: int
-    init_count: int
+    pir: Bitmap | None = Field(description="Posted-interrupt requests (APICv)." + _KVM_NULL)
+    handled_vectors: Bitmap | None = Field(description="ioapic_handled_vectors (the EOI-exit "
+                                                       "bitmap KVM computed)." + _KVM_NULL)
+    eoi_exit_bitmap: Bitmap | None = Field(description="The copy loaded into the VMCS "
+                                                       "(APICv)." + _KVM_NULL)
+    pending_requests: list[str] | None = Field(description="Pending kvm_make_request bits."
+                                                           + _KVM_NULL)
+    pending_ioapic_eoi: int | None
+    highest_stale_pending_ioapic_eoi: int | None
+    in_guest: bool | None
+    arb_prio: int | None
+    nmi_count: int | None
+    smi_count: int | None
+    init_count: int | None
+    dead: str | None = Field(None, description="kvm backend only: why the vCPU stopped "
+                                               "(watchdog, guest fault), or null.")
 
 
 class VcpuList(OpenModel):
@@ -521,8 +553,9 @@ class AckResult(OpResult):
 class EoiResult(OpResult):
     vcpu: int
     vector: int | None = Field(description="Retired vector (null: ISR was empty).")
-    forwarded: bool = Field(description="The EOI reached an IOAPIC (in-kernel) or requested "
-                                        "KVM_EXIT_IOAPIC_EOI (split).")
+    forwarded: bool | None = Field(description="The EOI reached an IOAPIC (in-kernel) or "
+                                               "requested KVM_EXIT_IOAPIC_EOI (split)."
+                                               + _KVM_NULL)
     path: str | None = Field(description="trap, eoi-induced-exit or virtualized (APICv).")
     eoi_exit: str | None = Field(None, description="pending: a KVM_EXIT_IOAPIC_EOI waits for "
                                                    "the vCPU's next entry.")
@@ -531,7 +564,7 @@ class EoiResult(OpResult):
     entry_exits: list[dict[str, Any]]
     exits: list[dict[str, Any]] | None = Field(None, description="With run_exits: the exits "
                                                                  "taken on re-entry.")
-    pending_requests: list[str]
+    pending_requests: list[str] | None
 
 
 class RemoteIrr(OpenModel):
@@ -539,8 +572,11 @@ class RemoteIrr(OpenModel):
     hex: str
 
 
-class HandledVectors(Bitmap):
+class HandledVectors(OpenModel):
     vcpu: int
+    vectors: list[int] | None = Field(description="Set vectors, ascending." + _KVM_NULL)
+    hex: str | None = Field(description="The 256-bit bitmap as 0x + 64 hex digits."
+                                        + _KVM_NULL)
 
 
 class Bitmaps(OpenModel):
@@ -553,7 +589,8 @@ class VmState(OpenModel):
     config: VmSummary
     ioapic: IoapicView
     vcpus: list[VcpuView]
-    routes: list[RouteOut]
+    routes: list[RouteOut] | None = Field(description="The GSI routing table; null on the kvm "
+                                                      "backend (KVM has no ioctl to read it).")
     bitmaps: Bitmaps
     resamplers: list[Resampler]
 

@@ -20,6 +20,7 @@ from app.engine.msi import LapicIrq, irq_to_msi
 from app.engine.state import RouteEntry
 from app.engine.vm import Vm, VmConfig
 
+from . import kvm_ops
 from . import models as M
 from .registry import Registry, VmEntry
 
@@ -39,11 +40,16 @@ def vm_config(body: M.VmCreate) -> VmConfig:
 
 
 def summary(entry: VmEntry) -> dict[str, Any]:
+    if entry.kvm is not None:
+        return kvm_ops.summary(entry.kvm)
     vm = entry.vm
-    return {"id": entry.id, **vm.summary(), "ioapic_version": vm.ioapic.version}
+    return {"id": entry.id, "backend": "model", **vm.summary(),
+            "ioapic_version": vm.ioapic.version}
 
 
 def state(entry: VmEntry) -> dict[str, Any]:
+    if entry.kvm is not None:
+        return kvm_ops.state(entry.kvm)
     out = entry.vm.state()
     out["config"] = summary(entry)
     return {"id": entry.id, **out}
@@ -201,6 +207,9 @@ def restore(entry: VmEntry, snapshot: dict[str, Any], registry: Registry) -> dic
             raise RequestValidationError(
                 [{**e, "loc": ("body", "config", *e["loc"])} for e in exc.errors()]) from exc
         registry.check_vcpus(parsed.vcpus, "config.vcpus")
+        if parsed.backend != "model":
+            raise kvm_ops.unsupported("a snapshot restores a model-backend VM only",
+                                      "config.backend")
     vm = Vm.restore(snapshot)
     registry.bound_log(vm)
     try:

@@ -50,7 +50,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         ProblemType(slug="invalid-operation", status=400, title="Invalid operation",
                     description="A well-formed request that the modelled kernel refuses: KVM "
                                 "would return -EINVAL (`kvm_errno`), or the guest access "
-                                "would fault (`fault`: `#GP`). `detail` gives KVM's reason."),
+                                "would fault (`fault`: `#GP`). `detail` gives KVM's reason. "
+                                "On the kvm backend: the real kernel refused an ioctl "
+                                "(`kvm_errno` is its errno), or irqlab's guest failed "
+                                "(`kvm_failure`: a guest exception, an unexpected exit, the "
+                                "watchdog; that vCPU then refuses further commands)."),
         ProblemType(slug="already-exists", status=409, title="Already exists",
                     description="The resource already exists (a VM id, a resampler for a "
                                 "GSI). KVM would return -EEXIST where it applies."),
@@ -58,7 +62,10 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
                     description="A configured service limit would be exceeded. `limit` names "
                                 "the setting (environment variable) and `max` its value."),
         ProblemType(slug="unsupported", status=409, title="Unsupported by this VM",
-                    description="A valid request that this VM's configuration cannot do."),
+                    description="A valid request that this VM's configuration cannot do, "
+                                "e.g. an operation that is not available on the kvm backend "
+                                "(`backend: kvm`), or `backend: kvm` where this host has no "
+                                "usable /dev/kvm (`detail` says why)."),
         ProblemType(slug="payload-too-large", status=413, title="Content Too Large",
                     description="The request body is larger than IRQLAB_MAX_BODY_BYTES."),
         ProblemType(slug="unsupported-media-type", status=415,
@@ -104,6 +111,15 @@ class LimitError(EngineError):
         super().__init__(ErrorKind.LIMIT, detail, field)
         self.limit = limit
         self.maximum = maximum
+
+
+class KvmFailure(EngineError):
+    """The real KVM refused an operation (an ioctl errno) or irqlab's guest failed: a 400
+    invalid-operation whose extra members (`kvm_errno` or `kvm_failure`) say which."""
+
+    def __init__(self, detail: str, extra: dict[str, Any], field: str | None = None) -> None:
+        super().__init__(ErrorKind.INVALID, detail, field)
+        self.extra = extra
 
 
 class DocumentError(EngineError):
@@ -165,7 +181,9 @@ def engine_problem(exc: EngineError, instance: str | None = None) -> JSONRespons
             **exc.extra)
     slug = _KIND_SLUG.get(exc.kind, "invalid-operation")
     extra: dict[str, Any] = {}
-    if exc.kind == ErrorKind.INVALID:
+    if isinstance(exc, KvmFailure):
+        extra.update(exc.extra)
+    elif exc.kind == ErrorKind.INVALID:
         if "#GP" in exc.detail:
             extra["fault"] = "#GP"
         else:

@@ -8,6 +8,10 @@ another one half applied, requests on one VM are served in arrival order, and re
 different VMs never wait for each other: a request waiting for a busy VM waits in the event
 loop, not in a worker thread, so it cannot starve other VMs of threads. The registry's own
 lock guards only the id -> entry table and is never held while an engine operation runs.
+
+A VM of the kvm backend (`entry.kvm`, a real VM on /dev/kvm) has no engine VM: its work
+always runs in a worker thread (it blocks in KVM_RUN), deleting it closes every fd, and
+`close_all` (the app's shutdown) closes them all.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -27,6 +31,9 @@ from app.engine.errors import EngineError, ErrorKind, not_found
 from app.engine.vm import Vm, VmConfig
 
 from .problems import LimitError
+
+if TYPE_CHECKING:
+    from .kvm_ops import KvmHandle
 
 T = TypeVar("T")
 
@@ -38,15 +45,36 @@ INLINE_MAX_VCPUS = 256
 @dataclass(eq=False)
 class VmEntry:
     id: str
-    vm: Vm
+    model: Vm | None
+    kvm: KvmHandle | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     deleted: bool = False
 
+    @property
+    def backend(self) -> str:
+        return "model" if self.kvm is None else "kvm"
+
+    @property
+    def vm(self) -> Vm:
+        """The engine VM; a kvm-backend VM has none, so model-only work is `unsupported`."""
+        if self.model is None:
+            raise EngineError(ErrorKind.UNSUPPORTED,
+                              "this operation is not available on the kvm backend")
+        return self.model
+
+    @vm.setter
+    def vm(self, vm: Vm) -> None:
+        self.model = vm
+
 
 class Registry:
-    def __init__(self, max_vms: int, max_vcpus: int, max_events: int | None = None) -> None:
+    def __init__(self, max_vms: int, max_vcpus: int, max_events: int | None = None,
+                 max_kvm_vms: int = 4, max_kvm_vcpus: int = 8) -> None:
         self.max_vms = max_vms
         self.max_vcpus = max_vcpus
+        self.max_kvm_vms = max_kvm_vms
+        self.max_kvm_vcpus = max_kvm_vcpus
+        self._kvm_pending = 0  # kvm VMs being built (their slots are reserved)
         self.max_events = max_events  # per VM log (IRQLAB_MAX_EVENTS_PER_VM)
         self._lock = threading.Lock()
         self._vms: dict[str, VmEntry] = {}
@@ -60,11 +88,11 @@ class Registry:
             raise LimitError(f"at most {self.max_vcpus} vCPUs per VM (IRQLAB_MAX_VCPUS)",
                              field, "IRQLAB_MAX_VCPUS", self.max_vcpus)
 
-    def _check_free(self, vm_id: str | None) -> None:
+    def _check_free(self, vm_id: str | None, count: bool = True) -> None:
         """Caller holds self._lock."""
         if vm_id is not None and vm_id in self._vms:
             raise EngineError(ErrorKind.EXISTS, f"a VM with id {vm_id!r} already exists", "id")
-        if len(self._vms) >= self.max_vms:
+        if count and len(self._vms) + self._kvm_pending >= self.max_vms:
             raise LimitError(f"at most {self.max_vms} VMs may exist (IRQLAB_MAX_VMS)", "id",
                              "IRQLAB_MAX_VMS", self.max_vms)
 
@@ -79,12 +107,65 @@ class Registry:
         with self._lock:
             self._check_free(vm_id)
             if vm_id is None:
-                vm_id = f"vm-{secrets.token_hex(4)}"
-                while vm_id in self._vms:
-                    vm_id = f"vm-{secrets.token_hex(4)}"
+                vm_id = self._new_id()
             entry = VmEntry(vm_id, vm)
             self._vms[vm_id] = entry
             return entry
+
+    def _check_kvm_free(self) -> None:
+        """Caller holds self._lock."""
+        live = sum(1 for e in self._vms.values() if e.kvm is not None) + self._kvm_pending
+        if live >= self.max_kvm_vms:
+            raise LimitError(f"at most {self.max_kvm_vms} kvm-backend VMs may exist "
+                             "(IRQLAB_MAX_KVM_VMS)", "backend", "IRQLAB_MAX_KVM_VMS",
+                             self.max_kvm_vms)
+
+    async def create_kvm(self, vm_id: str | None, vcpus: int,
+                         check: Callable[[], None], build: Callable[[], KvmHandle]) -> VmEntry:
+        """A kvm-backend VM: the limits (IRQLAB_MAX_VCPUS, IRQLAB_MAX_KVM_VCPUS, IRQLAB_MAX_VMS,
+        IRQLAB_MAX_KVM_VMS, a slot reserved while it is built), then `check()` (can this host
+        make it), then `build()` in a worker thread; a VM that cannot be published (or whose
+        request was cancelled) is closed."""
+        self.check_vcpus(vcpus)
+        if vcpus > self.max_kvm_vcpus:
+            raise LimitError(f"at most {self.max_kvm_vcpus} vCPUs per kvm-backend VM "
+                             "(IRQLAB_MAX_KVM_VCPUS)", "vcpus", "IRQLAB_MAX_KVM_VCPUS",
+                             self.max_kvm_vcpus)
+        with self._lock:
+            self._check_free(vm_id)
+            self._check_kvm_free()
+            self._kvm_pending += 1
+        built: list[KvmHandle] = []
+        pending = True
+        try:
+            check()
+            # Appended in the thread: a request cancelled meanwhile still closes the VM.
+            await anyio.to_thread.run_sync(lambda: built.append(build()))
+            with self._lock:
+                self._kvm_pending -= 1
+                pending = False
+                self._check_free(vm_id, count=False)
+                if vm_id is None:
+                    vm_id = self._new_id()
+                built[0].id = vm_id
+                entry = VmEntry(vm_id, None, built[0])
+                self._vms[vm_id] = entry
+                return entry
+        except BaseException:
+            if pending:
+                with self._lock:
+                    self._kvm_pending -= 1
+            if built:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(built[0].close)
+            raise
+
+    def _new_id(self) -> str:
+        """Caller holds self._lock."""
+        vm_id = f"vm-{secrets.token_hex(4)}"
+        while vm_id in self._vms:
+            vm_id = f"vm-{secrets.token_hex(4)}"
+        return vm_id
 
     def bound_log(self, vm: Vm) -> None:
         """Keep at most max_events events in the VM's log (the oldest go first)."""
@@ -118,7 +199,7 @@ class Registry:
         async with entry.lock:
             if entry.deleted:
                 raise not_found(f"no VM with id {vm_id!r}", "vm")
-            if len(entry.vm.vcpus) <= INLINE_MAX_VCPUS:
+            if entry.model is not None and len(entry.model.vcpus) <= INLINE_MAX_VCPUS:
                 return work(entry)
             return await anyio.to_thread.run_sync(work, entry)
 
@@ -127,8 +208,22 @@ class Registry:
             entry = self._vms.pop(vm_id, None)
         if entry is None:
             raise not_found(f"no VM with id {vm_id!r}", "vm")
+        await self._retire(entry)
+
+    async def _retire(self, entry: VmEntry) -> None:
         async with entry.lock:  # wait for operations already queued, then retire the entry
             entry.deleted = True
+            if entry.kvm is not None:  # KVM_RUN is not running: close every fd
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(entry.kvm.close)
+
+    async def close_all(self) -> None:
+        """At shutdown: retire every VM, closing the kvm ones."""
+        with self._lock:
+            entries = list(self._vms.values())
+            self._vms.clear()
+        for entry in entries:
+            await self._retire(entry)
 
     def ids(self) -> list[str]:
         with self._lock:

@@ -1,5 +1,9 @@
 """How a router runs something on a VM: under the VM's lock, in a worker thread, with the
-response validated and rendered there too."""
+response validated and rendered there too.
+
+Each route gives the model-backend work and, if the kvm backend can do it, the kvm-backend
+work (`kvm=`, from kvm_ops); a route without one answers a kvm-backend VM with 409
+`unsupported`. The dispatch lives here so that routers stay thin."""
 
 from __future__ import annotations
 
@@ -12,19 +16,31 @@ from pydantic import BaseModel
 from app.engine.vm import Vm
 from app.settings import Settings
 
-from . import ops
+from . import kvm_ops, ops
+from .kvm_ops import KvmHandle
 from .registry import Registry, VmEntry
 
 
 async def view(request: Request, vm_id: str, model: type[BaseModel] | None,
-               read: Callable[[VmEntry], Any]) -> Response:
+               read: Callable[[VmEntry], Any],
+               kvm: Callable[[KvmHandle], Any] | None = None) -> Response:
     """A read of the VM's state."""
     registry: Registry = request.app.state.registry
-    return await registry.run(vm_id, lambda entry: ops.render(model, read(entry)))
+
+    def work(entry: VmEntry) -> Response:
+        h = entry.kvm
+        if h is None:
+            return ops.render(model, read(entry))
+        if kvm is None:
+            raise kvm_ops.unsupported_route(request)
+        return ops.render(model, kvm_ops.guarded(lambda: kvm(h)))
+
+    return await registry.run(vm_id, work)
 
 
 async def act(request: Request, vm_id: str, model: type[BaseModel],
-              op: Callable[[Vm], dict[str, Any]], status_code: int = 200) -> Response:
+              op: Callable[[Vm], dict[str, Any]], status_code: int = 200,
+              kvm: Callable[[KvmHandle], dict[str, Any]] | None = None) -> Response:
     """An operation on the VM; the response carries the events it emitted.
 
     Routes pass their Request rather than registry/settings dependencies: FastAPI injects a
@@ -35,6 +51,11 @@ async def act(request: Request, vm_id: str, model: type[BaseModel],
     limit = settings.max_events_page
 
     def work(entry: VmEntry) -> Response:
+        h = entry.kvm
+        if h is not None:
+            if kvm is None:
+                raise kvm_ops.unsupported_route(request)
+            return ops.render(model, kvm_ops.capture(h, lambda: kvm(h), limit), status_code)
         vm = entry.vm
         return ops.render(model, ops.capture(vm, lambda: op(vm), limit), status_code)
 

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request, Response
 
 from app.api import examples as X
+from app.api import kvm_ops as KO
 from app.api import models as M
 from app.api import ops
 from app.api.bodies import json_body, json_body_openapi
@@ -36,7 +37,8 @@ _WRITE_DESC = (
     responses={**X.response("ioapic"), **problem_responses(404)},
 )
 async def get_ioapic(vm: VmPath, request: Request) -> Response:
-    return await view(request, vm, M.IoapicView, lambda e: e.vm.ioapic_view())
+    return await view(request, vm, M.IoapicView, lambda e: e.vm.ioapic_view(),
+                      KO.ioapic_view)
 
 
 @router.get(
@@ -46,7 +48,8 @@ async def get_ioapic(vm: VmPath, request: Request) -> Response:
     responses={**X.response("pin"), **problem_responses(404, 422)},
 )
 async def get_pin(vm: VmPath, pin: PinPath, request: Request) -> Response:
-    return await view(request, vm, M.PinView, lambda e: e.vm.pin_view(pin))
+    return await view(request, vm, M.PinView, lambda e: e.vm.pin_view(pin),
+                      lambda h: KO.pin_view(h, pin))
 
 
 @router.put(
@@ -61,7 +64,8 @@ async def put_pin(
     request: Request,
 ) -> Response:
     return await act(request, vm, M.PinWriteResult,
-                     lambda v: ops.write_pin(v, pin, body))
+                     lambda v: ops.write_pin(v, pin, body),
+                     kvm=lambda h: KO.write_pin(h, pin, body))
 
 
 @router.patch(
@@ -77,7 +81,8 @@ async def patch_pin(
     request: Request,
 ) -> Response:
     return await act(request, vm, M.PinWriteResult,
-                     lambda v: ops.patch_pin(v, pin, body))
+                     lambda v: ops.patch_pin(v, pin, body),
+                     kvm=lambda h: KO.patch_pin(h, pin, body))
 
 
 @router.post(
@@ -93,7 +98,8 @@ async def patch_pin(
 )
 async def line(vm: VmPath, pin: PinPath, request: Request) -> Response:
     body = await json_body(request, M.LineRequest)
-    return await act(request, vm, M.LineResult, lambda v: ops.set_line(v, pin, body))
+    return await act(request, vm, M.LineResult, lambda v: ops.set_line(v, pin, body),
+                     kvm=lambda h: KO.set_line(h, pin, body))
 
 
 @router.post(
@@ -109,4 +115,5 @@ async def mmio(
     vm: VmPath, body: Annotated[M.MmioRequest, Body(openapi_examples=X.REQUESTS["mmio"])],
     request: Request,
 ) -> Response:
-    return await act(request, vm, M.MmioResult, lambda v: ops.mmio(v, body))
+    return await act(request, vm, M.MmioResult, lambda v: ops.mmio(v, body),
+                     kvm=lambda h: KO.mmio(h, body))

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from app.api import examples as X
+from app.api import kvm_ops as KO
 from app.api import models as M
 from app.api import ops
 from app.api.deps import VmPath
@@ -26,7 +27,8 @@ router = APIRouter(prefix="/v1/vms/{vm}", tags=["reports"],
     responses={**X.response("bitmaps"), **problem_responses(404)},
 )
 async def bitmaps(vm: VmPath, request: Request) -> Response:
-    return await view(request, vm, M.Bitmaps, lambda e: e.vm.bitmaps())
+    return await view(request, vm, M.Bitmaps, lambda e: e.vm.bitmaps(),
+                      KO.bitmaps)
 
 
 @router.get(
@@ -37,7 +39,7 @@ async def bitmaps(vm: VmPath, request: Request) -> Response:
     responses={**X.response("state"), **problem_responses(404)},
 )
 async def state(vm: VmPath, request: Request) -> Response:
-    return await view(request, vm, M.VmState, ops.state)
+    return await view(request, vm, M.VmState, ops.state, KO.state)
 
 
 @router.get(
@@ -65,7 +67,8 @@ async def events(
             "ctx": {"le": settings.max_events_page},
         }])
     page = limit
-    return await view(request, vm, M.EventPage, lambda e: ops.events_page(e.vm, after, page))
+    return await view(request, vm, M.EventPage, lambda e: ops.events_page(e.vm, after, page),
+                      lambda h: KO.events_page(h, after, page))
 
 
 @router.get(

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Request, Response
 
 from app.api import examples as X
+from app.api import kvm_ops as KO
 from app.api import models as M
 from app.api import ops
 from app.api.deps import VmPath
@@ -59,7 +60,8 @@ async def signal_msi(
     request: Request,
 ) -> Response:
     return await act(request, vm, M.DeliveryResult,
-                     lambda v: ops.signal_msi(v, body))
+                     lambda v: ops.signal_msi(v, body),
+                     kvm=lambda h: KO.signal_msi(h, body))
 
 
 @router.post(

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request, Response
 
 from app.api import examples as X
+from app.api import kvm_ops as KO
 from app.api import models as M
 from app.api import ops
 from app.api.deps import VcpuPath, VmPath
@@ -25,7 +26,8 @@ router = APIRouter(prefix="/v1/vms/{vm}/vcpus", tags=["vcpus"],
     responses={**X.response("vcpus"), **problem_responses(404)},
 )
 async def list_vcpus(vm: VmPath, request: Request) -> Response:
-    return await view(request, vm, M.VcpuList, lambda e: ops.vcpus(e.vm))
+    return await view(request, vm, M.VcpuList, lambda e: ops.vcpus(e.vm),
+                      KO.vcpus)
 
 
 @router.get(
@@ -36,7 +38,8 @@ async def list_vcpus(vm: VmPath, request: Request) -> Response:
     responses={**X.response("vcpu"), **problem_responses(404)},
 )
 async def get_vcpu(vm: VmPath, n: VcpuPath, request: Request) -> Response:
-    return await view(request, vm, M.VcpuView, lambda e: e.vm.vcpu_view(n))
+    return await view(request, vm, M.VcpuView, lambda e: e.vm.vcpu_view(n),
+                      lambda h: KO.vcpu_view(h, n))
 
 
 @router.patch(
@@ -92,7 +95,8 @@ async def exit_guest(vm: VmPath, n: VcpuPath, request: Request
 )
 async def ack(vm: VmPath, n: VcpuPath, request: Request
               ) -> Response:
-    return await act(request, vm, M.AckResult, lambda v: v.ack(n))
+    return await act(request, vm, M.AckResult, lambda v: v.ack(n),
+                     kvm=lambda h: KO.ack(h, n))
 
 
 @router.post(
@@ -111,4 +115,5 @@ async def eoi(
 ) -> Response:
     run_exits = body.run_exits if body is not None else False
     return await act(request, vm, M.EoiResult,
-                     lambda v: v.eoi(n, run_exits=run_exits))
+                     lambda v: v.eoi(n, run_exits=run_exits),
+                     kvm=lambda h: KO.eoi(h, n))

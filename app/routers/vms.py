@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request, Response
 
 from app.api import examples as X
+from app.api import kvm_ops as KO
 from app.api import models as M
 from app.api import ops
 from app.api.deps import RegistryDep, VmPath
@@ -24,15 +25,24 @@ router = APIRouter(prefix="/v1", tags=["vms"], responses=problem_responses(422))
                 "userspace IOAPIC (`split`), then KVM_CREATE_VCPU per vCPU. Returns the VM "
                 "with its resolved behaviour flags. A duplicate id is 409, more vCPUs than "
                 "IRQLAB_MAX_VCPUS or more VMs than IRQLAB_MAX_VMS is 409 naming the limit; a "
-                "configuration KVM refuses (e.g. nr_reserved_ioapic_pins > 4096) is 400.",
+                "configuration KVM refuses (e.g. nr_reserved_ioapic_pins > 4096) is 400. "
+                "`backend: kvm` makes a real VM on this host's /dev/kvm instead (in-kernel "
+                "irqchip only; more than IRQLAB_MAX_KVM_VCPUS vCPUs or IRQLAB_MAX_KVM_VMS "
+                "such VMs is 409 limit-reached; no usable /dev/kvm, a split irqchip or a "
+                "model-only field is 409 unsupported, `detail` says why).",
     responses={**X.response("summary", 201, "The new VM"),
                **problem_responses(400, 409, 413, 422)},
 )
 async def create_vm(
     body: Annotated[M.VmCreate, Body(openapi_examples=X.REQUESTS["create_vm"])],
-    registry: RegistryDep,
+    registry: RegistryDep, request: Request,
 ) -> Response:
-    entry = await registry.create(body.id, ops.vm_config(body))
+    if body.backend == "kvm":
+        max_events = request.app.state.settings.max_events_per_vm
+        entry = await registry.create_kvm(body.id, body.vcpus, lambda: KO.check_create(body),
+                                          lambda: KO.build(body, max_events))
+    else:
+        entry = await registry.create(body.id, ops.vm_config(body))
     return await registry.run(entry.id, lambda e: ops.render(
         M.VmSummary, ops.summary(e), 201, {"Location": f"/v1/vms/{e.id}"}))
 
@@ -64,13 +74,14 @@ async def list_vms(registry: RegistryDep) -> Response:
     responses={**X.response("summary"), **problem_responses(404)},
 )
 async def get_vm(vm: VmPath, request: Request) -> Response:
-    return await view(request, vm, M.VmSummary, ops.summary)
+    return await view(request, vm, M.VmSummary, ops.summary, KO.summary)
 
 
 @router.delete(
     "/vms/{vm}", status_code=204, response_class=Response, summary="Delete a VM",
     description="Closes the VM file descriptor (KVM destroys the VM, its irqchips and "
-                "vCPUs). Waits for an operation in flight on that VM.",
+                "vCPUs). Waits for an operation in flight on that VM. A kvm-backend VM's "
+                "file descriptors (VM, vCPUs, /dev/kvm) and guest memory are all closed.",
     responses={204: {"description": "Deleted"}, **problem_responses(404)},
 )
 async def delete_vm(vm: VmPath, registry: RegistryDep) -> Response:

@@ -1,0 +1,314 @@
+"""`"backend": "kvm"`: real /dev/kvm VMs driven through the same routes as the model.
+
+Tests that need a usable /dev/kvm skip with kvm_available()'s reason where there is none; the
+request checks that come before the device (limits, refused fields, no /dev/kvm) run
+everywhere."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.api import kvm_ops
+from app.kvm import detect
+from app.kvm import vm as kvm_vm
+from tests.api.conftest import assert_problem, client_for, make_app
+
+pytestmark = pytest.mark.anyio
+
+KVM_OK, KVM_REASON = detect.kvm_available()
+needs_kvm = pytest.mark.skipif(not KVM_OK, reason=f"real KVM unavailable: {KVM_REASON}")
+# kvm_pvm EOIs a LAPIC interrupt implicitly when the guest takes it (docs/kvm-backend-notes.md):
+# ISR is never set and a still-high level line is re-delivered at once.
+ON_PVM = detect.vendor_module() == "kvm_pvm"
+
+PIN, VEC = 5, 0x40
+KVM = {"backend": "kvm"}
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+AppClient = tuple[FastAPI, httpx.AsyncClient]
+
+
+@pytest.fixture
+def kvm_app() -> Iterator[Callable[..., FastAPI]]:
+    """An app (with settings overrides) and its client; every kvm VM is closed afterwards."""
+    made: list[FastAPI] = []
+
+    def make(**settings: Any) -> FastAPI:
+        app = make_app(**settings)
+        made.append(app)
+        return app
+
+    yield make
+    # Teardown runs outside the event loop: close any kvm VM a test left behind directly.
+    for app in made:
+        for vm_id in app.state.registry.ids():
+            entry = app.state.registry._vms.get(vm_id)
+            if entry is not None and entry.kvm is not None:
+                entry.kvm.close()
+
+
+@pytest.fixture
+async def kc(kvm_app: Callable[..., FastAPI]) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(kvm_app()) as c:
+        yield c
+
+
+async def create(c: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    r = await c.post("/v1/vms", json={**KVM, **body})
+    assert r.status_code == 201, r.text
+    out: dict[str, Any] = r.json()
+    return out
+
+
+# ---- everywhere (no /dev/kvm needed)
+
+
+async def test_default_backend_is_the_model(kc: httpx.AsyncClient) -> None:
+    r = await kc.post("/v1/vms", json={"id": "m"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["backend"] == "model"
+    assert body["profile"] == "linux-latest" and isinstance(body["flags"], dict)
+    assert isinstance(body["time"], int)
+    assert "kvm_vendor_module" not in body
+
+
+async def test_no_usable_dev_kvm_is_409_with_the_reason(
+        kc: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(detect, "kvm_available",
+                        lambda device="/dev/kvm": (False, "/dev/kvm does not exist (test)"))
+    body = assert_problem(await kc.post("/v1/vms", json=KVM), 409, "backend", "unsupported")
+    assert "/dev/kvm does not exist (test)" in body["detail"]
+    assert (await kc.get("/v1/vms")).json() == {"vms": []}
+
+
+async def test_split_irqchip_is_not_yet_supported(kc: httpx.AsyncClient) -> None:
+    r = await kc.post("/v1/vms", json={**KVM, "irqchip": "split"})
+    body = assert_problem(r, 409, "irqchip", "unsupported")
+    assert "not yet supported on the kvm backend" in body["detail"]
+
+
+async def test_model_only_fields_are_refused(kc: httpx.AsyncClient) -> None:
+    r = await kc.post("/v1/vms", json={**KVM, "profile": "linux-6.1"})
+    body = assert_problem(r, 409, "profile", "unsupported")
+    assert "kvm backend" in body["detail"]
+
+
+async def test_vcpu_cap_names_the_setting(kvm_app: Callable[..., FastAPI]) -> None:
+    async with client_for(kvm_app(max_kvm_vcpus=2)) as c:
+        body = assert_problem(await c.post("/v1/vms", json={**KVM, "vcpus": 3}), 409,
+                              "vcpus", "limit-reached")
+        assert body["limit"] == "IRQLAB_MAX_KVM_VCPUS" and body["max"] == 2
+        assert "IRQLAB_MAX_KVM_VCPUS" in body["detail"]
+
+
+async def test_vm_cap_zero_disables_the_backend(kvm_app: Callable[..., FastAPI]) -> None:
+    async with client_for(kvm_app(max_kvm_vms=0)) as c:
+        body = assert_problem(await c.post("/v1/vms", json=KVM), 409, "backend",
+                              "limit-reached")
+        assert body["limit"] == "IRQLAB_MAX_KVM_VMS" and body["max"] == 0
+
+
+# ---- on a real /dev/kvm
+
+
+@needs_kvm
+async def test_level_interrupt_through_the_routes(kc: httpx.AsyncClient) -> None:
+    vm = await create(kc, id="real", vcpus=1)
+    assert vm["backend"] == "kvm" and vm["profile"] == "host" and vm["flags"] is None
+    assert vm["ioapic_version"] == 0x11  # read by the guest from the in-kernel IOAPIC
+    assert vm["kvm_vendor_module"] == detect.vendor_module()
+
+    # The guest on vCPU 0 programs the entry by MMIO (IOREGSEL/IOWIN).
+    r = await kc.put(f"/v1/vms/real/ioapic/pins/{PIN}",
+                     json={"vector": "0x40", "trigger": "level", "dest": 0})
+    assert r.status_code == 200, r.text
+    pin = r.json()
+    assert (pin["vector"], pin["trigger"], pin["remote_irr"]) == (VEC, "level", False)
+    assert pin["events"][0]["kind"] == "write-rte"
+
+    r = await kc.post(f"/v1/vms/real/ioapic/pins/{PIN}/line", json={"action": "assert"})
+    assert r.status_code == 200, r.text
+    line = r.json()
+    assert line["remote_irr"] is True
+    assert line["steps"][0]["status"] == 1 and line["steps"][0]["delivered_to"] is None
+
+    bitmaps = (await kc.get("/v1/vms/real/bitmaps")).json()
+    assert bitmaps["remote_irr"] == {"pins": [PIN], "hex": "0x000020"}
+    assert bitmaps["handled_vectors"] == [{"vcpu": 0, "vectors": None, "hex": None}]
+    assert (await kc.get(f"/v1/vms/real/ioapic/pins/{PIN}")).json()["remote_irr"] is True
+    ioapic = (await kc.get("/v1/vms/real/ioapic")).json()
+    assert ioapic["flavour"] == "kvm" and ioapic["pins"][PIN]["line"] == 1
+
+    vcpu = (await kc.get("/v1/vms/real/vcpus/0")).json()
+    assert vcpu["irr"]["vectors"] == [VEC] and vcpu["tmr"]["vectors"] == [VEC]
+    assert vcpu["handled_vectors"] is None and vcpu["pir"] is None
+
+    r = await kc.post("/v1/vms/real/vcpus/0/ack")
+    assert r.status_code == 200, r.text
+    assert r.json()["vector"] == VEC
+
+    vcpu = (await kc.get("/v1/vms/real/vcpus/0")).json()
+    eoi = (await kc.post("/v1/vms/real/vcpus/0/eoi")).json()
+    if ON_PVM:
+        # kvm_pvm's implicit EOI: ISR is never set, and the still-high line is re-delivered
+        # at once (IRR set again, Remote IRR still set); the guest's EOI retires nothing.
+        assert vcpu["isr"]["vectors"] == [] and vcpu["irr"]["vectors"] == [VEC]
+        assert eoi["vector"] is None
+    else:
+        assert vcpu["isr"]["vectors"] == [VEC]
+        assert eoi["vector"] == VEC
+    assert (await kc.get("/v1/vms/real/bitmaps")).json()["remote_irr"]["pins"] == [PIN]
+
+    state = (await kc.get("/v1/vms/real/state")).json()
+    assert state["config"]["backend"] == "kvm" and state["routes"] is None
+    assert state["bitmaps"]["remote_irr"]["pins"] == [PIN]
+    kinds = [e["kind"] for e in (await kc.get("/v1/vms/real/events")).json()["events"]]
+    assert kinds == ["create-vm", "write-rte", "KVM_IRQ_LINE_STATUS", "ack", "eoi"]
+
+
+@needs_kvm
+async def test_patch_msi_and_mmio(kc: httpx.AsyncClient) -> None:
+    await create(kc, id="k")
+    r = await kc.patch(f"/v1/vms/k/ioapic/pins/{PIN}", json={"masked": True, "vector": 0x41})
+    assert r.status_code == 200, r.text
+    assert (r.json()["masked"], r.json()["vector"]) == (True, 0x41)
+    r = await kc.post("/v1/vms/k/msi", json={"decoded": {"dest": 0, "vector": "0x50"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == 1
+    assert (await kc.get("/v1/vms/k/vcpus")).json()["vcpus"][0]["irr"]["vectors"] == [0x50]
+    r = await kc.post("/v1/vms/k/ioapic/mmio", json={"op": "write", "offset": 0, "value": 1})
+    assert r.status_code == 200, r.text
+    r = await kc.post("/v1/vms/k/ioapic/mmio", json={"op": "read", "offset": "0x10"})
+    assert r.json()["value"] & 0xFF == 0x11  # IOAPICVER
+    assert_problem(await kc.post("/v1/vms/k/ioapic/mmio",
+                                 json={"op": "read", "offset": 0x10, "size": 1}),
+                   409, "size", "unsupported")
+    assert_problem(await kc.post(f"/v1/vms/k/ioapic/pins/{PIN}/line",
+                                 json={"level": 1, "source": 1}), 409, "source", "unsupported")
+    assert_problem(await kc.get("/v1/vms/k/vcpus/1"), 404, "vcpu", "not-found")
+
+
+UNSUPPORTED = [
+    ("GET", "/routes", None),
+    ("PUT", "/routes", {"entries": []}),
+    ("POST", "/irq", {"gsi": 5, "level": 1}),
+    ("GET", "/resamplers", None),
+    ("POST", "/resamplers", {"gsi": 5}),
+    ("POST", "/resamplers/5/irqfd", None),
+    ("POST", "/clock", {"advance_us": 10}),
+    ("PATCH", "/vcpus/0/lapic", {"tpr": 0}),
+    ("POST", "/vcpus/0/enter", None),
+    ("POST", "/vcpus/0/exit", None),
+    ("GET", "/snapshot", None),
+    ("PUT", "/snapshot", {"config": {}}),
+]
+
+
+@needs_kvm
+@pytest.mark.parametrize(("method", "path", "body"), UNSUPPORTED)
+async def test_model_only_routes_are_unsupported(
+        kc: httpx.AsyncClient, method: str, path: str, body: Any) -> None:
+    await create(kc, id="k")
+    r = await kc.request(method, f"/v1/vms/k{path}", json=body)
+    problem = assert_problem(r, 409, slug="unsupported")
+    assert "not available on the kvm backend" in problem["detail"]
+    assert (await kc.get("/v1/vms/k")).json()["backend"] == "kvm"  # the VM is untouched
+
+
+@needs_kvm
+async def test_vm_cap_names_the_setting(kvm_app: Callable[..., FastAPI]) -> None:
+    async with client_for(kvm_app(max_kvm_vms=1)) as c:
+        await create(c, id="one")
+        body = assert_problem(await c.post("/v1/vms", json={**KVM, "id": "two"}), 409,
+                              "backend", "limit-reached")
+        assert body["limit"] == "IRQLAB_MAX_KVM_VMS" and body["max"] == 1
+        r = await c.post("/v1/vms", json={"id": "model-vm"})  # the model is not capped by it
+        assert r.status_code == 201, r.text
+        assert (await c.delete("/v1/vms/one")).status_code == 204
+        await create(c, id="two")
+
+
+@needs_kvm
+async def test_delete_closes_every_fd(kc: httpx.AsyncClient) -> None:
+    before = fds()
+    await create(kc, id="k", vcpus=2)
+    assert fds() == before + 4  # /dev/kvm, the VM, two vCPUs
+    assert (await kc.delete("/v1/vms/k")).status_code == 204
+    assert fds() == before
+    assert_problem(await kc.get("/v1/vms/k"), 404, "vm")
+
+
+@needs_kvm
+async def test_shutdown_closes_every_kvm_vm(kvm_app: Callable[..., FastAPI]) -> None:
+    app = kvm_app()
+    before = fds()
+    # httpx's ASGITransport sends no lifespan events: run the app's lifespan as uvicorn does
+    # (startup and shutdown on the event loop, i.e. the main thread).
+    async with app.router.lifespan_context(app), client_for(app) as c:
+        assert signal.getsignal(kvm_vm.KICK_SIGNAL) is kvm_vm._noop_handler
+        await create(c, id="a")
+        await create(c, id="b")
+        assert fds() == before + 6
+    assert fds() == before
+    assert app.state.registry.ids() == []
+
+
+@needs_kvm
+async def test_kvm_work_never_runs_on_the_event_loop(
+        kc: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    await create(kc, id="k")
+    threads: list[threading.Thread] = []
+    real_vcpus, real_ack = kvm_ops.vcpus, kvm_ops.ack
+
+    def vcpus(h: kvm_ops.KvmHandle) -> dict[str, Any]:
+        threads.append(threading.current_thread())
+        return real_vcpus(h)
+
+    def ack(h: kvm_ops.KvmHandle, n: int) -> dict[str, Any]:
+        threads.append(threading.current_thread())
+        return real_ack(h, n)
+
+    monkeypatch.setattr(kvm_ops, "vcpus", vcpus)
+    monkeypatch.setattr(kvm_ops, "ack", ack)
+    assert (await kc.get("/v1/vms/k/vcpus")).status_code == 200
+    assert (await kc.post("/v1/vms/k/vcpus/0/ack")).status_code == 200
+    assert len(threads) == 2
+    assert all(t is not threading.main_thread() for t in threads)
+
+
+@needs_kvm
+async def test_kernel_refusals_and_guest_failures_are_400(
+        kvm_app: Callable[..., FastAPI]) -> None:
+    app = kvm_app()
+    async with client_for(app) as c:
+        await create(c, id="k")
+        handle = app.state.registry._vms["k"].kvm
+
+        def refused(n: int) -> int:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        def wedged(n: int) -> int:
+            raise kvm_vm.GuestWedged("vCPU 0: watchdog: the command did not finish in 2s")
+
+        handle.vm.ack = refused
+        body = assert_problem(await c.post("/v1/vms/k/vcpus/0/ack"), 400,
+                              slug="invalid-operation")
+        assert body["kvm_errno"] == "EINVAL"
+        handle.vm.ack = wedged
+        body = assert_problem(await c.post("/v1/vms/k/vcpus/0/ack"), 400,
+                              slug="invalid-operation")
+        assert body["kvm_failure"] == "GuestWedged" and "watchdog" in body["detail"]
