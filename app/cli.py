@@ -4,6 +4,7 @@
     irqlab run FILE... [--server URL | --local] [--json]
     irqlab library [--server URL | --local] [--json]
     irqlab library run NAME... [--profile P] [--irqchip M] [--server URL | --local] [--json]
+    irqlab diff FILE... [--server URL | --local] [--json]
 
 `run` and `library` talk to an irqlab server (POST /v1/scenarios/run, GET /v1/scenarios, POST
 /v1/scenarios/{name}/run) or, with --local, run the engine in this process. Results are printed
@@ -12,6 +13,11 @@ prints the raw result JSON instead (one document: the result, or a list of resul
 files or names are given). Exit status: 0 every expectation held, 1 some expectation failed,
 2 a malformed document, an unknown scenario or an unreachable server (with a message on
 standard error).
+
+`diff` runs documents on the engine model and on this host's real KVM side by side (POST
+/v1/scenarios/diff, or --local: app.kvm.scenario_diff in this process) and prints a table of
+steps with their differences per variant. Exit status: 0 no difference, 1 some difference,
+2 a malformed document, no usable KVM or an unreachable server.
 """
 
 from __future__ import annotations
@@ -67,6 +73,26 @@ class Local:
         except DocumentError as exc:
             raise CliError(f"{source.label}: malformed scenario document: "
                            f"{exc.field}: {exc.detail}") from None
+
+    def diff(self, source: Source) -> dict[str, Any]:
+        from app.api import scenarios as S
+        from app.api.problems import DocumentError
+        from app.kvm.detect import kvm_available
+        from app.kvm.scenario_diff import diff_scenario
+        from app.kvm.vm import KvmVmError
+
+        try:
+            S.execute(source.doc)
+        except DocumentError as exc:
+            raise CliError(f"{source.label}: malformed scenario document: "
+                           f"{exc.field}: {exc.detail}") from None
+        ok, reason = kvm_available()
+        if not ok:
+            raise CliError(f"{source.label}: real KVM is not available here: {reason}")
+        try:
+            return diff_scenario(source.doc)
+        except (KvmVmError, OSError) as exc:
+            raise CliError(f"{source.label}: KVM failed: {exc}") from None
 
     def listing(self) -> dict[str, Any]:
         from app.api import scenarios as S
@@ -135,6 +161,12 @@ class Remote:
             return result
         result = self._call(source.label, "POST", "/v1/scenarios/run", content=source.raw,
                             headers={"content-type": source.media_type})
+        return result
+
+    def diff(self, source: Source) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(source.label, "POST", "/v1/scenarios/diff",
+                                            content=source.raw,
+                                            headers={"content-type": source.media_type})
         return result
 
     def listing(self) -> dict[str, Any]:
@@ -322,6 +354,57 @@ def print_result(console: Any, result: dict[str, Any], doc: Any) -> None:
     console.print()
 
 
+def print_diff(console: Any, result: dict[str, Any], doc: Any) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    steps_doc = doc.get("steps") if isinstance(doc, dict) else None
+    host = result.get("host") or {}
+    n = int(result.get("differences") or 0)
+    console.rule(Text.assemble((str(result.get("name") or "(unnamed scenario)"), "bold"), "  ",
+                               Text(f"{n} differences", style="bold red") if n
+                               else Text("no difference", style="bold green")))
+    console.print(Text(f"host: kernel {host.get('kernel_release')}, vendor module "
+                       f"{host.get('vendor_module')}; engine profile "
+                       f"{host.get('engine_profile')}; {result.get('expect_steps')}"))
+    for v in result.get("variants", []):
+        title = Text.assemble(("variant ", "bold"), (str(v.get("name")), "bold"),
+                              f"  ({v.get('irqchip')}, {v.get('profile')}, "
+                              f"{v.get('vcpus')} vCPU{'s' if v.get('vcpus') != 1 else ''})")
+        if v.get("skipped"):
+            console.print(Text.assemble(title, "  ", Text(f"skipped: {v['skipped']}",
+                                                          style="yellow")))
+            continue
+        table = Table(title=title, title_justify="left", expand=False)
+        for col in ("#", "op", "step", "ran", "path", "model", "kvm"):
+            table.add_column(col, justify="right" if col == "#" else "left")
+        for s in v.get("steps", []):
+            i = s.get("index")
+            spec = steps_doc[i] if isinstance(steps_doc, list) and isinstance(i, int) \
+                and i < len(steps_doc) else None
+            diffs = s.get("differences") or []
+            ran = Text(str(s.get("ran")), style="magenta" if s.get("ran") == "unsupported"
+                       else "dim" if s.get("ran") == "ignored" else "")
+            first = [Text(str(i)), Text(str(s.get("op"))), Text(_step_text(spec)), ran]
+            if not diffs:
+                note = s.get("note") if s.get("ran") == "unsupported" else ""
+                table.add_row(*first, Text(str(note or "")), Text(""), Text(""))
+            for k, d in enumerate(diffs):
+                key = str(d.get("path")).rsplit(".", 1)[-1]
+                cells = first if k == 0 else [Text("")] * 4
+                table.add_row(*cells, Text(str(d.get("path"))), Text(_fmt(d.get("model"), key)),
+                              Text(_fmt(d.get("kvm"), key), style="red"))
+        console.print(table)
+        for note in v.get("notes") or ():
+            console.print(Text(f"note: {note}", style="dim"))
+        if v.get("stopped"):
+            st = v["stopped"]
+            console.print(Text(f"stopped at step {st.get('index')} ({st.get('op')}): "
+                               f"{st.get('reason')}", style="magenta"))
+        console.print(Text(f"{v.get('name')}: {v.get('differences')} differences"))
+    console.print()
+
+
 def print_listing(console: Any, listing: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -413,6 +496,51 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _diff(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    args.errors = 0
+    try:
+        target = _target(args)
+    except Unreachable as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    results: list[dict[str, Any]] = []
+    differ = False
+    try:
+        for source in _sources(args, target):
+            try:
+                result = target.diff(source)
+            except Unreachable:
+                raise
+            except CliError as exc:
+                _error(str(exc))
+                args.errors += 1
+                continue
+            except Exception as exc:  # an irqlab bug, not a difference
+                _error(f"{source.label}: internal error: {type(exc).__name__}: {exc}")
+                args.errors += 1
+                continue
+            differ = differ or bool(result.get("differences"))
+            if getattr(args, "json", False):
+                results.append(result)
+            else:
+                print_diff(console, result, source.doc)
+    except Unreachable as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    finally:
+        if isinstance(target, Remote):
+            target.close()
+    if getattr(args, "json", False) and results:
+        one = len(args.files) == 1
+        print(json.dumps(results[0] if one else results, indent=2, ensure_ascii=False))
+    if args.errors:
+        return EXIT_ERROR
+    return EXIT_FAILED if differ else EXIT_OK
+
+
 def _library(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -474,6 +602,16 @@ def _parser() -> argparse.ArgumentParser:
                     "input) on an irqlab server or, with --local, in this process, and print "
                     "a step table per variant, the failed checks and the findings.")
     run.add_argument("files", nargs="+", metavar="FILE")
+    diff = sub.add_parser(
+        "diff", parents=[common], help="diff scenario files: engine model vs real KVM",
+        epilog="exit status: 0 no difference, 1 some difference, 2 a malformed document, "
+               "no usable KVM or an unreachable server",
+        description="Run scenario documents on the engine model and on this host's real KVM "
+                    "(in-kernel irqchip) side by side, on an irqlab server (POST "
+                    "/v1/scenarios/diff) or, with --local, in this process, and print per "
+                    "variant a table of steps with what differed after each (path, model, "
+                    "kvm). Expect steps are ignored; split-irqchip variants are skipped.")
+    diff.add_argument("files", nargs="+", metavar="FILE")
     library = sub.add_parser(
         "library", parents=[common], help="list or run the built-in scenarios",
         description="List the built-in scenarios (`irqlab library`), or run some "
@@ -498,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
 
         uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.log_level)
         return EXIT_OK
+    if args.cmd == "diff":
+        return _diff(args)
     if args.cmd == "run" or getattr(args, "library_cmd", None) == "run":
         return _run(args)
     return _library(args)

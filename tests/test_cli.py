@@ -15,6 +15,7 @@ import pytest
 
 from app import cli, scenarios
 from app.engine.scenario import run_scenario
+from app.kvm import detect as kvm_detect
 from tests.uvicorn_server import irqlab_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,3 +233,81 @@ def test_real_process_exit_status(server: str, files: dict[str, str]) -> None:
     assert status("run", "--server", server, files["lost.json"]) == 0
     assert status("run", "--server", server, files["failing.yaml"]) == 1
     assert status("run", "--local", files["malformed.yaml"]) == 2
+
+
+# ---------------------------------------------------------------- irqlab diff
+
+KVM_OK, KVM_REASON = kvm_detect.kvm_available()
+needs_kvm = pytest.mark.skipif(not KVM_OK, reason=f"real KVM unavailable: {KVM_REASON}")
+ON_PVM = kvm_detect.vendor_module() == "kvm_pvm"
+EDGE_DIFF = """\
+name: edge-ack
+vm: {vcpus: 1, irqchip: kernel}
+steps:
+  - {op: write_rte, pin: 3, entry: {vector: 0x41, dest: 0}}
+  - {op: line, pin: 3, action: pulse}
+  - {op: ack, vcpu: 0}
+  - {op: expect, remote_irr: []}
+matrix:
+  - {name: kernel-variant, vm: {irqchip: kernel}}
+  - {name: split-variant, vm: {irqchip: split}}
+"""
+
+
+@pytest.fixture
+def edge_diff(tmp_path: Path) -> str:
+    path = tmp_path / "edge-diff.yaml"
+    path.write_text(EDGE_DIFF, encoding="utf-8")
+    return str(path)
+
+
+@needs_kvm
+def test_diff_local_table_and_exit_status(edge_diff: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["diff", "--local", edge_diff])
+    out = capsys.readouterr().out
+    assert "variant kernel-variant" in out
+    assert "skipped: split not supported on kvm yet" in out
+    assert "ignored" in out
+    if ON_PVM:  # kvm_pvm's implicit EOI: ISR stays empty after the take
+        assert status == 1
+        assert "vcpus.0.isr" in out and "[0x41]" in out and "2 differences" in out
+    else:
+        assert status == 0 and "no difference" in out
+
+
+@needs_kvm
+def test_diff_local_json(edge_diff: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["diff", "--local", "--json", edge_diff])
+    result = json.loads(capsys.readouterr().out)
+    assert result["name"] == "edge-ack"
+    assert result["host"]["vendor_module"] == kvm_detect.vendor_module()
+    assert status == (1 if result["differences"] else 0)
+    assert [v["skipped"] for v in result["variants"]] == [None,
+                                                          "split not supported on kvm yet"]
+
+
+def test_diff_malformed_no_kvm_unreachable_exit_2(files: dict[str, str], edge_diff: str,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli.main(["diff", "--local", files["malformed.yaml"]]) == 2
+    assert "malformed scenario document: steps[1].op" in capsys.readouterr().err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert cli.main(["diff", "--server", f"http://127.0.0.1:{port}", edge_diff]) == 2
+    assert "cannot reach the irqlab server" in capsys.readouterr().err
+    monkeypatch.setattr(kvm_detect, "kvm_available", lambda *a: (False, "no /dev/kvm (test)"))
+    assert cli.main(["diff", "--local", edge_diff]) == 2
+    assert "real KVM is not available here: no /dev/kvm (test)" in capsys.readouterr().err
+
+
+@needs_kvm
+def test_diff_server(server: str, edge_diff: str, files: dict[str, str],
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["diff", "--server", server, "--json", edge_diff])
+    result = json.loads(capsys.readouterr().out)
+    assert status == (1 if result["differences"] else 0)
+    assert result["variants"][1]["skipped"] == "split not supported on kvm yet"
+    assert cli.main(["diff", "--server", server, files["malformed.yaml"]]) == 2
+    assert "malformed scenario document" in capsys.readouterr().err

@@ -120,6 +120,23 @@ class Registry:
                              "(IRQLAB_MAX_KVM_VMS)", "backend", "IRQLAB_MAX_KVM_VMS",
                              self.max_kvm_vms)
 
+    @asynccontextmanager
+    async def kvm_slot(self, vcpus: int) -> AsyncIterator[None]:
+        """Reserve one kvm-backend VM slot (IRQLAB_MAX_KVM_VMS, IRQLAB_MAX_KVM_VCPUS) for a VM
+        that is never published, e.g. the one a scenario diff builds per variant."""
+        if vcpus > self.max_kvm_vcpus:
+            raise LimitError(f"at most {self.max_kvm_vcpus} vCPUs per kvm-backend VM "
+                             "(IRQLAB_MAX_KVM_VCPUS)", "vcpus", "IRQLAB_MAX_KVM_VCPUS",
+                             self.max_kvm_vcpus)
+        with self._lock:
+            self._check_kvm_free()
+            self._kvm_pending += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._kvm_pending -= 1
+
     async def create_kvm(self, vm_id: str | None, vcpus: int,
                          check: Callable[[], None], build: Callable[[], KvmHandle]) -> VmEntry:
         """A kvm-backend VM: the limits (IRQLAB_MAX_VCPUS, IRQLAB_MAX_KVM_VCPUS, IRQLAB_MAX_VMS,

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from app.api import examples as X
 from app.api import ops
+from app.api import scenario_diff as D
 from app.api import scenario_models as SM
 from app.api import scenarios as S
 from app.api import types as T
-from app.api.deps import SettingsDep
+from app.api.deps import RegistryDep, SettingsDep
 from app.api.problems import DocumentError, engine_problem, problem_responses
 
 router = APIRouter(prefix="/v1/scenarios", tags=["scenarios"],
@@ -89,6 +90,27 @@ _RUN_DESC = _VMS + (
 async def run_document(request: Request, settings: SettingsDep) -> Response:
     doc = S.parse_document(await request.body(), request.headers.get("content-type"))
     return await S.run(doc, settings)
+
+
+@router.post(
+    "/diff", response_model=D.ScenarioDiff, summary="Diff a scenario: engine model vs real KVM",
+    description=D.DESCRIPTION,
+    responses={200: {"description": "The differences per variant and step (also when there "
+                                    "are some)",
+                     "content": {"application/json": {"example": D.EXAMPLE_RESPONSE}}},
+               **_document_problems(), **problem_responses(400, 409)},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _DOC, "examples": {"edge-ack": {
+            "summary": "Edge pin 3, vector 0x41: program, pulse, ack",
+            "value": D.EXAMPLE_REQUEST}}},
+        "application/yaml": {"schema": _DOC, "example": X.SCENARIO_YAML},
+        "text/yaml": {"schema": _DOC, "example": X.SCENARIO_YAML},
+    }}},
+)
+async def diff_document(request: Request, settings: SettingsDep,
+                        registry: RegistryDep) -> Response:
+    doc = S.parse_document(await request.body(), request.headers.get("content-type"))
+    return await D.diff(doc, settings, registry)
 
 
 @router.get(

@@ -1,0 +1,159 @@
+"""app.kvm.scenario_diff: a scenario document on the engine and on real KVM, step by step."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from app import scenarios as library
+from app.engine.errors import EngineError
+from app.kvm import scenario_diff as SD
+from app.kvm.detect import vendor_module
+
+from .conftest import ON_PVM, needs_kvm
+
+EDGE: dict[str, Any] = {
+    "name": "edge-ack",
+    "vm": {"vcpus": 1, "irqchip": "kernel"},
+    "steps": [
+        {"op": "write_rte", "pin": 3, "entry": {"vector": "0x41", "dest": 0}},
+        {"op": "line", "pin": 3, "action": "pulse"},
+        {"op": "ack", "vcpu": 0},
+        {"op": "expect", "label": "model only", "remote_irr": []},
+    ],
+}
+LEVEL: dict[str, Any] = {
+    "name": "level-ack",
+    "vm": {"vcpus": 1, "irqchip": "kernel"},
+    "steps": [
+        {"op": "write_rte", "pin": 4, "entry": {"vector": "0x42", "trigger": "level",
+                                                "dest": 0}},
+        {"op": "line", "pin": 4, "level": 1},
+        {"op": "ack"},
+        {"op": "line", "pin": 4, "level": 0},
+        {"op": "eoi"},
+        {"op": "ack"},
+    ],
+}
+
+
+def _diffs(variant: dict[str, Any]) -> list[list[tuple[str, Any, Any]]]:
+    return [[(d["path"], d["model"], d["kvm"]) for d in s["differences"]]
+            for s in variant["steps"]]
+
+
+# ---- pure parts (everywhere)
+
+
+def test_compare_reports_path_model_kvm() -> None:
+    assert SD.compare({"a": 1, "counters.x": 1}, {"a": 1}) == [
+        {"path": "counters.x", "model": 1, "kvm": 0}]
+    assert SD.compare({"vcpus.10.irr": [], "vcpus.2.irr": [1]},
+                      {"vcpus.10.irr": [2], "vcpus.2.irr": []}) == [
+        {"path": "vcpus.2.irr", "model": [1], "kvm": []},
+        {"path": "vcpus.10.irr", "model": [], "kvm": [2]}]
+
+
+def test_host_facts() -> None:
+    facts = SD.host_facts("linux-6.1")
+    assert facts == {"kernel_release": os.uname().release, "vendor_module": vendor_module(),
+                     "engine_profile": "linux-6.1"}
+
+
+def test_split_only_document_builds_no_kvm_vm() -> None:
+    doc = {"vm": {"irqchip": "split"}, "steps": [{"op": "enter"}]}
+    result = SD.diff_scenario(doc, device="/nonexistent/kvm")  # never opened
+    assert result["variants"][0]["skipped"] == "split not supported on kvm yet"
+    assert result["differences"] == 0
+
+
+def test_malformed_document_raises_with_its_path() -> None:
+    with pytest.raises(EngineError) as exc:
+        SD.diff_scenario({"steps": [{"op": "line", "pin": 99, "level": 1}]},
+                         device="/nonexistent/kvm")
+    assert exc.value.field == "steps[0].pin"
+
+
+# ---- on real KVM
+
+
+@needs_kvm
+def test_edge_ack_same_irr_tmr_and_vector() -> None:
+    result = SD.diff_scenario(EDGE)
+    assert result["host"]["engine_profile"] == "linux-latest"
+    assert result["host"]["vendor_module"] == vendor_module()
+    (v,) = result["variants"]
+    assert v["skipped"] is None and v["stopped"] is None
+    assert [s["ran"] for s in v["steps"]] == ["model+kvm"] * 3 + ["ignored"]
+    paths = {d["path"] for s in v["steps"] for d in s["differences"]}
+    assert not {p for p in paths if p.endswith((".irr", ".tmr", ".remote_irr", ".raw"))
+                or p == "result.vector"}
+    if ON_PVM:  # the implicit EOI of the take: ISR (and so PPR) stay empty on KVM
+        assert _diffs(v) == [[], [], [("vcpus.0.isr", [0x41], []), ("vcpus.0.ppr", 0x40, 0)],
+                             []]
+    else:
+        assert _diffs(v) == [[], [], [], []]
+
+
+@needs_kvm
+def test_level_ack_shows_the_kvm_pvm_implicit_eoi() -> None:
+    (v,) = SD.diff_scenario(LEVEL)["variants"]
+    assert v["stopped"] is None
+    if not ON_PVM:
+        assert v["differences"] == 0, _diffs(v)
+        return
+    taken = [("vcpus.0.irr", [], [0x42]), ("vcpus.0.isr", [0x42], []),
+             ("vcpus.0.ppr", 0x40, 0)]
+    assert _diffs(v) == [
+        [], [],
+        taken,  # ack: ISR empty on KVM, and the high line re-delivered 0x42 at once
+        taken,  # line low: IRR keeps the re-delivered vector
+        [("pins.4.remote_irr", False, True), ("vcpus.0.irr", [], [0x42])],  # eoi retires none
+        [("result.vector", None, 0x42)],  # KVM takes the re-delivered vector again
+    ]
+    assert v["first_difference"] == {"index": 2, "op": "ack",
+                                     "paths": ["vcpus.0.irr", "vcpus.0.isr", "vcpus.0.ppr"]}
+
+
+@needs_kvm
+def test_split_variant_skipped_kernel_variant_run() -> None:
+    doc = {**EDGE, "matrix": [{"name": "k", "vm": {"irqchip": "kernel"}},
+                              {"name": "s", "vm": {"irqchip": "split"}}]}
+    k, s = SD.diff_scenario(doc)["variants"]
+    assert k["skipped"] is None and len(k["steps"]) == 4
+    assert s["skipped"] == "split not supported on kvm yet" and s["steps"] == []
+
+
+@needs_kvm
+def test_unsupported_op_stops_the_variant() -> None:
+    doc = {"steps": [{"op": "line", "pin": 3, "level": 1},
+                     {"op": "advance", "us": 10}, {"op": "ack"}]}
+    (v,) = SD.diff_scenario(doc)["variants"]
+    assert [s["ran"] for s in v["steps"]] == ["model+kvm", "unsupported"]
+    assert v["stopped"]["index"] == 1 and "advance" in v["stopped"]["reason"]
+    doc = {"handlers": {"0x41": [{"op": "sti"}]}, "steps": [{"op": "settle"}]}
+    (v,) = SD.diff_scenario(doc)["variants"]
+    assert v["stopped"]["op"] == "settle" and "sti" in v["stopped"]["reason"]
+
+
+@needs_kvm
+def test_settle_runs_handlers_on_both_sides() -> None:
+    doc = library.get("kut-level-intr")
+    assert doc is not None
+    result = SD.diff_scenario(doc)
+    kernel = [v for v in result["variants"] if v["irqchip"] == "kernel"]
+    split = [v for v in result["variants"] if v["irqchip"] == "split"]
+    assert kernel and split
+    assert all(v["skipped"] == SD.SPLIT_SKIPPED for v in split)
+    for v in kernel:
+        assert v["stopped"] is None
+        settle = v["steps"][2]
+        assert settle["op"] == "settle" and settle["ran"] == "model+kvm"
+        if ON_PVM:  # 0x77 is re-delivered before the handler lowers the line: taken twice
+            assert _diffs(v)[2] == [("result.taken", [[0, 0x77]], [[0, 0x77], [0, 0x77]]),
+                                    ("result.taken_total", 1, 2),
+                                    ("counters.g_isr_77", 1, 2)]
+        else:
+            assert v["differences"] == 0, _diffs(v)
