@@ -232,6 +232,14 @@ class ResamplerRequest(StrictModel):
     gsi: T.U32
 
 
+class IrqchipRequest(StrictModel):
+    mode: Literal["kernel", "split"] = Field(
+        description="kernel: KVM_CREATE_IRQCHIP; split: KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP).")
+    nr_reserved_ioapic_pins: T.U32 = Field(
+        24, description="args[0] of KVM_CAP_SPLIT_IRQCHIP (split only); above 4096 KVM "
+                        "answers -EINVAL before it looks at the existing irqchip.")
+
+
 class ClockRequest(StrictModel):
     advance_us: T.UInt = Field(description="Logical microseconds to move forward.")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import pydantic_core
 from fastapi import Response
@@ -244,3 +244,7 @@ def render(model: type[BaseModel] | None, data: Any, status_code: int = 200,
             raise AssertionError(f"response differs from its {model.__name__} model")
     return Response(body, status_code=status_code, media_type="application/json",
                     headers=headers)
+
+
+def create_irqchip(vm: Vm, mode: str, nr_reserved_ioapic_pins: int) -> NoReturn:
+    vm.create_irqchip(mode, nr_reserved_ioapic_pins)  # KVM's answer: the VM has one

@@ -4,7 +4,7 @@ as the cause of everything it leads to."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from . import flags as F
 from . import rte as R
@@ -250,6 +250,23 @@ class Vm:
         seq = self.log.emit("vmm", "set-gsi-routing", None, "entries", len(entries))
         self.install_routes(table, seq)
         return self.routes_view()
+
+    def create_irqchip(self, mode: str, nr_reserved_ioapic_pins: int = 24) -> NoReturn:
+        """KVM_CREATE_IRQCHIP (mode "kernel") or KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) (mode
+        "split") on this VM. Every irqlab VM gets its irqchip when it is created, so KVM's
+        answer is -EEXIST, after the argument check kvm_vm_ioctl_enable_cap makes first."""
+        if mode not in ("kernel", "split"):
+            raise invalid("mode must be kernel or split", "mode")
+        if mode == "split" and not 0 <= nr_reserved_ioapic_pins <= MAX_NR_RESERVED_IOAPIC_PINS:
+            raise invalid("nr_reserved_ioapic_pins above MAX_NR_RESERVED_IOAPIC_PINS (4096): "
+                          "KVM_CAP_SPLIT_IRQCHIP returns -EINVAL", "nr_reserved_ioapic_pins")
+        raise EngineError(
+            ErrorKind.EXISTS,
+            f"the VM already has a{'n in-kernel' if self.config.irqchip == 'kernel' else ' split'}"
+            f" irqchip: {'KVM_CREATE_IRQCHIP' if mode == 'kernel' else 'KVM_CAP_SPLIT_IRQCHIP'}"
+            " returns -EEXIST",
+            "mode",
+        )
 
     def register_resampler(self, gsi: int) -> None:
         """KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE (in-kernel), or a split-mode resamplefd

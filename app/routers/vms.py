@@ -87,3 +87,25 @@ async def get_vm(vm: VmPath, request: Request) -> Response:
 async def delete_vm(vm: VmPath, registry: RegistryDep) -> Response:
     await registry.delete(vm)
     return Response(status_code=204)
+
+
+@router.post(
+    "/vms/{vm}/irqchip", status_code=204, summary="Create an irqchip (always refused)",
+    description="KVM_CREATE_IRQCHIP (`mode: kernel`) or KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) "
+                "(`mode: split`) on an existing VM. Every irqlab VM gets its irqchip when it "
+                "is created (POST /v1/vms `irqchip`), so this answers what KVM answers for a "
+                "second irqchip: 409 with `kvm_errno: EEXIST`; a split request with more than "
+                "4096 reserved pins is 400 `EINVAL` first, as in kvm_vm_ioctl_enable_cap. "
+                "Here so that VMM code ported to irqlab meets the same errors.",
+    responses=problem_responses(400, 404, 409, 413, 422),
+)
+async def create_irqchip(
+    vm: VmPath,
+    body: Annotated[M.IrqchipRequest, Body(openapi_examples={
+        "kernel": {"summary": "KVM_CREATE_IRQCHIP", "value": {"mode": "kernel"}},
+        "split": {"summary": "KVM_CAP_SPLIT_IRQCHIP with 24 pins",
+                  "value": {"mode": "split", "nr_reserved_ioapic_pins": 24}}})],
+    request: Request,
+) -> Response:
+    return await view(request, vm, None,
+                      lambda e: ops.create_irqchip(e.vm, body.mode, body.nr_reserved_ioapic_pins))

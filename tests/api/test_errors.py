@@ -107,3 +107,23 @@ async def test_hex_strings(client: httpx.AsyncClient, make_vm: MakeVm) -> None:
     for bad in ("64", "0x", "40h", " 0x40", "0x40 ", -1, 64.0, [64], None, False):
         r = await client.put(f"/v1/vms/{vm}/ioapic/pins/1", json={"vector": bad})
         assert_problem(r, 422, "vector")
+
+
+async def test_second_irqchip_is_eexist(client: httpx.AsyncClient, make_vm: MakeVm) -> None:
+    """KVM_CREATE_IRQCHIP / KVM_CAP_SPLIT_IRQCHIP on a VM that has an irqchip: -EEXIST, after
+    the argument check (too many reserved pins: -EINVAL)."""
+    for irqchip in ("kernel", "split"):
+        vm = await make_vm(irqchip=irqchip)
+        for mode in ("kernel", "split"):
+            r = await client.post(f"/v1/vms/{vm}/irqchip", json={"mode": mode})
+            body = assert_problem(r, 409, "mode")
+            assert body["kvm_errno"] == "EEXIST"
+            assert ("KVM_CREATE_IRQCHIP" if mode == "kernel" else "KVM_CAP_SPLIT_IRQCHIP") \
+                in body["detail"]
+        r = await client.post(f"/v1/vms/{vm}/irqchip",
+                              json={"mode": "split", "nr_reserved_ioapic_pins": 5000})
+        assert assert_problem(r, 400, "nr_reserved_ioapic_pins")["kvm_errno"] == "EINVAL"
+    assert_problem(await client.post(f"/v1/vms/{vm}/irqchip", json={"mode": "pic"}), 422,
+                   "mode")
+    assert_problem(await client.post("/v1/vms/nope/irqchip", json={"mode": "kernel"}), 404,
+                   "vm")
