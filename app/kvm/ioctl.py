@@ -371,7 +371,25 @@ def ioctl(fd: int, request: int, arg: Any = None, name: str = "") -> int:
 # ---- handles: every fd and mapping has an owner that closes it ----
 
 
-class _Fd:
+class Closing:
+    """`with obj:` closes obj on the way out (every owner of fds or mappings here)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _Fd(Closing):
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
 
@@ -389,17 +407,6 @@ class _Fd:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:  # last resort; callers close explicitly
         with contextlib.suppress(OSError):

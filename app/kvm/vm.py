@@ -259,7 +259,7 @@ def _answer_in(fd: K.VcpuFd, value: int) -> None:
         data[i] = b
 
 
-class KvmVm:
+class KvmVm(K.Closing):
     """A real KVM VM with the in-kernel IOAPIC/PIC/LAPICs and `vcpus` vCPUs running irqlab's
     guest. Close it (or use it as a context manager) to release every fd and mapping."""
 
@@ -327,17 +327,6 @@ class KvmVm:
         if self._kvm is not None:
             self._kvm.close()
             self._kvm = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def vcpu(self, n: int) -> KvmVcpu:
         if not 0 <= n < len(self.vcpus):
