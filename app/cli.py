@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -451,6 +451,35 @@ def _error(message: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """irqlab run / library run: exit 1 when an expectation fails."""
+    return _each_source(
+        args,
+        lambda target, source: target.run(source, getattr(args, "profile", None),
+                                          getattr(args, "irqchip", None)),
+        lambda result: not result.get("passed"),
+        print_result,
+    )
+
+
+def _diff(args: argparse.Namespace) -> int:
+    """irqlab diff: exit 1 when the model and KVM differ anywhere."""
+    return _each_source(
+        args,
+        lambda target, source: target.diff(source),
+        lambda result: bool(result.get("differences")),
+        print_diff,
+    )
+
+
+def _each_source(
+    args: argparse.Namespace,
+    act: Callable[[Any, Source], dict[str, Any]],
+    flagged: Callable[[dict[str, Any]], bool],
+    show: Callable[[Any, dict[str, Any], Any], None],
+) -> int:
+    """Run `act` on every file or library scenario named on the command line, printing each
+    result (or collecting them for --json). Exit 2 when any source could not be run, else 1
+    when `flagged` holds for any result, else 0."""
     from rich.console import Console
 
     console = Console(highlight=False)
@@ -461,27 +490,26 @@ def _run(args: argparse.Namespace) -> int:
         _error(str(exc))
         return EXIT_ERROR
     results: list[dict[str, Any]] = []
-    failed = False
+    any_flagged = False
     try:
         for source in _sources(args, target):
             try:
-                result = target.run(source, getattr(args, "profile", None),
-                                    getattr(args, "irqchip", None))
+                result = act(target, source)
             except Unreachable:
                 raise
             except CliError as exc:
                 _error(str(exc))
                 args.errors += 1
                 continue
-            except Exception as exc:  # an irqlab bug: not an expectation failure (1)
+            except Exception as exc:  # an irqlab bug, not a failed expectation or a difference
                 _error(f"{source.label}: internal error: {type(exc).__name__}: {exc}")
                 args.errors += 1
                 continue
-            failed = failed or not result.get("passed")
+            any_flagged = any_flagged or flagged(result)
             if getattr(args, "json", False):
                 results.append(result)
             else:
-                print_result(console, result, source.doc)
+                show(console, result, source.doc)
     except Unreachable as exc:
         _error(str(exc))
         return EXIT_ERROR
@@ -493,52 +521,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(results[0] if one else results, indent=2, ensure_ascii=False))
     if args.errors:
         return EXIT_ERROR
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def _diff(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    args.errors = 0
-    try:
-        target = _target(args)
-    except Unreachable as exc:
-        _error(str(exc))
-        return EXIT_ERROR
-    results: list[dict[str, Any]] = []
-    differ = False
-    try:
-        for source in _sources(args, target):
-            try:
-                result = target.diff(source)
-            except Unreachable:
-                raise
-            except CliError as exc:
-                _error(str(exc))
-                args.errors += 1
-                continue
-            except Exception as exc:  # an irqlab bug, not a difference
-                _error(f"{source.label}: internal error: {type(exc).__name__}: {exc}")
-                args.errors += 1
-                continue
-            differ = differ or bool(result.get("differences"))
-            if getattr(args, "json", False):
-                results.append(result)
-            else:
-                print_diff(console, result, source.doc)
-    except Unreachable as exc:
-        _error(str(exc))
-        return EXIT_ERROR
-    finally:
-        if isinstance(target, Remote):
-            target.close()
-    if getattr(args, "json", False) and results:
-        one = len(args.files) == 1
-        print(json.dumps(results[0] if one else results, indent=2, ensure_ascii=False))
-    if args.errors:
-        return EXIT_ERROR
-    return EXIT_FAILED if differ else EXIT_OK
+    return EXIT_FAILED if any_flagged else EXIT_OK
 
 
 def _library(args: argparse.Namespace) -> int:
