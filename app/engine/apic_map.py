@@ -9,18 +9,19 @@ rescan stay O(vCPUs + routes).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from .state import DFR_CLUSTER, DFR_FLAT, SPIV_APIC_ENABLED, Vcpu
 
-APIC_BROADCAST = 0xFF
-X2APIC_BROADCAST = 0xFFFFFFFF
+APIC_BROADCAST: Final = 0xFF
+X2APIC_BROADCAST: Final = 0xFFFFFFFF
 
 # kvm_apic_map.logical_mode
-LOGICAL_SW_DISABLED = "sw-disabled"
-LOGICAL_FLAT = "xapic-flat"
-LOGICAL_CLUSTER = "xapic-cluster"
-LOGICAL_X2APIC = "x2apic"
-LOGICAL_DISABLED = "map-disabled"
+LOGICAL_SW_DISABLED: Final = "sw-disabled"
+LOGICAL_FLAT: Final = "xapic-flat"
+LOGICAL_CLUSTER: Final = "xapic-cluster"
+LOGICAL_X2APIC: Final = "x2apic"
+LOGICAL_DISABLED: Final = "map-disabled"
 
 
 def xapic_id(v: Vcpu) -> int:

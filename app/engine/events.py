@@ -12,14 +12,14 @@ collection for as long as the log lives. They become dicts only when read.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from .bitmap import vectors
 
 Event = tuple[Any, ...]
 
 
-UNLIMITED = 1 << 62
+UNLIMITED: Final = 1 << 62
 
 
 class EventLog:
@@ -102,4 +102,4 @@ def event_dict(e: Event) -> dict[str, Any]:
     return {"seq": e[0], "actor": e[1], "kind": e[2], "fields": event_fields(e), "cause": e[3]}
 
 
-VCPU_NAMES = tuple(f"vcpu{i}" for i in range(4096))  # actor names, built once
+VCPU_NAMES: Final = tuple(f"vcpu{i}" for i in range(4096))  # actor names, built once

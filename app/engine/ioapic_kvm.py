@@ -3,7 +3,7 @@ T10 EOI, the throttled re-injection work, and the MMIO register window."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from . import delivery
 from . import rte as R
@@ -14,8 +14,8 @@ from .state import SPIV_DIRECTED_EOI, IoapicState, Vcpu
 if TYPE_CHECKING:
     from .vm import Vm
 
-IOAPIC_SUCCESSIVE_IRQ_MAX_COUNT = 10000
-EOI_INJECT_DELAY_US = 10_000  # HZ/100
+IOAPIC_SUCCESSIVE_IRQ_MAX_COUNT: Final = 10000
+EOI_INJECT_DELAY_US: Final = 10_000  # HZ/100
 IOREGSEL, IOWIN = 0x00, 0x10
 REG_ID, REG_VER, REG_ARB = 0x00, 0x01, 0x02
 
@@ -34,7 +34,8 @@ def ioapic_set_irq(vm: Vm, pin: int, source: int, level: bool, cause: int | None
         if io.irr & bit:
             io.irr &= ~bit
             vm.log.emit("ioapic", "irr-cleared", cause, "pin", pin)
-        vm.outcome = ("lowered", None)
+        vm.outcome = "lowered"
+        vm.outcome_reason = None
         return 1
     edge = not e & R.TRIGGER_BIT
     old_irr = io.irr
@@ -43,12 +44,14 @@ def ioapic_set_irq(vm: Vm, pin: int, source: int, level: bool, cause: int | None
         io.irr_delivered &= ~bit
         if old_irr == io.irr:
             vm.log.emit("ioapic", "coalesced", cause, "pin", pin, "reason", "edge-already-latched")
-            vm.outcome = ("coalesced", "edge-already-latched")
+            vm.outcome = "coalesced"
+            vm.outcome_reason = "edge-already-latched"
             return 0
     elif e & R.REMOTE_IRR_BIT and not vm.flags.service_refuses_remote_irr:
         # Before 7d2253684dd1/da3fe7bdfada the Remote IRR check sat here and said "coalesced".
         vm.log.emit("ioapic", "coalesced", cause, "pin", pin, "reason", "remote-irr")
-        vm.outcome = ("coalesced", "remote-irr")
+        vm.outcome = "coalesced"
+        vm.outcome_reason = "remote-irr"
         return 0
     return ioapic_service(vm, pin, cause)
 
@@ -60,11 +63,13 @@ def ioapic_service(vm: Vm, pin: int, cause: int | None) -> int:
     level = bool(e & R.TRIGGER_BIT)
     if e & R.MASK_BIT:
         vm.log.emit("ioapic", "blocked", cause, "pin", pin, "reason", "masked")
-        vm.outcome = ("blocked", "masked")
+        vm.outcome = "blocked"
+        vm.outcome_reason = "masked"
         return -1
     if level and e & R.REMOTE_IRR_BIT and vm.flags.service_refuses_remote_irr:
         vm.log.emit("ioapic", "blocked", cause, "pin", pin, "reason", "remote-irr")
-        vm.outcome = ("blocked", "remote-irr")
+        vm.outcome = "blocked"
+        vm.outcome_reason = "remote-irr"
         return -1
     irq = LapicIrq(e & 0xFF, (e >> 8) & 7, bool(e & R.DEST_MODE_BIT), level, e >> 56)
     if not level:
@@ -72,7 +77,8 @@ def ioapic_service(vm: Vm, pin: int, cause: int | None) -> int:
     seq = vm.log.reserve()
     ret = delivery.deliver_to_apic(vm, irq, seq)
     rirr = bool(ret and level)
-    vm.outcome = ("delivered", None) if ret > 0 else ("no-target", None)
+    vm.outcome = "delivered" if ret > 0 else "no-target"
+    vm.outcome_reason = None
     if rirr:
         io.redir[pin] |= R.REMOTE_IRR_BIT
     # Remote IRR is set after delivery, as its result (T2.5): recorded on the delivery event.

@@ -3,7 +3,7 @@ service, T12 EOI broadcast, the MMIO window with the version-0x20 EOI register."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from . import routing
 from . import rte as R
@@ -12,8 +12,8 @@ from .ioapic_common import log_rte_write, replace_half, rte_index
 if TYPE_CHECKING:
     from .vm import Vm
 
-SUCCESSIVE_IRQ_MAX_COUNT = 10000
-DELAYED_SERVICE_US = 10_000  # NANOSECONDS_PER_SECOND / 100 of QEMU_CLOCK_VIRTUAL
+SUCCESSIVE_IRQ_MAX_COUNT: Final = 10000
+DELAYED_SERVICE_US: Final = 10_000  # NANOSECONDS_PER_SECOND / 100 of QEMU_CLOCK_VIRTUAL
 IOREGSEL, IOWIN, IOEOI = 0x00, 0x10, 0x40
 
 
@@ -32,22 +32,26 @@ def qemu_ioapic_set_irq(vm: Vm, pin: int, level: bool, cause: int | None) -> dic
             io.irr |= bit
             if e & R.REMOTE_IRR_BIT:
                 vm.log.emit("ioapic", "blocked", cause, "pin", pin, "reason", "remote-irr")
-                vm.outcome = ("blocked", "remote-irr")
+                vm.outcome = "blocked"
+                vm.outcome_reason = "remote-irr"
                 return {"pin": pin, "status": "blocked-remote-irr"}
             return _serviced(vm, pin, ioapic_service(vm, cause))
         if io.irr & bit:
             io.irr &= ~bit
             vm.log.emit("ioapic", "irr-cleared", cause, "pin", pin)
-        vm.outcome = ("lowered", None)
+        vm.outcome = "lowered"
+        vm.outcome_reason = None
         return {"pin": pin, "status": "lowered"}
     if level and not e & R.MASK_BIT:
         io.irr |= bit
         return _serviced(vm, pin, ioapic_service(vm, cause))
     if level:
         vm.log.emit("ioapic", "dropped", cause, "pin", pin, "reason", "masked-edge")
-        vm.outcome = ("dropped", "masked")
+        vm.outcome = "dropped"
+        vm.outcome_reason = "masked"
         return {"pin": pin, "status": "dropped-masked-edge"}
-    vm.outcome = ("lowered", None)  # a level-0 call on an edge pin does nothing at all
+    vm.outcome = "lowered"
+    vm.outcome_reason = None  # a level-0 call on an edge pin does nothing at all
     return {"pin": pin, "status": "ignored"}
 
 
@@ -55,13 +59,16 @@ def _serviced(vm: Vm, pin: int, delivered: list[dict[str, Any]]) -> dict[str, An
     """What ioapic_service did for *this* pin (it services every pin with irr set)."""
     for d in delivered:
         if d["pin"] == pin:
-            vm.outcome = ("delivered", None) if d["kvm_set_irq"] > 0 else ("no-target", None)
+            vm.outcome = "delivered" if d["kvm_set_irq"] > 0 else "no-target"
+            vm.outcome_reason = None
             break
     else:
         if vm.ioapic.redir[pin] & R.MASK_BIT:
-            vm.outcome = ("blocked", "masked")  # the level stays latched in irr until unmask
+            vm.outcome = "blocked"
+            vm.outcome_reason = "masked"  # the level stays latched in irr until unmask
         else:
-            vm.outcome = ("blocked", "remote-irr")
+            vm.outcome = "blocked"
+            vm.outcome_reason = "remote-irr"
     return {"pin": pin, "status": "serviced", "delivered": delivered}
 
 

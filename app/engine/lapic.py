@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from . import ioapic_kvm
 from . import requests as rq
@@ -257,8 +257,8 @@ def write_register(vm: Vm, v: Vcpu, reg: str, value: int, cause: int | None) -> 
     return {"reg": reg, "value": read_register(vm, v, reg)}
 
 
-APIC_BASE_ENABLE = 1 << 11
-APIC_BASE_EXTD = 1 << 10
+APIC_BASE_ENABLE: Final = 1 << 11
+APIC_BASE_EXTD: Final = 1 << 10
 
 
 def _write_apic_base(v: Vcpu, value: int) -> bool:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from .errors import invalid
 
-MSI_ADDR_BASE = 0xFEE00000
-ADDR_DEST_MODE_LOGICAL = 1 << 2
-ADDR_REDIR_HINT = 1 << 3
-DATA_LEVEL_ASSERT = 1 << 14
-DATA_TRIGGER_LEVEL = 1 << 15
+MSI_ADDR_BASE: Final = 0xFEE00000
+ADDR_DEST_MODE_LOGICAL: Final = 1 << 2
+ADDR_REDIR_HINT: Final = 1 << 3
+DATA_LEVEL_ASSERT: Final = 1 << 14
+DATA_TRIGGER_LEVEL: Final = 1 << 15
 
 
 class LapicIrq(NamedTuple):

@@ -3,29 +3,29 @@ QEMU's ioredtbl[] share it)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from .errors import invalid
 
-NUM_PINS = 24
+NUM_PINS: Final = 24
 
-VECTOR_MASK = 0xFF
-DELIVERY_SHIFT = 8
-DEST_MODE_BIT = 1 << 11
-DELIVERY_STATUS_BIT = 1 << 12
-POLARITY_BIT = 1 << 13
-REMOTE_IRR_BIT = 1 << 14
-TRIGGER_BIT = 1 << 15
-MASK_BIT = 1 << 16
-DEST_SHIFT = 56
-RO_BITS = REMOTE_IRR_BIT | DELIVERY_STATUS_BIT
+VECTOR_MASK: Final = 0xFF
+DELIVERY_SHIFT: Final = 8
+DEST_MODE_BIT: Final = 1 << 11
+DELIVERY_STATUS_BIT: Final = 1 << 12
+POLARITY_BIT: Final = 1 << 13
+REMOTE_IRR_BIT: Final = 1 << 14
+TRIGGER_BIT: Final = 1 << 15
+MASK_BIT: Final = 1 << 16
+DEST_SHIFT: Final = 56
+RO_BITS: Final = REMOTE_IRR_BIT | DELIVERY_STATUS_BIT
 
 # Delivery modes (RTE bits 10:8, equal to the LAPIC APIC_DM_* value >> 8).
 DM_FIXED, DM_LOWEST, DM_SMI, DM_NMI, DM_INIT, DM_EXTINT = 0, 1, 2, 4, 5, 7
 DELIVERY_MODES = {"fixed": 0, "lowest": 1, "smi": 2, "nmi": 4, "init": 5, "extint": 7}
 DELIVERY_NAMES = {v: k for k, v in DELIVERY_MODES.items()}
 
-RESET_VALUE = MASK_BIT
+RESET_VALUE: Final = MASK_BIT
 
 
 def vector(e: int) -> int:
@@ -138,13 +138,31 @@ FIELD_NAMES = (
 )
 
 
+_FIELD_KINDS: dict[str, tuple[type, ...]] = {
+    "vector": (int,),
+    "delivery_mode": (str, int),
+    "dest_mode": (str,),
+    "trigger": (str,),
+    "polarity": (str,),
+    "masked": (bool,),
+    "dest": (int,),
+    "extended_dest": (int,),
+    "remote_irr": (bool,),
+    "delivery_status": (bool,),
+}
+
+
 def patch(e: int, changes: dict[str, Any]) -> int:
-    """Entry `e` with some fields replaced."""
+    """Entry `e` with some fields replaced. `changes` may be untrusted (a scenario step), so
+    types are checked here, naming the field, before encode()'s typed parameters see them."""
     current = decode(e)
     merged = {k: current[k] for k in FIELD_NAMES}
     merged["delivery_mode"] = delivery_mode(e)  # numeric: reserved modes 3 and 6 round-trip
     for k, v in changes.items():
         if k not in FIELD_NAMES:
             raise invalid(f"unknown RTE field {k!r}", k)
+        kinds = _FIELD_KINDS[k]
+        if type(v) not in kinds:
+            raise invalid(f"{k} must be {' or '.join(t.__name__ for t in kinds)}", k)
         merged[k] = v
     return encode(**merged)

@@ -32,7 +32,7 @@ from .errors import EngineError, invalid
 from .events import event_dict
 from .msi import LapicIrq, irq_to_msi
 from .state import VmConfig
-from .vm import Vm
+from .vm import Vm, config_from_dict
 
 DEFAULT_SETTLE_BUDGET = 10_000
 MAX_HANDLER_DEPTH = 16
@@ -156,7 +156,7 @@ class Runner:
                  expect_extra: dict[str, Any]) -> None:
         self.doc = doc
         try:
-            self.vm = Vm(VmConfig(**vm_cfg))
+            self.vm = Vm(config_from_dict(vm_cfg))
         except TypeError as exc:
             raise invalid(f"unknown vm field: {exc}", "vm") from None
         self.handlers = _parse_handlers(doc.get("handlers") or {})

@@ -7,15 +7,15 @@ couple of dozen scalars and a whole VM state is hashable as a tuple.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from .rte import NUM_PINS, RESET_VALUE
 
 # KVM request bits, in the order vcpu_enter_guest tests the ones we model (T11).
-REQ_IOAPIC_EOI_EXIT = 1
-REQ_SCAN_IOAPIC = 2
-REQ_LOAD_EOI_EXITMAP = 4
-REQ_EVENT = 8
+REQ_IOAPIC_EOI_EXIT: Final = 1
+REQ_SCAN_IOAPIC: Final = 2
+REQ_LOAD_EOI_EXITMAP: Final = 4
+REQ_EVENT: Final = 8
 REQUEST_NAMES = {
     REQ_IOAPIC_EOI_EXIT: "IOAPIC_EOI_EXIT",
     REQ_SCAN_IOAPIC: "SCAN_IOAPIC",
@@ -24,14 +24,14 @@ REQUEST_NAMES = {
 }
 REQUEST_BITS = {v: k for k, v in REQUEST_NAMES.items()}
 
-DFR_FLAT = 0xFFFFFFFF
-DFR_CLUSTER = 0x0FFFFFFF
-APIC_LVR_BASE = 0x14 | (6 - 1) << 16  # version 0x14, KVM_APIC_MAX_NR_LVT_ENTRIES-1 = 5 LVTs
-APIC_LVR_DIRECTED_EOI = 1 << 24
-SPIV_APIC_ENABLED = 1 << 8
-SPIV_FOCUS = 1 << 9
-SPIV_DIRECTED_EOI = 1 << 12
-SPIV_RESET = 0xFF  # software-disabled, spurious vector 0xff
+DFR_FLAT: Final = 0xFFFFFFFF
+DFR_CLUSTER: Final = 0x0FFFFFFF
+APIC_LVR_BASE: Final = 0x14 | (6 - 1) << 16  # version 0x14, KVM_APIC_MAX_NR_LVT_ENTRIES-1 = 5 LVTs
+APIC_LVR_DIRECTED_EOI: Final = 1 << 24
+SPIV_APIC_ENABLED: Final = 1 << 8
+SPIV_FOCUS: Final = 1 << 9
+SPIV_DIRECTED_EOI: Final = 1 << 12
+SPIV_RESET: Final = 0xFF  # software-disabled, spurious vector 0xff
 
 
 _REQUEST_LISTS = [
@@ -43,33 +43,37 @@ def requests_list(bits: int) -> list[str]:
     return list(_REQUEST_LISTS[bits])
 
 
+# Every attribute of a Vcpu: copying, hashing and snapshots walk this list.
+VCPU_FIELDS: tuple[str, ...] = (
+    "apic_base_enabled",
+    "arb_prio",
+    "dfr",
+    "eoi_exitmap",
+    "handled",
+    "highest_stale",
+    "id_reg",
+    "idx",
+    "in_guest",
+    "init_count",
+    "irr",
+    "isr",
+    "ldr",
+    "nmi_count",
+    "pending_ioapic_eoi",
+    "pir",
+    "requests",
+    "smi_count",
+    "svr",
+    "tmr",
+    "tpr",
+    "x2apic",
+)
+
+
 class Vcpu:
     """One vCPU: its local APIC registers and the arch fields KVM keeps for EOI interception."""
 
-    __slots__ = (
-        "apic_base_enabled",
-        "arb_prio",
-        "dfr",
-        "eoi_exitmap",
-        "handled",
-        "highest_stale",
-        "id_reg",
-        "idx",
-        "in_guest",
-        "init_count",
-        "irr",
-        "isr",
-        "ldr",
-        "nmi_count",
-        "pending_ioapic_eoi",
-        "pir",
-        "requests",
-        "smi_count",
-        "svr",
-        "tmr",
-        "tpr",
-        "x2apic",
-    )
+    __slots__ = VCPU_FIELDS
 
     def __init__(self, idx: int) -> None:
         self.idx = idx
@@ -96,41 +100,44 @@ class Vcpu:
         self.init_count = 0
 
     def clone(self) -> Vcpu:
-        c = Vcpu.__new__(Vcpu)
-        for s in Vcpu.__slots__:
+        c = Vcpu(self.idx)
+        for s in VCPU_FIELDS:
             setattr(c, s, getattr(self, s))
         return c
 
     def key(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, s) for s in Vcpu.__slots__)
+        return tuple(getattr(self, s) for s in VCPU_FIELDS)
 
     def to_dict(self) -> dict[str, Any]:
-        return {s: getattr(self, s) for s in Vcpu.__slots__}
+        return {s: getattr(self, s) for s in VCPU_FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Vcpu:
-        c = cls.__new__(cls)
-        for s in cls.__slots__:
+        c = Vcpu(d["idx"])
+        for s in VCPU_FIELDS:
             setattr(c, s, d[s])
         return c
+
+
+IOAPIC_FIELDS: tuple[str, ...] = (
+    "delayed_at",
+    "flavour",
+    "id",
+    "ioregsel",
+    "irq_eoi",
+    "irq_states",
+    "irr",
+    "irr_delivered",
+    "redir",
+    "version",
+)
 
 
 class IoapicState:
     """Register state of one IOAPIC. `flavour` is "kvm" (arch/x86/kvm/ioapic.c) or "qemu"
     (hw/intc/ioapic.c); the two share the register file and differ in transitions."""
 
-    __slots__ = (
-        "delayed_at",
-        "flavour",
-        "id",
-        "ioregsel",
-        "irq_eoi",
-        "irq_states",
-        "irr",
-        "irr_delivered",
-        "redir",
-        "version",
-    )
+    __slots__ = IOAPIC_FIELDS
 
     def __init__(self, flavour: str, version: int) -> None:
         self.flavour = flavour
@@ -145,8 +152,8 @@ class IoapicState:
         self.delayed_at: int | None = None  # logical time of the throttled re-injection
 
     def clone(self) -> IoapicState:
-        c = IoapicState.__new__(IoapicState)
-        for s in IoapicState.__slots__:
+        c = IoapicState(self.flavour, self.version)
+        for s in IOAPIC_FIELDS:
             v = getattr(self, s)
             setattr(c, s, list(v) if isinstance(v, list) else v)
         return c
@@ -154,19 +161,19 @@ class IoapicState:
     def key(self) -> tuple[Any, ...]:
         return tuple(
             tuple(v) if isinstance(v, list) else v
-            for v in (getattr(self, s) for s in IoapicState.__slots__)
+            for v in (getattr(self, s) for s in IOAPIC_FIELDS)
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             s: (list(v) if isinstance(v, list) else v)
-            for s, v in ((s, getattr(self, s)) for s in IoapicState.__slots__)
+            for s, v in ((s, getattr(self, s)) for s in IOAPIC_FIELDS)
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IoapicState:
-        c = cls.__new__(cls)
-        for s in cls.__slots__:
+        c = IoapicState(d["flavour"], d["version"])
+        for s in IOAPIC_FIELDS:
             v = d[s]
             setattr(c, s, list(v) if isinstance(v, list) else v)
         return c

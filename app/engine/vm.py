@@ -46,9 +46,11 @@ SNAPSHOT_VERSION = 1
 
 
 class Vm:
-    def __init__(self, config: VmConfig) -> None:
-        _validate_config(config)
+    def __init__(self, config: VmConfig, _empty: bool = False) -> None:
         self.config = config
+        if _empty:  # clone() sets every other attribute itself
+            return
+        _validate_config(config)
         self.flags = F.resolve(config.profile, config.overrides)
         flavour = "kvm" if config.irqchip == "kernel" else "qemu"
         version = config.ioapic_version or (0x11 if flavour == "kvm" else 0x20)
@@ -69,7 +71,9 @@ class Vm:
         self.time = 0  # logical microseconds; only advance_time moves it
         self.log = EventLog(config.event_log)
         self.accepted: list[int] = []  # vCPUs that accepted during the current operation
-        self.outcome: tuple[str, str | None] = ("no-target", None)  # of the last line step
+        # What the last line step came to, set by the transition that decided it.
+        self.outcome = "no-target"
+        self.outcome_reason: str | None = None
         self._map: ApicMap | None = None
         self._scan: ScanTable | None = None
         self._vec_pins: dict[int, list[int]] | None = None
@@ -186,8 +190,7 @@ class Vm:
             seq = self.log.emit(
                 "device", "line", None, "pin", pin, "level", int(lv), "source", source
             )
-            self.accepted = []
-            self.outcome = ("no-target", None)
+            self._begin_line_step()
             if self.ioapic.flavour == "kvm":
                 ret = ioapic_set_irq(self, pin, source, lv, seq)
                 outcome = {"level": int(lv), "status": ret}
@@ -202,7 +205,8 @@ class Vm:
             outcome["delivered_to"] = sorted(set(self.accepted))
             # Set by the transition that decided: delivered, coalesced, blocked (masked or
             # Remote IRR), dropped (a masked edge in QEMU), lowered, or no-target.
-            outcome["outcome"], outcome["reason"] = self.outcome
+            outcome["outcome"] = self.outcome
+            outcome["reason"] = self.outcome_reason
             results.append(outcome)
         target = 2 if pin == 0 and self.ioapic.flavour == "qemu" else pin
         return {
@@ -211,6 +215,13 @@ class Vm:
             "steps": results,
             "remote_irr": bool(self.ioapic.redir[target] & R.REMOTE_IRR_BIT),
         }
+
+    def _begin_line_step(self) -> None:
+        # A method rather than inline assignments: mypy (and so mypyc) would narrow
+        # self.outcome_reason to None across the transition call that sets it.
+        self.accepted = []
+        self.outcome = "no-target"
+        self.outcome_reason = None
 
     def irq_line(self, gsi: int, level: int, source: int = 0) -> dict[str, Any]:
         """KVM_IRQ_LINE_STATUS: kvm_set_irq through the routing table."""
@@ -572,8 +583,7 @@ class Vm:
     __hash__ = None  # type: ignore[assignment]
 
     def clone(self) -> Vm:
-        c = Vm.__new__(Vm)
-        c.config = self.config
+        c = Vm(self.config, _empty=True)
         c.flags = self.flags
         c.ioapic = self.ioapic.clone()
         c.vmm = self.vmm
@@ -583,7 +593,8 @@ class Vm:
         c.time = self.time
         c.log = self.log.clone()
         c.accepted = []
-        c.outcome = ("no-target", None)
+        c.outcome = "no-target"
+        c.outcome_reason = None
         c._map = None
         c._scan = None
         c._vec_pins = None
@@ -610,7 +621,7 @@ class Vm:
         if not isinstance(snap, dict) or snap.get("version") != SNAPSHOT_VERSION:
             raise invalid(f"snapshot version must be {SNAPSHOT_VERSION}", "version")
         try:
-            vm = cls(VmConfig(**snap["config"]))
+            vm = cls(config_from_dict(snap["config"]))
             io = IoapicState.from_dict(snap["ioapic"])
             if io.flavour != vm.ioapic.flavour or len(io.redir) != R.NUM_PINS:
                 raise invalid("snapshot IOAPIC does not match its irqchip mode", "ioapic")
@@ -674,6 +685,30 @@ def bitmap_view(bits: int) -> dict[str, Any]:
 def _check_pin(pin: int) -> None:
     if not 0 <= pin < R.NUM_PINS:
         raise invalid(f"pin must be 0..{R.NUM_PINS - 1}", "pin")
+
+
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "vcpus": (int,),
+    "nr_reserved_ioapic_pins": (int,),
+    "ioapic_version": (int, type(None)),
+    "irqchip": (str,),
+    "profile": (str,),
+    "overrides": (dict,),
+    **{name: (bool,) for name in ("apicv", "x2apic", "x2apic_cpuid", "x2apic_format",
+                                  "broadcast_quirk_disabled", "vector_hashing", "event_log")},
+}
+
+
+def config_from_dict(d: dict[str, Any]) -> VmConfig:
+    """A VmConfig from untrusted data (a scenario's vm block, a snapshot): a field of the wrong
+    type is an EngineError naming it, before the compiled dataclass would raise TypeError.
+    Unknown fields still raise TypeError, as the constructor does."""
+    for name, value in d.items():
+        kinds = _CONFIG_TYPES.get(name)
+        if kinds is not None and (type(value) not in kinds):
+            expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise invalid(f"{name} must be {expected}", name)
+    return VmConfig(**d)
 
 
 def _validate_config(c: VmConfig) -> None:
