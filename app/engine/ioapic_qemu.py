@@ -22,10 +22,14 @@ class QemuIoapicHost(Protocol):
     ioapic: IoapicState  # QEMU's IOAPICCommonState (flavour "qemu")
     log: EventLog
     outcome: tuple[str, str | None]  # what the last ioapic_set_irq did to its pin
-    time: int  # logical microseconds (the storm throttle's QEMU_CLOCK_VIRTUAL)
     flags: Behaviour  # only the QEMU flag (qemu_routes_before_service) is read here
     resamplers: dict[int, int]  # gsi -> resamplefd signal count
     routes: dict[int, list[RouteEntry]]  # the routing table QEMU last committed
+
+    @property
+    def time(self) -> int:
+        """Microseconds of the storm throttle's QEMU_CLOCK_VIRTUAL (logical in the model)."""
+        ...
 
     def pins_with_vector(self, vector: int) -> list[int]: ...
 

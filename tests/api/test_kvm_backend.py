@@ -95,10 +95,23 @@ async def test_no_usable_dev_kvm_is_409_with_the_reason(
     assert (await kc.get("/v1/vms")).json() == {"vms": []}
 
 
-async def test_split_irqchip_is_not_yet_supported(kc: httpx.AsyncClient) -> None:
-    r = await kc.post("/v1/vms", json={**KVM, "irqchip": "split"})
-    body = assert_problem(r, 409, "irqchip", "unsupported")
-    assert "not yet supported on the kvm backend" in body["detail"]
+async def test_split_refuses_kernel_flags_and_model_fields(kc: httpx.AsyncClient) -> None:
+    """With a split irqchip irqlab is the VMM: QEMU's flags and the IOAPIC version are its
+    to choose, KVM's flags and the other model fields are still the host's."""
+    body = assert_problem(await kc.post("/v1/vms", json={
+        **KVM, "irqchip": "split", "overrides": {"eoi_exit_bitmap": False}}),
+        409, "overrides.eoi_exit_bitmap", "unsupported")
+    assert "qemu_routes_before_service" in body["detail"]
+    assert_problem(await kc.post("/v1/vms", json={**KVM, "irqchip": "split",
+                                                  "profile": "linux-6.1"}),
+                   409, "profile", "unsupported")
+    assert_problem(await kc.post("/v1/vms", json={**KVM, "irqchip": "split",
+                                                  "ioapic_version": 0x21}),
+                   400, "ioapic_version")
+    # ... and in-kernel neither is the caller's.
+    assert_problem(await kc.post("/v1/vms", json={**KVM, "ioapic_version": 0x20}),
+                   409, "ioapic_version", "unsupported")
+    assert (await kc.get("/v1/vms")).json() == {"vms": []}
 
 
 async def test_model_only_fields_are_refused(kc: httpx.AsyncClient) -> None:
