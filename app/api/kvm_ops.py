@@ -417,7 +417,10 @@ def set_line(h: KvmHandle, pin: int, body: M.LineRequest) -> dict[str, Any]:
             out = h.vm.set_line(pin, level)  # the VMM logs the line and what followed
             h.lines[pin] = level
             remote_irr = bool(out["remote_irr"])
-            steps.append({"level": level, "status": out["status"], "delivered_to": None,
+            # status: QEMU's ioapic_set_irq path, as the model reports it in split mode;
+            # kvm_status: KVM_IRQ_LINE_STATUS's answer to the delivery, null without one.
+            steps.append({"level": level, "status": out["status"],
+                          "kvm_status": out["kvm_status"], "delivered_to": None,
                           "outcome": out["outcome"], "reason": out["reason"]})
         return {"pin": pin, "source": 0, "steps": steps, "remote_irr": remote_irr}
     for level in levels:

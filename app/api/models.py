@@ -400,7 +400,10 @@ class IoapicView(OpenModel):
 class LineStep(OpenModel):
     level: int
     status: int | str = Field(description="KVM_IRQ_LINE_STATUS value (in-kernel) or QEMU's "
-                                          "ioapic_set_irq path (split).")
+                                          "ioapic_set_irq path (split). On the kvm backend "
+                                          "in split mode `kvm_status` also gives what KVM "
+                                          "answered to the VMM's KVM_IRQ_LINE_STATUS for "
+                                          "the pin (null if it issued none).")
     delivered_to: list[int] | None = Field(description="vCPUs that accepted the interrupt."
                                                        + _KVM_NULL)
     outcome: str = Field(description="delivered, coalesced, blocked, dropped, lowered or "

@@ -155,9 +155,10 @@ class SplitVmm:
         out["outcome"], out["reason"] = self.outcome
         target = 2 if pin == 0 else pin
         out["remote_irr"] = bool(io.redir[target] & R.REMOTE_IRR_BIT)
-        # The status of this pin's KVM_IRQ_LINE_STATUS(1), if ioapic_service delivered it.
-        out["status"] = next((d["kvm_set_irq"] for d in out.get("delivered", ())
-                              if d["pin"] == target), None)  # fmt: skip
+        # `status` is QEMU's ioapic_set_irq path (as the model reports it); `kvm_status` what
+        # KVM answered to this pin's KVM_IRQ_LINE_STATUS(1), if ioapic_service issued one.
+        out["kvm_status"] = next((d["kvm_set_irq"] for d in out.get("delivered", ())
+                                  if d["pin"] == target), None)  # fmt: skip
         return out
 
     def run_timers(self) -> bool:

@@ -377,9 +377,10 @@ class KvmVm(K.Closing):
     def set_line(self, pin: int, level: int) -> dict[str, Any]:
         """In-kernel: KVM_IRQ_LINE_STATUS on GSI `pin` (the default routing sends GSI n to
         IOAPIC pin n, and GSIs 0..15 also to the PIC, which the guest's LAPIC ignores: LINT0
-        is masked). Split: the VMM's ioapic_set_irq (QEMU's; `status` is then that of the
-        KVM_IRQ_LINE_STATUS its ioapic_service issued for this pin, None if it issued none,
-        and `outcome`/`reason` say what the IOAPIC decided)."""
+        is masked). Split: the VMM's ioapic_set_irq (QEMU's; `status` is its path, as in the
+        model, `kvm_status` what KVM answered to the KVM_IRQ_LINE_STATUS its ioapic_service
+        issued for this pin, None if it issued none, and `outcome`/`reason` say what the
+        IOAPIC decided)."""
         if level not in (0, 1):
             raise ValueError("level must be 0 or 1")
         if not 0 <= pin < K.KVM_IOAPIC_NUM_PINS:

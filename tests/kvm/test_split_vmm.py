@@ -89,7 +89,7 @@ def test_level_line_delivery_ack_eoi_exit_clears_remote_irr() -> None:
         vm.write_rte(0, PIN, LEVEL)
         assert vm.vmm.routes[PIN] == [_msi_route(LEVEL)]  # ioapic_update_kvm_routes
         out = vm.set_line(PIN, 1)
-        assert (out["status"], out["outcome"], out["remote_irr"]) == (1, "delivered", True)
+        assert (out["kvm_status"], out["outcome"], out["remote_irr"]) == (1, "delivered", True)
         assert _lapic(vm, 0) == {"irr": [VEC], "isr": [], "tmr": [VEC]}  # level MSI: TMR
         assert vm.set_line(PIN, 0)["outcome"] == "lowered"
         assert vm.remote_irr(PIN)  # in flight: QEMU's Remote IRR stays set until the EOI
