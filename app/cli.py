@@ -590,10 +590,10 @@ def _parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 no difference, 1 some difference, 2 a malformed document, "
                "no usable KVM or an unreachable server",
         description="Run scenario documents on the engine model and on this host's real KVM "
-                    "(in-kernel irqchip) side by side, on an irqlab server (POST "
-                    "/v1/scenarios/diff) or, with --local, in this process, and print per "
-                    "variant a table of steps with what differed after each (path, model, "
-                    "kvm). Expect steps are ignored; split-irqchip variants are skipped.")
+                    "(in-kernel irqchip, or split with irqlab as the VMM) side by side, on an "
+                    "irqlab server (POST /v1/scenarios/diff) or, with --local, in this "
+                    "process, and print per variant a table of steps with what differed after "
+                    "each (path, model, kvm). Expect steps are ignored.")
     diff.add_argument("files", nargs="+", metavar="FILE")
     library = sub.add_parser(
         "library", parents=[common], help="list or run the built-in scenarios",

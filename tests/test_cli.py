@@ -266,10 +266,10 @@ def test_diff_local_table_and_exit_status(edge_diff: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     status = cli.main(["diff", "--local", edge_diff])
     out = capsys.readouterr().out
-    assert "variant kernel-variant" in out
-    assert "skipped: split not supported on kvm yet" in out
+    assert "variant kernel-variant" in out and "variant split-variant" in out
+    assert "skipped" not in out
     assert "ignored" in out
-    if ON_PVM:  # kvm_pvm's implicit EOI: ISR stays empty after the take
+    if ON_PVM:  # kvm_pvm's implicit EOI: ISR stays empty after the take (both variants)
         assert status == 1
         assert "vcpus.0.isr" in out and "[0x41]" in out and "2 differences" in out
     else:
@@ -283,8 +283,8 @@ def test_diff_local_json(edge_diff: str, capsys: pytest.CaptureFixture[str]) -> 
     assert result["name"] == "edge-ack"
     assert result["host"]["vendor_module"] == kvm_detect.vendor_module()
     assert status == (1 if result["differences"] else 0)
-    assert [v["skipped"] for v in result["variants"]] == [None,
-                                                          "split not supported on kvm yet"]
+    assert [(v["irqchip"], v["skipped"]) for v in result["variants"]] == [("kernel", None),
+                                                                          ("split", None)]
 
 
 def test_diff_malformed_no_kvm_unreachable_exit_2(files: dict[str, str], edge_diff: str,
@@ -308,6 +308,7 @@ def test_diff_server(server: str, edge_diff: str, files: dict[str, str],
     status = cli.main(["diff", "--server", server, "--json", edge_diff])
     result = json.loads(capsys.readouterr().out)
     assert status == (1 if result["differences"] else 0)
-    assert result["variants"][1]["skipped"] == "split not supported on kvm yet"
+    assert result["variants"][1]["irqchip"] == "split"
+    assert result["variants"][1]["skipped"] is None
     assert cli.main(["diff", "--server", server, files["malformed.yaml"]]) == 2
     assert "malformed scenario document" in capsys.readouterr().err

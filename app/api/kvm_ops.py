@@ -1,10 +1,15 @@
 """The kvm backend of the REST API (`"backend": "kvm"`): the same operations as `ops.py`, on a
-real VM on this host's /dev/kvm (`app.kvm.vm.KvmVm`, in-kernel irqchip, irqlab's own guest).
+real VM on this host's /dev/kvm (`app.kvm.vm.KvmVm`, irqlab's own guest), with the in-kernel
+irqchip or with the split irqchip, where irqlab is the VMM (app.kvm.split_vmm: QEMU's
+userspace IOAPIC from the engine, on the real kernel).
 
 State is read from the kernel: KVM_GET_LAPIC (IRR, ISR, TMR, PPR, TPR, SVR, LDR, DFR, LVR) and
-KVM_GET_IRQCHIP (the in-kernel IOAPIC with Remote IRR). What the kernel does not expose (the
+KVM_GET_IRQCHIP (the in-kernel IOAPIC with Remote IRR); in split mode the IOAPIC is irqlab's
+own and so is the routing table (the one it committed). What the kernel does not expose (the
 handled-vector bitmap, pending requests, the PIR, ...) is reported as null. Each operation
-appends one event to a small causal log holding what the kernel reported.
+appends one root event holding what the kernel reported; in split mode the userspace exits it
+caused (KVM_EXIT_MMIO, KVM_EXIT_IOAPIC_EOI) and what the VMM did with them follow it, with
+the root as their cause.
 
 Every call here blocks in the kernel (KVM_RUN for guest-side operations), so the registry
 runs kvm work in a worker thread, never on the event loop. Operations this backend cannot do
@@ -23,12 +28,15 @@ from typing import Any
 
 from fastapi import Request
 
+from app.engine import flags as F
 from app.engine import rte as R
 from app.engine.bitmap import to_hex, vectors
-from app.engine.errors import EngineError, ErrorKind, not_found
+from app.engine.errors import EngineError, ErrorKind, invalid, not_found
 from app.engine.events import VCPU_NAMES, EventLog
 from app.engine.msi import LapicIrq, irq_to_msi
+from app.engine.routing import route_to_json
 from app.kvm import detect
+from app.kvm.split_vmm import QEMU_IOAPIC_VERSIONS
 from app.kvm.vm import KvmVm, KvmVmError, ensure_kick_handler
 
 from . import models as M
@@ -42,6 +50,10 @@ LVR = 0x30  # LAPIC version register offset in the KVM_GET_LAPIC page
 MODEL_ONLY = ("profile", "overrides", "apicv", "nr_reserved_ioapic_pins", "ioapic_version",
               "x2apic", "x2apic_cpuid", "x2apic_format", "broadcast_quirk_disabled",
               "vector_hashing")
+# With a split irqchip irqlab is the VMM: its IOAPIC's version and QEMU's behaviour flags are
+# irqlab's to choose (the kernel's flags are still the host's).
+SPLIT_VMM_FIELDS = ("ioapic_version", "overrides")
+QEMU_FLAGS = tuple(f.name for f in F.FLAGS.values() if f.component == "qemu")
 
 
 def unsupported(detail: str, field: str | None = None) -> EngineError:
@@ -69,15 +81,20 @@ class KvmHandle:
     """A kvm-backend VM: the KvmVm, the line levels irqlab drove (the kernel does not report
     input levels), a small event log, and what was learnt at creation."""
 
-    def __init__(self, vm: KvmVm, event_log: bool, max_events: int | None,
-                 ioapic_version: int) -> None:
+    def __init__(self, vm: KvmVm, log: EventLog, ioapic_version: int,
+                 overrides: dict[str, bool] | None = None) -> None:
         self.vm = vm
         self.id = ""  # set by the registry when the VM is published
-        self.log = EventLog(event_log, max_events)
+        self.log = log  # shared with the split VMM, whose events it also holds
         self.lines = [0] * NUM_PINS
         self.ioapic_version = ioapic_version
+        self.overrides = dict(overrides or {})
         self.vendor_module = detect.vendor_module()
         self.vector_hashing = _host_vector_hashing()
+
+    @property
+    def split(self) -> bool:
+        return self.vm.irqchip == "split"
 
     def close(self) -> None:
         """Close every fd and mapping of the VM (idempotent)."""
@@ -89,13 +106,21 @@ class KvmHandle:
 
 def check_create(body: M.VmCreate) -> None:
     """What a kvm-backend VM can be, and whether this host can make one (409 unsupported)."""
-    if body.irqchip != "kernel":
-        raise unsupported("irqchip 'split' is not yet supported on the kvm backend (irqlab is "
-                          "not yet the VMM of a split irqchip); use irqchip 'kernel'", "irqchip")
-    given = [f for f in MODEL_ONLY if f in body.model_fields_set]
+    split = body.irqchip == "split"
+    given = [f for f in MODEL_ONLY if f in body.model_fields_set
+             and not (split and f in SPLIT_VMM_FIELDS)]
     if given:
         raise unsupported(f"{given[0]} configures the model; it is not available on the kvm "
                           "backend (the host kernel decides its behaviour)", given[0])
+    if split:
+        kernel_flags = [k for k in body.overrides if k not in QEMU_FLAGS]
+        if kernel_flags:
+            raise unsupported(f"flag {kernel_flags[0]!r} is KVM's; on the kvm backend the host "
+                              "kernel decides it (only QEMU's flags, "
+                              f"{', '.join(QEMU_FLAGS)}, configure irqlab's VMM)",
+                              f"overrides.{kernel_flags[0]}")
+        if body.ioapic_version is not None and body.ioapic_version not in QEMU_IOAPIC_VERSIONS:
+            raise invalid("QEMU's IOAPIC accepts version 0x11 or 0x20", "ioapic_version")
     ok, reason = detect.kvm_available()
     if not ok:
         raise unsupported(f"backend 'kvm' is not available on this host: {reason}", "backend")
@@ -123,25 +148,35 @@ def install_kick_handler() -> None:
 
 
 def build(body: M.VmCreate, max_events: int | None) -> KvmHandle:
-    """KVM_CREATE_VM + KVM_CREATE_IRQCHIP + the vCPUs, then read the IOAPIC version register
+    """KVM_CREATE_VM + KVM_CREATE_IRQCHIP (or KVM_CAP_SPLIT_IRQCHIP and irqlab's VMM, which
+    commits QEMU's 24 reserved MSI routes) + the vCPUs, then read the IOAPIC version register
     through the guest. Blocks: run it in a worker thread."""
+    log = EventLog(body.event_log, max_events)
+    root = log.reserve()
+    overrides = {k: v for k, v in body.overrides.items() if k in QEMU_FLAGS}
     try:
-        vm = KvmVm(body.vcpus, irqchip="kernel")
+        vm = KvmVm(body.vcpus, irqchip=body.irqchip,
+                   ioapic_version=body.ioapic_version or 0x20,
+                   routes_before_service=F.resolve(F.DEFAULT_PRESET, overrides)
+                   .qemu_routes_before_service,
+                   log=log, log_cause=root)
     except KvmVmError as exc:
         raise unsupported(f"backend 'kvm' is not available: {exc}", "backend") from exc
     except OSError as exc:
         raise _os_failure(exc, "creating the kvm VM") from exc
     try:
+        if vm.vmm is not None:
+            vm.vmm.cause = root
         with _kernel():
             vm.mmio(0, "write", 0x00, 0x01)  # IOREGSEL = IOAPICVER
             version = vm.mmio(0, "read", 0x10) or 0
             vm.mmio(0, "write", 0x00, 0x00)
-        handle = KvmHandle(vm, body.event_log, max_events, version & 0xFF)
+        handle = KvmHandle(vm, log, version & 0xFF, overrides)
     except BaseException:
         vm.close()
         raise
-    handle.log.emit("kvm", "create-vm", None, "vcpus", body.vcpus, "irqchip", "kernel",
-                    "module", handle.vendor_module)
+    log.fill(root, "kvm", "create-vm", None, "vcpus", body.vcpus, "irqchip", body.irqchip,
+             "module", handle.vendor_module)
     return handle
 
 
@@ -176,8 +211,18 @@ def guarded(read: Callable[[], Any]) -> Any:
 def capture(h: KvmHandle, op: Callable[[], dict[str, Any]], limit: int) -> dict[str, Any]:
     """Run `op` and attach the events it emitted (at most `limit`), as ops.capture does."""
     first = h.log.next_seq
-    with _kernel():
-        result = op()
+    if h.vm.vmm is not None:
+        h.vm.vmm.cause = None  # until the operation names its root event
+        h.vm.vmm.exits = []
+    try:
+        with _kernel():
+            result = op()
+    except BaseException as exc:
+        # A root event reserved by the failed operation is still blank: say what happened.
+        for e in h.log.since(first - 1):
+            if e["actor"] == "":
+                h.log.fill(e["seq"], "kvm", "operation-failed", None, "error", str(exc))
+        raise
     events = h.log.since(first - 1, limit + 1)
     result["events"] = events[:limit]
     result["events_truncated"] = len(events) > limit
@@ -196,8 +241,9 @@ def _vcpu(h: KvmHandle, n: int) -> int:
 def summary(h: KvmHandle) -> dict[str, Any]:
     """The VM's configuration (no ioctl: safe on the event loop)."""
     return {
-        "id": h.id, "backend": "kvm", "vcpus": len(h.vm.vcpus), "irqchip": "kernel",
-        "profile": "host", "overrides": {}, "apicv": None, "nr_reserved_ioapic_pins": NUM_PINS,
+        "id": h.id, "backend": "kvm", "vcpus": len(h.vm.vcpus), "irqchip": h.vm.irqchip,
+        "profile": "host", "overrides": dict(h.overrides), "apicv": None,
+        "nr_reserved_ioapic_pins": NUM_PINS,
         "ioapic_version": h.ioapic_version, "x2apic": False, "x2apic_cpuid": False,
         "x2apic_format": False, "broadcast_quirk_disabled": False,
         "vector_hashing": h.vector_hashing, "event_log": h.log.enabled, "flags": None,
@@ -205,28 +251,41 @@ def summary(h: KvmHandle) -> dict[str, Any]:
     }
 
 
-def _pin(h: KvmHandle, pin: int, entry: int, ioapic_irr: int) -> dict[str, Any]:
-    d = R.decode(entry)
+def _pin(h: KvmHandle, pin: int, io: dict[str, Any]) -> dict[str, Any]:
+    d = R.decode(io["redir"][pin])
     d["pin"] = pin
     d["line"] = h.lines[pin]
     d["sources"] = [0] if h.lines[pin] else []
-    d["irr"] = bool(ioapic_irr >> pin & 1)
-    d["eoi_count"] = None
+    d["irr"] = bool(io["irr"] >> pin & 1)
+    # QEMU's storm-throttle counter is irqlab's own in split mode; KVM does not expose its.
+    d["eoi_count"] = io["eoi_counts"][pin] if io["eoi_counts"] is not None else None
     return d
 
 
 def pin_view(h: KvmHandle, pin: int) -> dict[str, Any]:
-    io = h.vm.vmfd.get_ioapic()
-    return _pin(h, pin, int(io.redirtbl[pin]), int(io.irr))
+    return _pin(h, pin, h.vm.ioapic_view())
 
 
 def ioapic_view(h: KvmHandle) -> dict[str, Any]:
-    io = h.vm.vmfd.get_ioapic()
+    """KVM_GET_IRQCHIP in-kernel; the VMM's own IOAPIC (QEMU flavour) in split mode."""
+    io = h.vm.ioapic_view()
     return {
-        "flavour": "kvm", "id": int(io.id), "version": h.ioapic_version,
-        "ioregsel": int(io.ioregsel), "irr": int(io.irr), "delayed_injection_at": None,
-        "pins": [_pin(h, p, int(io.redirtbl[p]), int(io.irr)) for p in range(NUM_PINS)],
+        "flavour": io["flavour"], "id": io["id"], "version": h.ioapic_version,
+        "ioregsel": io["ioregsel"], "irr": io["irr"],
+        "delayed_injection_at": io["delayed_injection_at"],
+        "pins": [_pin(h, p, io) for p in range(NUM_PINS)],
     }
+
+
+def routes_view(h: KvmHandle) -> dict[str, Any]:
+    """Split only: the GSI routing table irqlab's VMM last committed with KVM_SET_GSI_ROUTING
+    (KVM has no ioctl that reads routes back; the VMM is the table's only writer)."""
+    if h.vm.vmm is None:
+        raise unsupported("GET /routes is not available on the kvm backend with the in-kernel "
+                          "irqchip: its table is the kernel's (kvm_setup_default_irq_routing) "
+                          "and KVM cannot report it; a split VM shows the routes irqlab's VMM "
+                          "committed")
+    return {"entries": [{"gsi": g, **route_to_json(r, False)} for g, r in h.vm.vmm.routes_view()]}
 
 
 def vcpu_view(h: KvmHandle, n: int) -> dict[str, Any]:
@@ -262,8 +321,9 @@ def bitmaps(h: KvmHandle) -> dict[str, Any]:
 
 
 def state(h: KvmHandle) -> dict[str, Any]:
+    routes = routes_view(h)["entries"] if h.vm.vmm is not None else None
     return {"id": h.id, "config": summary(h), "ioapic": ioapic_view(h), **vcpus(h),
-            "routes": None, "bitmaps": bitmaps(h), "resamplers": []}
+            "routes": routes, "bitmaps": bitmaps(h), "resamplers": []}
 
 
 def events_page(h: KvmHandle, after: int, limit: int) -> dict[str, Any]:
@@ -275,17 +335,44 @@ def events_page(h: KvmHandle, after: int, limit: int) -> dict[str, Any]:
 # ---- operations (each appends an event with what the kernel reported)
 
 
+def _root(h: KvmHandle) -> int:
+    """Reserve the operation's root event (filled in once the kernel has answered), so that
+    the split VMM's exit events, emitted meanwhile, follow it and name it as their cause."""
+    seq = h.log.reserve()
+    if h.vm.vmm is not None:
+        h.vm.vmm.cause = seq
+    return seq
+
+
+def _exits(h: KvmHandle) -> list[dict[str, Any]]:
+    """The userspace exits the split VMM handled during this operation (KVM_EXIT_MMIO on the
+    IOAPIC page, KVM_EXIT_IOAPIC_EOI) with what its IOAPIC did; none in-kernel."""
+    return list(h.vm.vmm.exits) if h.vm.vmm is not None else []
+
+
+def _eoi_exit_fields(h: KvmHandle) -> tuple[Any, ...]:
+    if h.vm.vmm is None:
+        return ()
+    return ("ioapic_eoi_exits", tuple(e["vector"] for e in h.vm.vmm.exits
+                                      if e["reason"] == "KVM_EXIT_IOAPIC_EOI"))
+
+
 _LOW_FIELDS = {"vector", "delivery_mode", "dest_mode", "trigger", "polarity", "masked",
                "remote_irr", "delivery_status"}
 
 
 def _write_rte(h: KvmHandle, n: int, pin: int, entry: int, halves: tuple[str, ...]
                ) -> dict[str, Any]:
-    h.vm.write_rte(_vcpu(h, n), pin, entry, halves)
+    _vcpu(h, n)
+    seq = _root(h)
+    h.vm.write_rte(n, pin, entry, halves)
     view = pin_view(h, pin)
-    h.log.emit(VCPU_NAMES[n], "write-rte", None, "pin", pin, "written", f"0x{entry:016x}",
-               "halves", list(halves), "kernel_entry", view["raw"],
+    # kernel_entry: the entry as KVM_GET_IRQCHIP reports it (in-kernel), or as irqlab's VMM
+    # holds it after handling the guest's MMIO exits (split).
+    h.log.fill(seq, VCPU_NAMES[n], "write-rte", None, "pin", pin, "written",
+               f"0x{entry:016x}", "halves", list(halves), "kernel_entry", view["raw"],
                "remote_irr", view["remote_irr"])
+    view["entry_exits"] = _exits(h)
     return view
 
 
@@ -297,7 +384,8 @@ def write_pin(h: KvmHandle, pin: int, body: M.PinPut) -> dict[str, Any]:
 
 
 def patch_pin(h: KvmHandle, pin: int, body: M.PinPatch) -> dict[str, Any]:
-    """Only the dwords holding the changed fields, over the entry the kernel reports."""
+    """Only the dwords holding the changed fields, over the entry the kernel (or, split, the
+    VMM) reports."""
     _vcpu(h, body.vcpu)
     changes = body.changes()
     entry = R.patch(h.vm.redirection_table()[pin], changes)
@@ -315,13 +403,26 @@ _ACTIONS = {"assert": (1,), "deassert": (0,), "pulse": (1, 0)}
 
 
 def set_line(h: KvmHandle, pin: int, body: M.LineRequest) -> dict[str, Any]:
-    """KVM_IRQ_LINE_STATUS on GSI `pin` (the default routing: GSI n -> IOAPIC pin n)."""
+    """KVM_IRQ_LINE_STATUS on GSI `pin` (the default routing: GSI n -> IOAPIC pin n); in split
+    mode the VMM's IOAPIC input (QEMU's ioapic_set_irq, which issues KVM_IRQ_LINE_STATUS on
+    the pin's MSI route when it services the pin)."""
     if body.source != 0:
         raise unsupported("IRQ source ids other than 0 (KVM_IRQ_LINE's userspace source) are "
                           "not available on the kvm backend", "source")
     levels = (body.level,) if body.level is not None else _ACTIONS[body.action or "assert"]
     steps = []
     remote_irr = False
+    if h.vm.vmm is not None:
+        for level in levels:
+            out = h.vm.set_line(pin, level)  # the VMM logs the line and what followed
+            h.lines[pin] = level
+            remote_irr = bool(out["remote_irr"])
+            # status: QEMU's ioapic_set_irq path, as the model reports it in split mode;
+            # kvm_status: KVM_IRQ_LINE_STATUS's answer to the delivery, null without one.
+            steps.append({"level": level, "status": out["status"],
+                          "kvm_status": out["kvm_status"], "delivered_to": None,
+                          "outcome": out["outcome"], "reason": out["reason"]})
+        return {"pin": pin, "source": 0, "steps": steps, "remote_irr": remote_irr}
     for level in levels:
         out = h.vm.set_line(pin, level)
         h.lines[pin] = level
@@ -345,11 +446,17 @@ def mmio(h: KvmHandle, body: M.MmioRequest) -> dict[str, Any]:
     if body.offset not in (0x00, 0x10, 0x20, 0x40):
         raise unsupported("the kvm backend's guest accesses offsets 0x00, 0x10, 0x20 and "
                           "0x40 only", "offset")
+    seq = _root(h)
     value = h.vm.mmio(n, body.op, body.offset, body.value)
-    h.log.emit(VCPU_NAMES[n], f"mmio-{body.op}", None, "offset", body.offset,
+    h.log.fill(seq, VCPU_NAMES[n], f"mmio-{body.op}", None, "offset", body.offset,
                "value", value if body.op == "read" else body.value)
-    return {"vcpu": n, "op": body.op, "offset": body.offset, "size": 4, "value": value,
-            "entry_exits": []}
+    exits = _exits(h)
+    out: dict[str, Any] = {"vcpu": n, "op": body.op, "offset": body.offset, "size": 4,
+                           "value": value, "entry_exits": exits}
+    if h.vm.vmm is not None and body.op == "write":
+        out["writes"] = [w for e in exits if e["reason"] == "KVM_EXIT_MMIO"
+                         for w in e.get("writes", ())]
+    return out
 
 
 def signal_msi(h: KvmHandle, body: M.MsiRequest) -> dict[str, Any]:
@@ -379,19 +486,31 @@ def _lapic_fields(h: KvmHandle, n: int) -> tuple[Any, ...]:
 
 
 def ack(h: KvmHandle, n: int) -> dict[str, Any]:
-    """The guest opens an interrupt window; the vector its IDT stub reported, or null."""
-    vector = h.vm.ack(_vcpu(h, n))
-    h.log.emit(VCPU_NAMES[n], "ack", None, "vector", vector, *_lapic_fields(h, n))
-    return {"vcpu": n, "vector": vector, "entry_exits": []}
+    """The guest opens an interrupt window; the vector its IDT stub reported, or null.
+    `entry_exits` lists the split VMM's userspace exits during the step (on kvm_pvm the
+    implicit EOI's KVM_EXIT_IOAPIC_EOI arrives here)."""
+    _vcpu(h, n)
+    seq = _root(h)
+    vector = h.vm.ack(n)
+    h.log.fill(seq, VCPU_NAMES[n], "ack", None, "vector", vector, *_lapic_fields(h, n),
+               *_eoi_exit_fields(h))
+    return {"vcpu": n, "vector": vector, "entry_exits": _exits(h)}
 
 
 def eoi(h: KvmHandle, n: int) -> dict[str, Any]:
     """The guest writes the xAPIC EOI register. `vector` is the highest ISR vector before the
-    write (what the LAPIC retires), null if ISR was empty."""
+    write (what the LAPIC retires), null if ISR was empty. Split: `forwarded` says whether a
+    KVM_EXIT_IOAPIC_EOI reached the VMM during the step (KVM raises it before the guest's
+    next instruction, so within it), `exits` what the VMM did with it."""
     _vcpu(h, n)
     isr = h.vm.vcpu(n).fd.get_lapic().isr
     vector = isr.bit_length() - 1 if isr else None
+    seq = _root(h)
     h.vm.eoi(n)
-    h.log.emit(VCPU_NAMES[n], "eoi", None, "vector", vector, *_lapic_fields(h, n))
-    return {"vcpu": n, "vector": vector, "forwarded": None, "path": None, "entry_exits": [],
-            "pending_requests": None}
+    h.log.fill(seq, VCPU_NAMES[n], "eoi", None, "vector", vector, *_lapic_fields(h, n),
+               *_eoi_exit_fields(h))
+    exits = _exits(h)
+    split = h.vm.vmm is not None
+    forwarded = any(e["reason"] == "KVM_EXIT_IOAPIC_EOI" for e in exits) if split else None
+    return {"vcpu": n, "vector": vector, "forwarded": forwarded, "path": None,
+            "entry_exits": [], "exits": exits if split else None, "pending_requests": None}

@@ -59,11 +59,13 @@ class VmCreate(StrictModel):
     event_log: bool = Field(True, description="Record the causal event log.")
     backend: Literal["model", "kvm"] = Field(
         "model", description="`model` (default): irqlab's deterministic model of KVM/QEMU. "
-                             "`kvm`: a real VM on this host's /dev/kvm with the in-kernel "
-                             "irqchip, driven by irqlab's own guest; state is read from the "
-                             "kernel (KVM_GET_LAPIC, KVM_GET_IRQCHIP), what it does not expose "
-                             "is null. Only `irqchip: kernel`, and the model-only fields "
-                             "(profile, overrides, apicv, x2apic...) must keep their defaults "
+                             "`kvm`: a real VM on this host's /dev/kvm, driven by irqlab's own "
+                             "guest; state is read from the kernel (KVM_GET_LAPIC, "
+                             "KVM_GET_IRQCHIP), what it does not expose is null. With "
+                             "`irqchip: split` irqlab is the VMM (the engine's QEMU IOAPIC on "
+                             "the real kernel); `ioapic_version` (0x11/0x20) and QEMU's flags "
+                             "in `overrides` configure it. The other model-only fields "
+                             "(profile, KVM flags, apicv, x2apic...) must keep their defaults "
                              "(409 unsupported otherwise). Limits: IRQLAB_MAX_KVM_VMS, "
                              "IRQLAB_MAX_KVM_VCPUS (409 limit-reached); no usable /dev/kvm is "
                              "409 unsupported with the reason in `detail`.",
@@ -398,7 +400,10 @@ class IoapicView(OpenModel):
 class LineStep(OpenModel):
     level: int
     status: int | str = Field(description="KVM_IRQ_LINE_STATUS value (in-kernel) or QEMU's "
-                                          "ioapic_set_irq path (split).")
+                                          "ioapic_set_irq path (split). On the kvm backend "
+                                          "in split mode `kvm_status` also gives what KVM "
+                                          "answered to the VMM's KVM_IRQ_LINE_STATUS for "
+                                          "the pin (null if it issued none).")
     delivered_to: list[int] | None = Field(description="vCPUs that accepted the interrupt."
                                                        + _KVM_NULL)
     outcome: str = Field(description="delivered, coalesced, blocked, dropped, lowered or "

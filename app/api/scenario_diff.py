@@ -4,7 +4,7 @@ real KVM side by side (app.kvm.scenario_diff), with its response models and exam
 The document is checked as for /run (limits, then a full engine run: a malformed document is
 422 at the element's path), then /dev/kvm (409 `unsupported` with the reason when unusable),
 then one kvm-backend VM slot is reserved for the whole diff (IRQLAB_MAX_KVM_VMS, and the
-largest in-kernel variant's vCPU count against IRQLAB_MAX_KVM_VCPUS: 409 `limit-reached`).
+largest variant's vCPU count against IRQLAB_MAX_KVM_VCPUS: 409 `limit-reached`).
 The variants run one after the other in a worker thread, one KVM VM at a time.
 """
 
@@ -73,7 +73,7 @@ class DiffVariant(_Model):
     irqchip: str
     vcpus: int
     profile: str
-    skipped: str | None = Field(description="Why the variant was not run (split irqchip).")
+    skipped: str | None = Field(description="Why the variant was not run (null: it ran).")
     stopped: Stopped | None = Field(description="The step the variant stopped at, and why.")
     notes: list[str]
     steps: list[DiffStep]
@@ -129,30 +129,31 @@ EXAMPLE_RESPONSE = {
 
 DESCRIPTION = (
     "Run a scenario document (JSON or YAML, as POST /v1/scenarios/run) on the engine model "
-    "and on this host's real KVM (/dev/kvm, KVM_CREATE_IRQCHIP, irqlab's own guest) side by "
-    "side, and report per step the differences of what both can observe afterwards: per pin "
-    "the RTE (raw, without Remote IRR) and Remote IRR (KVM_GET_IRQCHIP), per vCPU the "
-    "IRR/ISR/TMR vectors and PPR (KVM_GET_LAPIC), `count` counters, and the step's own answer "
-    "(the vector of ack/take, an MMIO read's value, what a settle took). Supported steps: "
-    "line (source 0), write_rte, patch_rte, mmio (4-byte), msi, ack, eoi, enter (a no-op on "
-    "KVM), count, take and settle (handlers run on both sides). Expect steps describe the "
-    "model and are ignored. Another op stops that variant (`stopped`, the step marked "
-    "`unsupported`); split-irqchip variants are skipped (`split not supported on kvm yet`). "
-    "Each in-kernel variant builds one engine VM (the variant's config) and one KVM VM with "
-    "the same vCPU count, one at a time, holding one IRQLAB_MAX_KVM_VMS slot; its vCPUs "
-    "count against IRQLAB_MAX_KVM_VCPUS (409 limit-reached). 409 `unsupported` with the "
-    "reason where /dev/kvm is unusable; a malformed document is 422 at the element's path, "
-    "as for /run. The result names the host kernel release, the KVM vendor module and the "
-    "engine profile. Differences are results (200)."
+    "and on this host's real KVM (/dev/kvm, irqlab's own guest; KVM_CREATE_IRQCHIP, or for a "
+    "split variant KVM_CAP_SPLIT_IRQCHIP with irqlab as the VMM running the same QEMU IOAPIC "
+    "code as the model) side by side, and report per step the differences of what both can "
+    "observe afterwards: per pin the RTE (raw, without Remote IRR) and Remote IRR "
+    "(KVM_GET_IRQCHIP, or the VMM's), per vCPU the IRR/ISR/TMR vectors and PPR "
+    "(KVM_GET_LAPIC), `count` counters, and the step's own answer (the vector of ack/take, an"
+    " MMIO read's value, what a settle took). Supported steps: line (source 0), write_rte, "
+    "patch_rte, mmio (4-byte), msi, ack, eoi, enter (a no-op on KVM), count, take and settle "
+    "(handlers run on both sides). Expect steps describe the model and are ignored. Another "
+    "op stops that variant (`stopped`, the step marked `unsupported`). Each variant builds "
+    "one engine VM (the variant's config) and one KVM VM with the same irqchip and vCPU "
+    "count, one at a time, holding one IRQLAB_MAX_KVM_VMS slot; its vCPUs count against "
+    "IRQLAB_MAX_KVM_VCPUS (409 limit-reached). 409 `unsupported` with the reason where "
+    "/dev/kvm is unusable; a malformed document is 422 at the element's path, as for /run. "
+    "The result names the host kernel release, the KVM vendor module and the engine profile. "
+    "Differences are results (200)."
 )
 
 
 # ---- running
 
 
-def _max_kernel_vcpus(doc: Any) -> int:
-    counts = [int(cfg.get("vcpus", 1)) for _, cfg, _ in variants(doc)
-              if cfg.get("irqchip", "kernel") != "split"]
+def _max_kvm_vcpus(doc: Any) -> int:
+    """Every variant (in-kernel or split) builds one KVM VM of its vCPU count."""
+    counts = [int(cfg.get("vcpus", 1)) for _, cfg, _ in variants(doc)]
     return max(counts, default=1)
 
 
@@ -184,5 +185,5 @@ async def diff(doc: Any, settings: Settings, registry: Registry) -> Response:
     doc = check_limits(doc, settings)
     await run_in_threadpool(execute, doc)  # a malformed document: 422 before any VM
     check_kvm()
-    async with registry.kvm_slot(_max_kernel_vcpus(doc)):
+    async with registry.kvm_slot(_max_kvm_vcpus(doc)):
         return await run_in_threadpool(_diff_and_render, doc)

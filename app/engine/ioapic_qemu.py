@@ -1,23 +1,61 @@
 """QEMU's userspace IOAPIC (hw/intc/ioapic.c) as used with a split irqchip: T16 input and
-service, T12 EOI broadcast, the MMIO window with the version-0x20 EOI register."""
+service, T12 EOI broadcast, the MMIO window with the version-0x20 EOI register.
+
+The transitions run against a `QemuIoapicHost`: the engine's model VM (app.engine.vm.Vm, whose
+KVM is modelled too) or the VMM of a real split-irqchip VM (app.kvm.split_vmm.SplitVmm, whose
+KVM is this host's /dev/kvm). Both hold QEMU's IOAPIC state and answer QEMU's kvm_set_irq."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
-from . import routing
 from . import rte as R
+from .events import EventLog
+from .flags import Behaviour
 from .ioapic_common import log_rte_write, replace_half, rte_index
+from .state import IoapicState, RouteEntry
 
-if TYPE_CHECKING:
-    from .vm import Vm
+
+class QemuIoapicHost(Protocol):
+    """What QEMU's IOAPIC and its VMM glue (vmm.Vmm) need from the VM they serve."""
+
+    ioapic: IoapicState  # QEMU's IOAPICCommonState (flavour "qemu")
+    log: EventLog
+    outcome: str  # what the last ioapic_set_irq did to its pin
+    outcome_reason: str | None
+    flags: Behaviour  # only the QEMU flag (qemu_routes_before_service) is read here
+    resamplers: dict[int, int]  # gsi -> resamplefd signal count
+    routes: dict[int, list[RouteEntry]]  # the routing table QEMU last committed
+
+    @property
+    def time(self) -> int:
+        """Microseconds of the storm throttle's QEMU_CLOCK_VIRTUAL (logical in the model)."""
+        ...
+
+    def pins_with_vector(self, vector: int) -> list[int]: ...
+
+    def notify_resampler(self, gsi: int, cause: int | None) -> bool: ...
+
+    def routing_changed(self) -> None: ...
+
+    def install_routes(self, table: dict[int, list[RouteEntry]], cause: int | None) -> None:
+        """kvm_irqchip_commit_routes: KVM_SET_GSI_ROUTING with the whole table."""
+        ...
+
+    def vmm_set_irq(self, gsi: int, level: bool, cause: int | None) -> int:
+        """QEMU's kvm_set_irq(kvm_state, gsi, level): KVM_IRQ_LINE_STATUS on the GSI with
+        userspace's IRQ source id; the status KVM answers (> 0 delivered, 0 coalesced,
+        -1 no target)."""
+        ...
 
 SUCCESSIVE_IRQ_MAX_COUNT: Final = 10000
 DELAYED_SERVICE_US: Final = 10_000  # NANOSECONDS_PER_SECOND / 100 of QEMU_CLOCK_VIRTUAL
 IOREGSEL, IOWIN, IOEOI = 0x00, 0x10, 0x40
 
 
-def qemu_ioapic_set_irq(vm: Vm, pin: int, level: bool, cause: int | None) -> dict[str, Any]:
+def qemu_ioapic_set_irq(
+    vm: QemuIoapicHost, pin: int, level: bool, cause: int | None
+) -> dict[str, Any]:
     """ioapic_set_irq: input 0 is remapped to pin 2; a level pin latches the level and is
     serviced when Remote IRR is clear; every level-1 call on an unmasked edge pin is a new
     edge, and edges on masked pins are dropped."""
@@ -55,7 +93,7 @@ def qemu_ioapic_set_irq(vm: Vm, pin: int, level: bool, cause: int | None) -> dic
     return {"pin": pin, "status": "ignored"}
 
 
-def _serviced(vm: Vm, pin: int, delivered: list[dict[str, Any]]) -> dict[str, Any]:
+def _serviced(vm: QemuIoapicHost, pin: int, delivered: list[dict[str, Any]]) -> dict[str, Any]:
     """What ioapic_service did for *this* pin (it services every pin with irr set)."""
     for d in delivered:
         if d["pin"] == pin:
@@ -72,7 +110,7 @@ def _serviced(vm: Vm, pin: int, delivered: list[dict[str, Any]]) -> dict[str, An
     return {"pin": pin, "status": "serviced", "delivered": delivered}
 
 
-def ioapic_service(vm: Vm, cause: int | None) -> list[dict[str, Any]]:
+def ioapic_service(vm: QemuIoapicHost, cause: int | None) -> list[dict[str, Any]]:
     """ioapic_service over all pins: Remote IRR is set *before* delivery, unconditionally; an
     already-set Remote IRR coalesces. In split mode delivery is kvm_set_irq(gsi=pin) through
     KVM's current MSI route (1 then 0 for edge, 1 only for level)."""
@@ -97,14 +135,16 @@ def ioapic_service(vm: Vm, cause: int | None) -> list[dict[str, Any]]:
         # The delivery event records that Remote IRR was set first (unlike KVM's T2.5).
         seq = vm.log.emit("ioapic", "deliver", cause, "pin", pin, "vector", e & 0xFF,
                           "dest", e >> 56, "level", level, "remote_irr_set", level)  # fmt: skip
-        ret = routing.kvm_set_irq(vm, 0, pin, True, seq)
+        ret = vm.vmm_set_irq(pin, True, seq)
         if not level:
-            routing.kvm_set_irq(vm, 0, pin, False, seq)
+            vm.vmm_set_irq(pin, False, seq)
         out.append({"pin": pin, "kvm_set_irq": ret})
     return out
 
 
-def ioapic_eoi_broadcast(vm: Vm, vector: int, cause: int | None) -> list[dict[str, Any]]:
+def ioapic_eoi_broadcast(
+    vm: QemuIoapicHost, vector: int, cause: int | None
+) -> list[dict[str, Any]]:
     """ioapic_eoi_broadcast (T12): pins whose RTE has this vector *and is level*; resamplefds
     are kicked for each, Remote IRR cleared, and a still-high line re-serviced (after 10000
     successive re-deliveries, 10 ms of virtual time later)."""
@@ -140,14 +180,14 @@ def ioapic_eoi_broadcast(vm: Vm, vector: int, cause: int | None) -> list[dict[st
     return out
 
 
-def delayed_service(vm: Vm, cause: int | None) -> None:
+def delayed_service(vm: QemuIoapicHost, cause: int | None) -> None:
     """delayed_ioapic_service_cb."""
     vm.ioapic.delayed_at = None
     seq = vm.log.emit("ioapic", "delayed-service", cause)
     ioapic_service(vm, seq)
 
 
-def read_reg(vm: Vm, offset: int, size: int) -> int:
+def read_reg(vm: QemuIoapicHost, offset: int, size: int) -> int:
     """ioapic_mem_read for one access of at most 4 bytes: IOWIN answers only 4-byte reads,
     an out-of-range index reads 0."""
     io = vm.ioapic
@@ -167,7 +207,9 @@ def read_reg(vm: Vm, offset: int, size: int) -> int:
     return (e >> 32 if sel & 1 else e) & 0xFFFFFFFF
 
 
-def write_reg(vm: Vm, offset: int, size: int, value: int, cause: int | None) -> dict[str, Any]:
+def write_reg(
+    vm: QemuIoapicHost, offset: int, size: int, value: int, cause: int | None
+) -> dict[str, Any]:
     """ioapic_mem_write for one access of at most 4 bytes. Returns what it touched so the VMM
     can decide about route commits (QEMU <= 7.2 commits after every write, >= 8.0 only on RTE
     writes and before re-servicing)."""

@@ -158,6 +158,11 @@ class Vm:
         if self.config.irqchip == "split":
             make_scan_request(self, None, seq)
 
+    def vmm_set_irq(self, gsi: int, level: bool, cause: int | None) -> int:
+        """QEMU's kvm_set_irq for its split-mode ioapic_service: KVM_IRQ_LINE_STATUS with
+        userspace's source id, through the modelled routing table."""
+        return kvm_set_irq(self, 0, gsi, level, cause)
+
     def vcpu(self, n: int) -> Vcpu:
         if not 0 <= n < len(self.vcpus) or n is True or n is False:
             raise not_found(f"vCPU {n} does not exist (this VM has {len(self.vcpus)})", "vcpu")

@@ -4,25 +4,29 @@ MMIO exit, keeps the MSI routes of unmasked pins in step with the RTEs and commi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import rte as R
-from .ioapic_qemu import ioapic_eoi_broadcast, ioapic_service, read_reg, write_reg
+from .ioapic_qemu import (
+    QemuIoapicHost,
+    ioapic_eoi_broadcast,
+    ioapic_service,
+    read_reg,
+    write_reg,
+)
 from .msi import qemu_rte_to_msi
 from .state import RouteEntry
-
-if TYPE_CHECKING:
-    from .vm import Vm
 
 
 class Vmm:
     """Stateless apart from the VM it serves: QEMU's IOAPIC state is vm.ioapic and its copy of
-    the routing table is the table it last committed (vm.routes)."""
+    the routing table is the table it last committed (vm.routes). The VM is the engine's model
+    VM or, for a real split irqchip, app.kvm.split_vmm.SplitVmm."""
 
     __slots__ = ()
 
     def handle_mmio(
-        self, vm: Vm, op: str, offset: int, size: int, value: int, cause: int | None
+        self, vm: QemuIoapicHost, op: str, offset: int, size: int, value: int, cause: int | None
     ) -> dict[str, Any]:
         """KVM_EXIT_MMIO on the IOAPIC page. QEMU's memory core splits an 8-byte access into
         two 4-byte ones (ioapic_io_ops has no .impl sizes)."""
@@ -40,7 +44,7 @@ class Vmm:
         return {"writes": touched}
 
     def _write_one(
-        self, vm: Vm, offset: int, size: int, value: int, cause: int | None
+        self, vm: QemuIoapicHost, offset: int, size: int, value: int, cause: int | None
     ) -> dict[str, Any]:
         before = vm.flags.qemu_routes_before_service
         what = write_reg(vm, offset, size, value, cause)
@@ -54,7 +58,7 @@ class Vmm:
             self.update_kvm_routes(vm, seq)
         return what
 
-    def update_kvm_routes(self, vm: Vm, cause: int | None) -> None:
+    def update_kvm_routes(self, vm: QemuIoapicHost, cause: int | None) -> None:
         """ioapic_update_kvm_routes: rewrite GSI i from RTE i for every *unmasked* pin (masked
         pins keep their previous route), then kvm_irqchip_commit_routes."""
         table: dict[int, list[RouteEntry]] = {g: list(es) for g, es in vm.routes.items()}
@@ -66,7 +70,9 @@ class Vmm:
         seq = vm.log.emit("vmm", "commit-routes", cause)
         vm.install_routes(table, seq)
 
-    def handle_eoi_exit(self, vm: Vm, vector: int, cause: int | None) -> list[dict[str, Any]]:
+    def handle_eoi_exit(
+        self, vm: QemuIoapicHost, vector: int, cause: int | None
+    ) -> list[dict[str, Any]]:
         """kvm_arch_handle_exit(KVM_EXIT_IOAPIC_EOI) -> ioapic_eoi_broadcast(vector). The
         exit event is the cause of whatever the IOAPIC does; QEMU adds nothing in between."""
         return ioapic_eoi_broadcast(vm, vector, cause)

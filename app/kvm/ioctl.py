@@ -390,8 +390,12 @@ class Closing:
 
 
 class _Fd(Closing):
+    # A class-level default: when os.open fails in a subclass's __init__, __del__ still runs
+    # on the half-built object and must find "nothing to close".
+    _fd: int | None = None
+
     def __init__(self, fd: int) -> None:
-        self._fd: int | None = fd
+        self._fd = fd
 
     @property
     def fd(self) -> int:

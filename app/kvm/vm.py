@@ -1,10 +1,13 @@
 """KvmVm: irqlab's guest on the real /dev/kvm with the in-kernel irqchip (KVM_CREATE_IRQCHIP),
 or with the split irqchip (KVM_CAP_SPLIT_IRQCHIP: LAPICs in-kernel, the IOAPIC in userspace).
 
-In split mode this module only surfaces what the kernel hands to userspace: the guest's
-accesses to the IOAPIC page arrive as KVM_EXIT_MMIO and go to the caller's `mmio_handler`, and
-KVM_EXIT_IOAPIC_EOI exits are recorded per step (and passed to `eoi_handler`). There is no
-userspace IOAPIC here yet; set_line and the IOAPIC state reads need the in-kernel one.
+In split mode irqlab is the VMM: `KvmVm.vmm` (app.kvm.split_vmm.SplitVmm) is QEMU's userspace
+IOAPIC. The guest's accesses to the IOAPIC page arrive as KVM_EXIT_MMIO and go to it, it
+commits the pins' MSI routes with KVM_SET_GSI_ROUTING and delivers with KVM_IRQ_LINE_STATUS,
+and KVM_EXIT_IOAPIC_EOI exits go to its EOI broadcast; set_line and the IOAPIC state reads use
+it. A caller that passes its own `mmio_handler` gets the raw exits instead and no VMM (the
+IOAPIC state reads then refuse). KVM_EXIT_IOAPIC_EOI exits are recorded per step either way
+(and passed to `eoi_handler`, an observer).
 
 Each vCPU is driven synchronously from the caller's thread, one command at a time: between
 commands the vCPU is parked on its command IN (a KVM_EXIT_IO the host has not answered yet).
@@ -23,8 +26,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
+from app.engine.events import EventLog
+
 from . import guest as G
 from . import ioctl as K
+from .split_vmm import SplitVmm, SplitVmmError
 
 KICK_SIGNAL = signal.SIGRTMIN + 1
 DEFAULT_STEP_TIMEOUT = 2.0  # seconds of wall time one command may take
@@ -163,6 +169,8 @@ class KvmVcpu:
     def command(self, cmd: int, args: list[int] | None = None) -> StepResult:
         if self.dead is not None:
             raise KvmVmError(f"vCPU {self.idx} is dead: {self.dead}")
+        if self.vm.vmm is not None:
+            self.vm.vmm.run_timers()  # QEMU's throttled re-service, if due
         return self._step(cmd, list(args or []))
 
     def _step(self, cmd: int | None, args: list[int]) -> StepResult:
@@ -203,6 +211,8 @@ class KvmVcpu:
                 elif reason == K.KVM_EXIT_IOAPIC_EOI:
                     vec = int(fd.run.u.eoi.vector)
                     res.ioapic_eois.append(vec)
+                    if self.vm.vmm is not None:
+                        self.vm.vmm.eoi_exit(self.idx, vec)
                     if self.vm.eoi_handler is not None:
                         self.vm.eoi_handler(self.idx, vec)
                 elif reason == K.KVM_EXIT_INTR:
@@ -230,6 +240,16 @@ class KvmVcpu:
         if not 1 <= length <= 8:
             self._die(f"MMIO exit with length {length}")
         value = int.from_bytes(bytes(m.data[:length]), "little") if write else 0
+        vmm = self.vm.vmm
+        if vmm is not None:
+            res.mmio.append((gpa, write, length, value))
+            try:
+                answer = vmm.mmio_exit(self.idx, gpa, write, length, value)
+            except SplitVmmError as exc:
+                self._die(str(exc))
+            if not write:
+                _fill(m.data, length, answer or 0)
+            return
         handler = self.vm.mmio_handler
         if handler is None:
             self._die(
@@ -240,9 +260,7 @@ class KvmVcpu:
         res.mmio.append((gpa, write, length, value))
         answer = handler(gpa, write, length, value)
         if not write:
-            raw = (answer or 0).to_bytes(8, "little", signed=False)
-            for i in range(length):
-                m.data[i] = raw[i]
+            _fill(m.data, length, answer or 0)
 
     def _die(self, why: str, kind: type[KvmVmError] = KvmVmError) -> None:
         self.dead = why
@@ -250,6 +268,13 @@ class KvmVcpu:
 
     def close(self) -> None:
         self.fd.close()
+
+
+def _fill(data: Any, length: int, value: int) -> None:
+    """The bytes of an MMIO read's answer, into kvm_run's mmio.data."""
+    raw = (value & ((1 << 64) - 1)).to_bytes(8, "little")
+    for i in range(length):
+        data[i] = raw[i]
 
 
 def _answer_in(fd: K.VcpuFd, value: int) -> None:
@@ -260,8 +285,11 @@ def _answer_in(fd: K.VcpuFd, value: int) -> None:
 
 
 class KvmVm(K.Closing):
-    """A real KVM VM with the in-kernel IOAPIC/PIC/LAPICs and `vcpus` vCPUs running irqlab's
-    guest. Close it (or use it as a context manager) to release every fd and mapping."""
+    """A real KVM VM with `vcpus` vCPUs running irqlab's guest: the in-kernel IOAPIC/PIC/LAPICs
+    (irqchip "kernel"), or in-kernel LAPICs with irqlab's QEMU-flavour IOAPIC as the VMM
+    (irqchip "split"; `ioapic_version` and `routes_before_service` configure that IOAPIC,
+    `log` receives its events). Close it (or use it as a context manager) to release every
+    fd and mapping."""
 
     def __init__(
         self,
@@ -272,6 +300,10 @@ class KvmVm(K.Closing):
         irqchip: str = "kernel",
         mmio_handler: MmioHandler | None = None,
         eoi_handler: EoiHandler | None = None,
+        ioapic_version: int = 0x20,
+        routes_before_service: bool = True,
+        log: EventLog | None = None,
+        log_cause: int | None = None,
     ) -> None:
         if not 1 <= vcpus <= 64:
             raise ValueError("vcpus must be 1..64")
@@ -283,6 +315,7 @@ class KvmVm(K.Closing):
         self.step_timeout = step_timeout
         self.max_exits = max_exits
         self.vcpus: list[KvmVcpu] = []
+        self.vmm: SplitVmm | None = None
         self._kvm: K.Kvm | None = None
         self._vm: K.VmFd | None = None
         self._mem: K.GuestMemory | None = None
@@ -301,6 +334,12 @@ class KvmVm(K.Closing):
             else:
                 # Must precede KVM_CREATE_VCPU; args[0] = GSIs reserved for the IOAPIC.
                 self._vm.enable_split_irqchip(K.KVM_IOAPIC_NUM_PINS)
+                if mmio_handler is None:
+                    # QEMU's order: kvm_irqchip_create, then kvm_arch_init_irq_routing commits
+                    # the 24 reserved MSI routes, all before the vCPUs exist.
+                    self.vmm = SplitVmm(self._vm, version=ioapic_version,
+                                        routes_before_service=routes_before_service, log=log,
+                                        cause=log_cause)
             for i in range(vcpus):
                 self.vcpus.append(KvmVcpu(self, self._vm.create_vcpu(i)))
             for v in self.vcpus:
@@ -336,13 +375,18 @@ class KvmVm(K.Closing):
     # ---- device side ----
 
     def set_line(self, pin: int, level: int) -> dict[str, Any]:
-        """KVM_IRQ_LINE_STATUS on GSI `pin` (the default routing sends GSI n to IOAPIC pin n,
-        and GSIs 0..15 also to the PIC, which the guest's LAPIC ignores: LINT0 is masked)."""
+        """In-kernel: KVM_IRQ_LINE_STATUS on GSI `pin` (the default routing sends GSI n to
+        IOAPIC pin n, and GSIs 0..15 also to the PIC, which the guest's LAPIC ignores: LINT0
+        is masked). Split: the VMM's ioapic_set_irq (QEMU's; `status` is its path, as in the
+        model, `kvm_status` what KVM answered to the KVM_IRQ_LINE_STATUS its ioapic_service
+        issued for this pin, None if it issued none, and `outcome`/`reason` say what the
+        IOAPIC decided)."""
         if level not in (0, 1):
             raise ValueError("level must be 0 or 1")
         if not 0 <= pin < K.KVM_IOAPIC_NUM_PINS:
             raise ValueError("pin must be 0..23")
-        self._need_kernel_ioapic("set_line")
+        if self.irqchip == "split":
+            return self._need_vmm("set_line").set_irq(pin, level)
         status = self.vmfd.irq_line_status(pin, level)
         return {"pin": pin, "level": level, "status": status, "remote_irr": self.remote_irr(pin)}
 
@@ -397,31 +441,41 @@ class KvmVm(K.Closing):
 
     # ---- state ----
 
-    def _need_kernel_ioapic(self, what: str) -> None:
-        if self.irqchip != "kernel":
-            raise KvmVmError(f"{what} needs the in-kernel IOAPIC (this VM is split)")
+    def _need_vmm(self, what: str) -> SplitVmm:
+        if self.vmm is None:
+            raise KvmVmError(f"{what} needs an IOAPIC: this split VM's IOAPIC MMIO goes to a "
+                             "caller-supplied mmio_handler, not to irqlab's VMM")
+        return self.vmm
+
+    def ioapic_view(self) -> dict[str, Any]:
+        """The IOAPIC's registers: KVM_GET_IRQCHIP(IOAPIC) in-kernel, the VMM's in split
+        mode (where `eoi_counts` and `delayed_injection_at` are QEMU's storm throttle)."""
+        if self.irqchip == "split":
+            io = self._need_vmm("ioapic_view").ioapic
+            redir = list(io.redir)
+            view: dict[str, Any] = {
+                "flavour": "qemu", "base_address": G.IOAPIC_BASE, "id": io.id,
+                "version": io.version, "ioregsel": io.ioregsel, "irr": io.irr,
+                "eoi_counts": list(io.irq_eoi), "delayed_injection_at": io.delayed_at,
+            }  # fmt: skip
+        else:
+            kio = self.vmfd.get_ioapic()
+            redir = [int(kio.redirtbl[p]) for p in range(K.KVM_IOAPIC_NUM_PINS)]
+            view = {
+                "flavour": "kvm", "base_address": int(kio.base_address), "id": int(kio.id),
+                "version": None, "ioregsel": int(kio.ioregsel), "irr": int(kio.irr),
+                "eoi_counts": None, "delayed_injection_at": None,
+            }  # fmt: skip
+        view["redir"] = redir
+        view["remote_irr_pins"] = [p for p, e in enumerate(redir) if e & REMOTE_IRR_BIT]
+        return view
 
     def redirection_table(self) -> list[int]:
-        self._need_kernel_ioapic("redirection_table")
-        io = self.vmfd.get_ioapic()
-        return [int(io.redirtbl[p]) for p in range(K.KVM_IOAPIC_NUM_PINS)]
+        redir: list[int] = self.ioapic_view()["redir"]
+        return redir
 
     def remote_irr(self, pin: int) -> bool:
         return bool(self.redirection_table()[pin] & REMOTE_IRR_BIT)
-
-    def ioapic_view(self) -> dict[str, Any]:
-        self._need_kernel_ioapic("ioapic_view")
-        io = self.vmfd.get_ioapic()
-        redir = [int(io.redirtbl[p]) for p in range(K.KVM_IOAPIC_NUM_PINS)]
-        pins = [p for p, e in enumerate(redir) if e & REMOTE_IRR_BIT]
-        return {
-            "base_address": int(io.base_address),
-            "id": int(io.id),
-            "ioregsel": int(io.ioregsel),
-            "irr": int(io.irr),
-            "redir": redir,
-            "remote_irr_pins": pins,
-        }
 
     def vcpu_view(self, n: int) -> dict[str, Any]:
         page = self.vcpu(n).fd.get_lapic()

@@ -23,11 +23,14 @@ router = APIRouter(prefix="/v1/vms/{vm}", responses=problem_responses(422))
     description="KVM's current GSI routing table (what the last KVM_SET_GSI_ROUTING "
                 "installed: kvm_setup_default_irq_routing in-kernel, QEMU's MSI routes in "
                 "split mode). MSI entries are also shown decoded (kvm_msi_to_lapic_irq). "
-                "Example cut to two entries.",
-    responses={**X.response("routes"), **problem_responses(404)},
+                "Example cut to two entries. On the kvm backend: a split VM shows the table "
+                "irqlab's VMM last committed (KVM cannot report routes); an in-kernel one is "
+                "409 unsupported.",
+    responses={**X.response("routes"), **problem_responses(404, 409)},
 )
 async def get_routes(vm: VmPath, request: Request) -> Response:
-    return await view(request, vm, M.RoutesView, lambda e: e.vm.routes_view())
+    return await view(request, vm, M.RoutesView, lambda e: e.vm.routes_view(),
+                      KO.routes_view)
 
 
 @router.put(

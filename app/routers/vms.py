@@ -26,9 +26,11 @@ router = APIRouter(prefix="/v1", tags=["vms"], responses=problem_responses(422))
                 "with its resolved behaviour flags. A duplicate id is 409, more vCPUs than "
                 "IRQLAB_MAX_VCPUS or more VMs than IRQLAB_MAX_VMS is 409 naming the limit; a "
                 "configuration KVM refuses (e.g. nr_reserved_ioapic_pins > 4096) is 400. "
-                "`backend: kvm` makes a real VM on this host's /dev/kvm instead (in-kernel "
-                "irqchip only; more than IRQLAB_MAX_KVM_VCPUS vCPUs or IRQLAB_MAX_KVM_VMS "
-                "such VMs is 409 limit-reached; no usable /dev/kvm, a split irqchip or a "
+                "`backend: kvm` makes a real VM on this host's /dev/kvm instead (with "
+                "`irqchip: split` irqlab is its VMM: the engine's QEMU IOAPIC answers the "
+                "guest's IOAPIC MMIO exits, commits MSI routes with KVM_SET_GSI_ROUTING and "
+                "handles KVM_EXIT_IOAPIC_EOI; more than IRQLAB_MAX_KVM_VCPUS vCPUs or "
+                "IRQLAB_MAX_KVM_VMS such VMs is 409 limit-reached; no usable /dev/kvm or a "
                 "model-only field is 409 unsupported, `detail` says why).",
     responses={**X.response("summary", 201, "The new VM"),
                **problem_responses(400, 409, 413, 422)},

@@ -95,10 +95,23 @@ async def test_no_usable_dev_kvm_is_409_with_the_reason(
     assert (await kc.get("/v1/vms")).json() == {"vms": []}
 
 
-async def test_split_irqchip_is_not_yet_supported(kc: httpx.AsyncClient) -> None:
-    r = await kc.post("/v1/vms", json={**KVM, "irqchip": "split"})
-    body = assert_problem(r, 409, "irqchip", "unsupported")
-    assert "not yet supported on the kvm backend" in body["detail"]
+async def test_split_refuses_kernel_flags_and_model_fields(kc: httpx.AsyncClient) -> None:
+    """With a split irqchip irqlab is the VMM: QEMU's flags and the IOAPIC version are its
+    to choose, KVM's flags and the other model fields are still the host's."""
+    body = assert_problem(await kc.post("/v1/vms", json={
+        **KVM, "irqchip": "split", "overrides": {"eoi_exit_bitmap": False}}),
+        409, "overrides.eoi_exit_bitmap", "unsupported")
+    assert "qemu_routes_before_service" in body["detail"]
+    assert_problem(await kc.post("/v1/vms", json={**KVM, "irqchip": "split",
+                                                  "profile": "linux-6.1"}),
+                   409, "profile", "unsupported")
+    assert_problem(await kc.post("/v1/vms", json={**KVM, "irqchip": "split",
+                                                  "ioapic_version": 0x21}),
+                   400, "ioapic_version")
+    # ... and in-kernel neither is the caller's.
+    assert_problem(await kc.post("/v1/vms", json={**KVM, "ioapic_version": 0x20}),
+                   409, "ioapic_version", "unsupported")
+    assert (await kc.get("/v1/vms")).json() == {"vms": []}
 
 
 async def test_model_only_fields_are_refused(kc: httpx.AsyncClient) -> None:
@@ -312,3 +325,129 @@ async def test_kernel_refusals_and_guest_failures_are_400(
         body = assert_problem(await c.post("/v1/vms/k/vcpus/0/ack"), 400,
                               slug="invalid-operation")
         assert body["kvm_failure"] == "GuestWedged" and "watchdog" in body["detail"]
+
+
+# ---- split irqchip: irqlab is the VMM (on a real /dev/kvm)
+
+
+def _kinds(events: list[dict[str, Any]]) -> list[str]:
+    return [e["kind"] for e in events]
+
+
+@needs_kvm
+async def test_split_level_interrupt_through_the_routes(kc: httpx.AsyncClient) -> None:
+    vm = await create(kc, id="s", vcpus=1, irqchip="split")
+    assert (vm["backend"], vm["irqchip"], vm["ioapic_version"]) == ("kvm", "split", 0x20)
+    assert vm["overrides"] == {}
+    routes = (await kc.get("/v1/vms/s/routes")).json()["entries"]
+    assert len(routes) == 24 and routes[PIN]["msi"] == {"address_lo": 0, "address_hi": 0,
+                                                        "data": 0}
+
+    # The guest programs the entry by MMIO; each access is a KVM_EXIT_MMIO to irqlab's VMM,
+    # and the RTE write commits the pin's MSI route.
+    r = await kc.put(f"/v1/vms/s/ioapic/pins/{PIN}",
+                     json={"vector": "0x40", "trigger": "level", "dest": 0})
+    assert r.status_code == 200, r.text
+    pin = r.json()
+    assert (pin["vector"], pin["trigger"], pin["remote_irr"]) == (VEC, "level", False)
+    events = pin["events"]
+    root = events[0]
+    assert root["kind"] == "write-rte" and root["cause"] is None
+    assert _kinds(events).count("KVM_EXIT_MMIO") == 4  # IOREGSEL + IOWIN, twice
+    assert "KVM_SET_GSI_ROUTING" in _kinds(events)
+    assert all(e["cause"] is not None for e in events[1:])  # all follow from the write
+    assert [x["reason"] for x in pin["entry_exits"]] == ["KVM_EXIT_MMIO"] * 4
+    (route,) = [e for e in (await kc.get("/v1/vms/s/routes")).json()["entries"]
+                if e["gsi"] == PIN]
+    assert route["decoded"] == {"dest": 0, "dest_mode": "physical", "vector": VEC,
+                                "trigger": "level", "delivery_mode": 0,
+                                "redirection_hint": False}
+
+    r = await kc.post(f"/v1/vms/s/ioapic/pins/{PIN}/line", json={"action": "assert"})
+    assert r.status_code == 200, r.text
+    line = r.json()
+    step = line["steps"][0]
+    assert (step["status"], step["kvm_status"], step["outcome"]) == ("serviced", 1, "delivered")
+    assert line["remote_irr"] is True
+    assert _kinds(line["events"]) == ["line", "deliver", "KVM_IRQ_LINE_STATUS"]
+    assert (await kc.get("/v1/vms/s/bitmaps")).json()["remote_irr"]["pins"] == [PIN]
+    ioapic = (await kc.get("/v1/vms/s/ioapic")).json()
+    assert ioapic["flavour"] == "qemu" and ioapic["irr"] == 1 << PIN
+    assert ioapic["pins"][PIN]["line"] == 1
+
+    r = await kc.post(f"/v1/vms/s/ioapic/pins/{PIN}/line", json={"action": "deassert"})
+    assert r.json()["steps"][0]["outcome"] == "lowered"
+    ack = (await kc.post("/v1/vms/s/vcpus/0/ack")).json()
+    eoi = (await kc.post("/v1/vms/s/vcpus/0/eoi")).json()
+    assert ack["vector"] == VEC
+    ack_exits = [x["reason"] for x in ack["entry_exits"]]
+    if ON_PVM:  # the implicit EOI: KVM_EXIT_IOAPIC_EOI with the take, none with the write
+        assert ack_exits == ["KVM_EXIT_IOAPIC_EOI"]
+        assert (eoi["vector"], eoi["forwarded"], eoi["exits"]) == (None, False, [])
+        exit_ = ack["entry_exits"][0]
+    else:
+        assert ack_exits == []
+        assert (eoi["vector"], eoi["forwarded"]) == (VEC, True)
+        exit_ = eoi["exits"][0]
+    assert exit_["vector"] == VEC
+    assert exit_["ioapic"] == [{"pin": PIN, "remote_irr_cleared": True}]
+    assert (await kc.get("/v1/vms/s/bitmaps")).json()["remote_irr"]["pins"] == []
+
+    state = (await kc.get("/v1/vms/s/state")).json()
+    assert state["config"]["irqchip"] == "split" and len(state["routes"]) == 24
+    assert state["bitmaps"]["handled_vectors"][0]["vectors"] is None  # not exposed
+    assert state["vcpus"][0]["tmr"]["vectors"] == [VEC]  # KVM_GET_LAPIC
+    page = (await kc.get("/v1/vms/s/events")).json()["events"]
+    (exit_event,) = [e for e in page if e["kind"] == "KVM_EXIT_IOAPIC_EOI"]
+    cleared = [e for e in page if e["kind"] == "remote-irr-cleared"]
+    assert cleared and cleared[0]["cause"] == exit_event["seq"]
+    by_seq = {e["seq"]: e for e in page}
+    assert by_seq[exit_event["cause"]]["kind"] == ("ack" if ON_PVM else "eoi")
+
+
+@needs_kvm
+async def test_split_mmio_eoi_register_msi_and_options(kc: httpx.AsyncClient) -> None:
+    await create(kc, id="s", irqchip="split", vcpus=2,
+                 overrides={"qemu_routes_before_service": False})
+    assert (await kc.get("/v1/vms/s")).json()["overrides"] == {
+        "qemu_routes_before_service": False}
+    r = await kc.patch(f"/v1/vms/s/ioapic/pins/{PIN}",
+                       json={"vector": 0x41, "trigger": "level", "masked": False, "dest": 1})
+    assert r.status_code == 200, r.text
+    assert (r.json()["dest"], r.json()["vector"]) == (1, 0x41)
+    r = await kc.post(f"/v1/vms/s/ioapic/pins/{PIN}/line", json={"level": 1})
+    assert r.json()["steps"][0]["kvm_status"] == 1
+    vcpus = (await kc.get("/v1/vms/s/vcpus")).json()["vcpus"]
+    assert (vcpus[0]["irr"]["vectors"], vcpus[1]["irr"]["vectors"]) == ([], [0x41])
+    await kc.post(f"/v1/vms/s/ioapic/pins/{PIN}/line", json={"level": 0})
+    # The guest writes the vector to QEMU's EOI register (offset 0x40, version 0x20).
+    r = await kc.post("/v1/vms/s/ioapic/mmio",
+                      json={"vcpu": 1, "op": "write", "offset": "0x40", "value": 0x41})
+    assert r.status_code == 200, r.text
+    assert r.json()["writes"][0]["kind"] == "eoi"
+    assert (await kc.get(f"/v1/vms/s/ioapic/pins/{PIN}")).json()["remote_irr"] is False
+    # QEMU <= 7.2: even an IOREGSEL write commits the routes.
+    r = await kc.post("/v1/vms/s/ioapic/mmio", json={"op": "write", "offset": 0, "value": 1})
+    assert "KVM_SET_GSI_ROUTING" in _kinds(r.json()["events"])
+    r = await kc.post("/v1/vms/s/ioapic/mmio", json={"op": "read", "offset": "0x10"})
+    assert r.json()["value"] == 0x00170020
+    r = await kc.post("/v1/vms/s/msi", json={"decoded": {"dest": 0, "vector": "0x50"}})
+    assert r.json()["status"] == 1
+    old = await create(kc, id="old", irqchip="split", ioapic_version=0x11)
+    assert old["ioapic_version"] == 0x11  # what the guest read from the VMM's IOAPICVER
+
+
+@needs_kvm
+async def test_split_delete_closes_every_fd(kc: httpx.AsyncClient) -> None:
+    before = fds()
+    await create(kc, id="s", vcpus=2, irqchip="split")
+    assert fds() == before + 4
+    assert (await kc.delete("/v1/vms/s")).status_code == 204
+    assert fds() == before
+
+
+@needs_kvm
+async def test_in_kernel_routes_stay_unsupported(kc: httpx.AsyncClient) -> None:
+    await create(kc, id="k")
+    body = assert_problem(await kc.get("/v1/vms/k/routes"), 409, slug="unsupported")
+    assert "split VM shows the routes" in body["detail"]

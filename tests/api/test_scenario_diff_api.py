@@ -99,20 +99,20 @@ async def test_diff_route_runs_one_document() -> None:
 
 
 @needs_kvm
-async def test_split_variant_is_reported_skipped_yaml() -> None:
+async def test_split_variant_runs_with_irqlab_as_the_vmm_yaml() -> None:
     async with client_for(make_app()) as c:
         r = await c.post("/v1/scenarios/diff", content=EDGE_YAML,
                          headers={"content-type": "application/yaml"})
     assert r.status_code == 200, r.text
     kernel, split = r.json()["variants"]
     assert kernel["skipped"] is None and len(kernel["steps"]) == 3
-    assert split["skipped"] == "split not supported on kvm yet" and split["steps"] == []
+    assert split["skipped"] is None and len(split["steps"]) == 3
+    assert split["irqchip"] == "split" and split["differences"] == kernel["differences"]
 
 
-async def test_split_only_document_builds_no_kvm_vm(fake_kvm: None) -> None:
-    """Only in-kernel variants build KVM VMs (kvm_available is faked here)."""
-    async with client_for(make_app()) as c:
-        r = await c.post("/v1/scenarios/diff", json={"vm": {"irqchip": "split"},
+async def test_split_variants_count_against_the_kvm_vcpu_limit(fake_kvm: None) -> None:
+    """Split variants build KVM VMs too (kvm_available is faked: refused before any VM)."""
+    async with client_for(make_app(max_kvm_vcpus=1)) as c:
+        r = await c.post("/v1/scenarios/diff", json={"vm": {"irqchip": "split", "vcpus": 2},
                                                      "steps": [{"op": "enter"}]})
-    assert r.status_code == 200, r.text
-    assert r.json()["variants"][0]["skipped"] == "split not supported on kvm yet"
+    assert_problem(r, 409, "vcpus", "limit-reached")
