@@ -617,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         import uvicorn
 
+        from app.engine import ENGINE_BUILD
+
+        print(f"irqlab: engine {ENGINE_BUILD}", file=sys.stderr, flush=True)
         uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.log_level)
         return EXIT_OK
     if args.cmd == "diff":

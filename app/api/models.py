@@ -622,3 +622,5 @@ class Ready(OpenModel):
     status: str
     vms: int
     max_vms: int
+    engine: str = Field(description="Which build of the engine this process runs: "
+                        "\"compiled (mypyc)\" or \"python (why)\".")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path
 from app.api import models as M
 from app.api.deps import RegistryDep
 from app.api.problems import PROBLEM_TYPES, ProblemType, problem_responses
+from app.engine import ENGINE_BUILD
 from app.engine.errors import not_found
 
 router = APIRouter()
@@ -28,12 +29,15 @@ async def healthz() -> dict[str, Any]:
 @router.get(
     "/readyz", response_model=M.Ready, tags=["health"], summary="Readiness",
     description="The service accepts requests: the VM registry answers. Mirrors no "
-                "KVM/QEMU operation (readiness probe); reports how many VMs exist.",
+                "KVM/QEMU operation (readiness probe); reports how many VMs exist and which "
+                "build of the engine runs (compiled by mypyc, or pure Python and why).",
     responses={200: {"description": "Ready", "content": {"application/json": {
-        "example": {"status": "ready", "vms": 1, "max_vms": 64}}}}},
+        "example": {"status": "ready", "vms": 1, "max_vms": 64,
+                    "engine": "compiled (mypyc)"}}}}},
 )
 async def readyz(registry: RegistryDep) -> dict[str, Any]:
-    return {"status": "ready", "vms": len(registry), "max_vms": registry.max_vms}
+    return {"status": "ready", "vms": len(registry), "max_vms": registry.max_vms,
+            "engine": ENGINE_BUILD}
 
 
 @router.get(

@@ -129,7 +129,10 @@ async def test_vm_count_limit() -> None:
         await c.delete(f"/v1/vms/{vms[0]['id']}")
         assert (await c.post("/v1/vms", json={})).status_code == 201
         ready = (await c.get("/readyz")).json()
-        assert ready == {"status": "ready", "vms": 2, "max_vms": 2}
+        import app.engine
+
+        assert ready == {"status": "ready", "vms": 2, "max_vms": 2,
+                         "engine": app.engine.ENGINE_BUILD}
 
 
 async def test_vcpu_limit() -> None:
