@@ -4,7 +4,7 @@
     irqlab run FILE... [--server URL | --local] [--json]
     irqlab library [--server URL | --local] [--json]
     irqlab library run NAME... [--profile P] [--irqchip M] [--server URL | --local] [--json]
-    irqlab diff FILE... [--server URL | --local] [--json]
+    irqlab diff FILE... [--profile P] [--server URL | --local] [--json]
 
 `run` and `library` talk to an irqlab server (POST /v1/scenarios/run, GET /v1/scenarios, POST
 /v1/scenarios/{name}/run) or, with --local, run the engine in this process. Results are printed
@@ -16,8 +16,9 @@ standard error).
 
 `diff` runs documents on the engine model and on this host's real KVM side by side (POST
 /v1/scenarios/diff, or --local: app.kvm.scenario_diff in this process) and prints a table of
-steps with their differences per variant. Exit status: 0 no difference, 1 some difference,
-2 a malformed document, no usable KVM or an unreachable server.
+steps with their differences per variant; --profile P replaces vm.profile in every variant
+first (e.g. kvm-pvm, the engine profile that models this project's CI host). Exit status: 0 no
+difference, 1 some difference, 2 a malformed document, no usable KVM or an unreachable server.
 """
 
 from __future__ import annotations
@@ -74,15 +75,17 @@ class Local:
             raise CliError(f"{source.label}: malformed scenario document: "
                            f"{exc.field}: {exc.detail}") from None
 
-    def diff(self, source: Source) -> dict[str, Any]:
+    def diff(self, source: Source, profile: str | None = None) -> dict[str, Any]:
         from app.api import scenarios as S
         from app.api.problems import DocumentError
         from app.kvm.detect import kvm_available
         from app.kvm.scenario_diff import diff_scenario
         from app.kvm.vm import KvmVmError
 
+        doc = S.override_vm(source.doc, profile) if isinstance(source.doc, dict) \
+            else source.doc
         try:
-            S.execute(source.doc)
+            S.execute(doc)
         except DocumentError as exc:
             raise CliError(f"{source.label}: malformed scenario document: "
                            f"{exc.field}: {exc.detail}") from None
@@ -90,7 +93,7 @@ class Local:
         if not ok:
             raise CliError(f"{source.label}: real KVM is not available here: {reason}")
         try:
-            return diff_scenario(source.doc)
+            return diff_scenario(doc)
         except (KvmVmError, OSError) as exc:
             raise CliError(f"{source.label}: KVM failed: {exc}") from None
 
@@ -163,10 +166,18 @@ class Remote:
                             headers={"content-type": source.media_type})
         return result
 
-    def diff(self, source: Source) -> dict[str, Any]:
+    def diff(self, source: Source, profile: str | None = None) -> dict[str, Any]:
+        if profile is not None and isinstance(source.doc, dict):
+            # The server diffs the document it is sent: send it with the profile replaced.
+            from app.api import scenarios as S
+
+            content = json.dumps(S.override_vm(source.doc, profile)).encode()
+            media_type = "application/json"
+        else:
+            content, media_type = source.raw, source.media_type
         result: dict[str, Any] = self._call(source.label, "POST", "/v1/scenarios/diff",
-                                            content=source.raw,
-                                            headers={"content-type": source.media_type})
+                                            content=content,
+                                            headers={"content-type": media_type})
         return result
 
     def listing(self) -> dict[str, Any]:
@@ -465,7 +476,7 @@ def _diff(args: argparse.Namespace) -> int:
     """irqlab diff: exit 1 when the model and KVM differ anywhere."""
     return _each_source(
         args,
-        lambda target, source: target.diff(source),
+        lambda target, source: target.diff(source, getattr(args, "profile", None)),
         lambda result: bool(result.get("differences")),
         print_diff,
     )
@@ -593,8 +604,11 @@ def _parser() -> argparse.ArgumentParser:
                     "(in-kernel irqchip, or split with irqlab as the VMM) side by side, on an "
                     "irqlab server (POST /v1/scenarios/diff) or, with --local, in this "
                     "process, and print per variant a table of steps with what differed after "
-                    "each (path, model, kvm). Expect steps are ignored.")
+                    "each (path, model, kvm). Expect steps are ignored. --profile replaces "
+                    "vm.profile in every variant (kvm-pvm models the kvm_pvm host).")
     diff.add_argument("files", nargs="+", metavar="FILE")
+    diff.add_argument("--profile", choices=list(F.PRESETS),
+                      help="diff every variant with the engine on this behaviour preset")
     library = sub.add_parser(
         "library", parents=[common], help="list or run the built-in scenarios",
         description="List the built-in scenarios (`irqlab library`), or run some "

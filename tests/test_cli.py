@@ -16,6 +16,7 @@ import pytest
 from app import cli, scenarios
 from app.engine.scenario import run_scenario
 from app.kvm import detect as kvm_detect
+from app.kvm.differential import host_profile
 from tests.uvicorn_server import irqlab_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,6 +286,32 @@ def test_diff_local_json(edge_diff: str, capsys: pytest.CaptureFixture[str]) -> 
     assert status == (1 if result["differences"] else 0)
     assert [(v["irqchip"], v["skipped"]) for v in result["variants"]] == [("kernel", None),
                                                                           ("split", None)]
+
+
+@needs_kvm
+def test_diff_with_the_host_profile_agrees(edge_diff: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """--profile replaces vm.profile in every variant before the diff: the profile that
+    models this host (kvm-pvm on kvm_pvm) leaves no difference, where linux-latest had two."""
+    profile = host_profile()
+    status = cli.main(["diff", "--local", "--json", "--profile", profile, edge_diff])
+    result = json.loads(capsys.readouterr().out)
+    assert [v["profile"] for v in result["variants"]] == [profile, profile]
+    assert status == 0 and result["differences"] == 0
+
+
+@needs_kvm
+def test_diff_server_with_a_profile(server: str, edge_diff: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["diff", "--server", server, "--json", "--profile", host_profile(),
+                       edge_diff])
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0 and result["variants"][0]["profile"] == host_profile()
+
+
+def test_diff_rejects_an_unknown_profile(edge_diff: str) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["diff", "--local", "--profile", "linux-0.1", edge_diff])
 
 
 def test_diff_malformed_no_kvm_unreachable_exit_2(files: dict[str, str], edge_diff: str,

@@ -561,6 +561,10 @@ class AckResult(OpResult):
     vector: int | None = Field(description="Vector taken, or null when nothing is "
                                            "deliverable.")
     entry_exits: list[dict[str, Any]]
+    exits: list[dict[str, Any]] | None = Field(None, description="lapic_auto_eoi only (the "
+                                               "kvm-pvm profile): the exits of the re-entry "
+                                               "after the vector is taken, e.g. the auto-EOI's "
+                                               "KVM_EXIT_IOAPIC_EOI in split mode.")
 
 
 class EoiResult(OpResult):

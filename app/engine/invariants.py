@@ -92,7 +92,7 @@ def event_findings(vm: Vm, after_seq: int) -> list[Finding]:
     rirr = _rirr_pins_by_vector(vm)
     for e in events:
         kind = e[2]
-        if kind == "eoi":
+        if kind == "eoi" or kind == "auto-eoi":  # auto-eoi: lapic_auto_eoi's EOI at the ack
             f = event_fields(e)
             vec = f.get("vector")
             if vec is None or not f.get("level"):

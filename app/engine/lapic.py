@@ -127,7 +127,8 @@ def accept_irq(vm: Vm, v: Vcpu, irq: LapicIrq, cause: int | None) -> int:
 
 def acknowledge(vm: Vm, v: Vcpu, cause: int | None, emit: bool = True) -> int | None:
     """kvm_cpu_get_interrupt + kvm_apic_ack_interrupt: the highest IRR vector whose class is
-    above PPR moves to ISR. None when nothing is deliverable."""
+    above PPR moves to ISR. None when nothing is deliverable. With lapic_auto_eoi (the kvm_pvm
+    host) it skips ISR and is EOIed at once (auto_eoi)."""
     if vm.config.apicv:
         sync_pir_to_irr(vm, v, cause)
     irr = v.irr
@@ -142,10 +143,28 @@ def acknowledge(vm: Vm, v: Vcpu, cause: int | None, emit: bool = True) -> int | 
         return None
     bit = 1 << vec
     v.irr &= ~bit
+    if vm.flags.lapic_auto_eoi:
+        auto_eoi(vm, v, vec, vm.log.emit(VCPU_NAMES[v.idx], "ack", cause, "vector", vec)
+                 if emit else cause)
+        return vec
     v.isr |= bit
     if emit:
         vm.log.emit(VCPU_NAMES[v.idx], "ack", cause, "vector", vec)
     return vec
+
+
+def auto_eoi(vm: Vm, v: Vcpu, vec: int, cause: int | None) -> None:
+    """The lapic_auto_eoi host (kvm_pvm, not upstream KVM): the vector taken never enters ISR
+    and its EOI runs at once, as apic_set_eoi would for a guest EOI write (T8 without the ISR
+    step): kvm_ioapic_send_eoi, so in-kernel Remote IRR clears and a still-high level line is
+    re-delivered into IRR before the guest's handler runs; in split mode the EOI exit is
+    requested. Measured in tests/kvm/test_random_diff.py and test_kvm_vm.py::test_kvm_pvm_*."""
+    level = bool((v.tmr >> vec) & 1)
+    seq = vm.log.emit(VCPU_NAMES[v.idx], "auto-eoi", cause, "vector", vec, "level", level,
+                      "path", "trap")
+    send_eoi(vm, v, vec, seq)
+    v.requests |= REQ_EVENT
+    v.in_guest = False
 
 
 def write_eoi(vm: Vm, v: Vcpu, cause: int | None, emit: bool = True) -> dict[str, Any]:

@@ -1,88 +1,149 @@
 """Run one sequence of guest/device operations on the engine model and on real KVM and record,
-after every step, the state both can report: the pin's remote IRR and vCPU n's IRR/ISR.
+after every step, everything both can report, so that the first step where they disagree can be
+found (issue 5's differential conformance; tests/kvm/test_random_diff.py drives it with random
+sequences).
 
 Steps are tuples:
-    ("rte", vcpu, pin, entry)   the guest programs an RTE (IOREGSEL/IOWIN, low then high)
-    ("line", pin, level)        a device drives the pin (KVM_IRQ_LINE_STATUS)
-    ("ack", vcpu)               the guest opens an interrupt window
-    ("eoi", vcpu)               the guest writes the LAPIC EOI register
-    ("tpr", vcpu, value)        the guest writes the LAPIC TPR (xAPIC MMIO 0xFEE00080)
+    ("rte", vcpu, pin, entry)           the guest programs an RTE by MMIO (IOREGSEL/IOWIN), low
+    ("rte", vcpu, pin, entry, halves)   dword then high, or the `halves` given ("low"/"high")
+    ("line", pin, level)                a device drives the pin (KVM_IRQ_LINE_STATUS, source 0)
+    ("msi", address_lo, address_hi, data)   KVM_SIGNAL_MSI
+    ("ack", vcpu)                       the guest opens an interrupt window
+    ("eoi", vcpu)                       the guest writes the LAPIC EOI register
+    ("tpr", vcpu, value)                the guest writes the LAPIC TPR (xAPIC MMIO 0xFEE00080)
+
+After each step both sides report (Observation): the step's answer (the vector an ack took; the
+status of a line or MSI: >0 accepted by that many LAPICs, 0 coalesced / nobody, -1 blocked);
+per observed pin its RTE without Remote IRR and its Remote IRR; per vCPU IRR, ISR, TMR and PPR.
+
+Pins 0..15 are also wired to the in-kernel PIC, which the model does not have (it adds its own
+answer to a line's status), so sequences compared for status use pins 16..23. Pin 8 is the RTC
+pin, whose EOI tracking the model does not have either.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from app.engine import rte as R
+from app.engine.lapic import ppr
 from app.engine.state import VmConfig
 from app.engine.vm import Vm
 
+from . import detect
 from .guest import LAPIC_BASE
 from .vm import KvmVm
 
 LAPIC_TPR = LAPIC_BASE + 0x80
+RAW_MASK = ~R.REMOTE_IRR_BIT & ((1 << 64) - 1)  # Remote IRR is its own observable
+STEP_KINDS = ("rte", "line", "msi", "ack", "eoi", "tpr")
+
+# The engine profile that models a host's KVM, by vendor module: upstream presets for upstream
+# modules; kvm_pvm acknowledges with an implicit EOI (flag lapic_auto_eoi, preset kvm-pvm).
+HOST_PROFILES = {"kvm_pvm": "kvm-pvm"}
+UPSTREAM_PROFILE = "linux-latest"
 
 Step = tuple[Any, ...]
+
+
+def host_profile(vendor: str | None = None) -> str:
+    """The engine profile that should agree with this host's KVM."""
+    if vendor is None:
+        vendor = detect.vendor_module()
+    return HOST_PROFILES.get(vendor or "", UPSTREAM_PROFILE)
 
 
 @dataclass(frozen=True)
 class Observation:
     step: Step
-    ack_vector: int | None  # what an "ack" step returned (None for other steps or no vector)
+    ack_vector: int | None  # what an "ack" step took (None for other steps or no vector)
     remote_irr: tuple[bool, ...]  # per pin in `pins`
     irr: tuple[int, ...]  # per vCPU, 256-bit bitmaps
     isr: tuple[int, ...]
+    status: int | None = None  # a "line" or "msi" step's status
+    rte: tuple[int, ...] = ()  # per pin in `pins`, without Remote IRR
+    tmr: tuple[int, ...] = ()  # per vCPU
+    ppr: tuple[int, ...] = ()  # per vCPU
+
+
+def differing_fields(model: Observation, real: Observation) -> list[str]:
+    """The names of the observables in which two observations of one step differ."""
+    return [f.name for f in fields(Observation)
+            if getattr(model, f.name) != getattr(real, f.name)]
 
 
 def _check(step: Step) -> None:
-    if not step or step[0] not in ("rte", "line", "ack", "eoi", "tpr"):
+    if not step or step[0] not in STEP_KINDS:
         raise ValueError(f"unknown step {step!r}")
 
 
+def _halves(step: Step) -> tuple[str, ...]:
+    return tuple(step[4]) if len(step) > 4 else ("low", "high")
+
+
 def run_engine(
-    steps: list[Step], pins: list[int], vcpus: int = 1, profile: str = "linux-latest"
+    steps: list[Step],
+    pins: list[int],
+    vcpus: int = 1,
+    profile: str = UPSTREAM_PROFILE,
+    irqchip: str = "kernel",
 ) -> list[Observation]:
-    vm = Vm(VmConfig(vcpus=vcpus, irqchip="kernel", profile=profile))
+    vm = Vm(VmConfig(vcpus=vcpus, irqchip=irqchip, profile=profile))
     out = []
     for step in steps:
         _check(step)
         ack: int | None = None
-        if step[0] == "rte":
-            vm.write_rte(step[1], step[2], step[3])
-        elif step[0] == "line":
-            vm.set_line(step[1], level=step[2])
-        elif step[0] == "ack":
+        status: int | None = None
+        kind = step[0]
+        if kind == "rte":
+            vm.write_rte(step[1], step[2], step[3], _halves(step))
+        elif kind == "line":
+            status = vm.set_line(step[1], level=step[2])["steps"][0].get("status")
+        elif kind == "msi":
+            status = vm.signal_msi(step[1], step[2], step[3])["status"]
+        elif kind == "ack":
             ack = vm.ack(step[1])["vector"]
-        elif step[0] == "tpr":
+        elif kind == "tpr":
             vm.lapic_write(step[1], "tpr", step[2])
         else:
             vm.eoi(step[1])
+        redir = vm.ioapic.redir
         out.append(
             Observation(
                 step,
                 ack,
-                tuple(bool(vm.ioapic.redir[p] & R.REMOTE_IRR_BIT) for p in pins),
+                tuple(bool(redir[p] & R.REMOTE_IRR_BIT) for p in pins),
                 tuple(v.irr for v in vm.vcpus),
                 tuple(v.isr for v in vm.vcpus),
+                status,
+                tuple(redir[p] & RAW_MASK for p in pins),
+                tuple(v.tmr for v in vm.vcpus),
+                tuple(ppr(v) for v in vm.vcpus),
             )
         )
     return out
 
 
-def run_kvm(steps: list[Step], pins: list[int], vcpus: int = 1) -> list[Observation]:
+def run_kvm(
+    steps: list[Step], pins: list[int], vcpus: int = 1, irqchip: str = "kernel"
+) -> list[Observation]:
     out = []
-    with KvmVm(vcpus) as vm:
+    with KvmVm(vcpus, irqchip=irqchip) as vm:
         for step in steps:
             _check(step)
             ack: int | None = None
-            if step[0] == "rte":
-                vm.write_rte(step[1], step[2], step[3])
-            elif step[0] == "line":
-                vm.set_line(step[1], step[2])
-            elif step[0] == "ack":
+            status: int | None = None
+            kind = step[0]
+            if kind == "rte":
+                vm.write_rte(step[1], step[2], step[3], _halves(step))
+            elif kind == "line":
+                status = vm.set_line(step[1], step[2])["status"]
+            elif kind == "msi":
+                status = vm.signal_msi(step[1], step[2], step[3])
+            elif kind == "ack":
                 ack = vm.ack(step[1])
-            elif step[0] == "tpr":
+            elif kind == "tpr":
                 vm.mmio_write(step[1], LAPIC_TPR, step[2])
             else:
                 vm.eoi(step[1])
@@ -95,6 +156,10 @@ def run_kvm(steps: list[Step], pins: list[int], vcpus: int = 1) -> list[Observat
                     tuple(bool(redir[p] & R.REMOTE_IRR_BIT) for p in pins),
                     tuple(v["irr"] for v in views),
                     tuple(v["isr"] for v in views),
+                    status,
+                    tuple(redir[p] & RAW_MASK for p in pins),
+                    tuple(v["tmr"] for v in views),
+                    tuple(v["ppr"] for v in views),
                 )
             )
     return out
@@ -108,3 +173,20 @@ def first_divergence(
         if m != r:
             return i, m, r
     return None
+
+
+def describe(divergence: tuple[int, Observation, Observation], steps: list[Step]) -> str:
+    """A readable account of a divergence: the steps up to it and what differed."""
+    i, m, r = divergence
+    lines = [f"first divergence at step {i}: {steps[i]!r}"]
+    for name in differing_fields(m, r):
+        mv, rv = getattr(m, name), getattr(r, name)
+        if name in ("irr", "isr", "tmr"):
+            mv = [[hex(x) for x in range(256) if b >> x & 1] for b in mv]
+            rv = [[hex(x) for x in range(256) if b >> x & 1] for b in rv]
+        elif name == "rte":
+            mv, rv = [hex(x) for x in mv], [hex(x) for x in rv]
+        lines.append(f"  {name}: model {mv} kvm {rv}")
+    lines.append("steps:")
+    lines += [f"  {j}: {s!r}" for j, s in enumerate(steps[: i + 1])]
+    return "\n".join(lines)

@@ -531,11 +531,12 @@ class VmFd(_Fd):
         return VcpuFd(fd, vcpu_id, self.vcpu_mmap_size)
 
     def irq_line_status(self, irq: int, level: int) -> int:
-        """KVM_IRQ_LINE_STATUS: returns the status (>0 delivered, 0 coalesced/masked,
-        -1 no target), as written back into the union."""
+        """KVM_IRQ_LINE_STATUS: returns kvm_set_irq's status (>0 delivered to that many
+        LAPICs, 0 coalesced, -1 masked / blocked / no route), which the kernel writes back
+        into the irq/status union (the first field); `level` is left as it was passed."""
         il = KvmIrqLevel(irq, level)
         ioctl(self.fd, KVM_IRQ_LINE_STATUS, il, "KVM_IRQ_LINE_STATUS")
-        return ctypes.c_int32(il.level).value
+        return ctypes.c_int32(il.irq).value
 
     def get_irqchip(self, chip_id: int) -> KvmIrqchip:
         chip = KvmIrqchip(chip_id=chip_id)

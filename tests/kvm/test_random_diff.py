@@ -1,0 +1,154 @@
+"""Issue 5, differential conformance: bounded random operation sequences agree between the
+engine and this host's real KVM.
+
+Hypothesis generates (fixed seed: derandomize=True, so every run compares the same sequences)
+sequences of up to MAX_STEPS operations on a VM of 1 or 2 vCPUs and PINS: line assert /
+deassert / pulse, RTE writes by guest MMIO (vector, trigger, mask, destination among the VM's
+vCPUs, the dwords in either order or only one of them), KVM_SIGNAL_MSI (edge or level, to a
+vCPU), the guest's interrupt window (ack), EOI and TPR writes. Each runs on a fresh engine VM
+under the profile that models this host (app.kvm.differential.host_profile: kvm-pvm on kvm_pvm,
+linux-latest elsewhere) and on a fresh KvmVm, and every observable (step answer, RTEs, Remote
+IRR, IRR/ISR/TMR/PPR per vCPU) must agree after every step.
+
+Only the in-kernel irqchip is compared for now: a split KvmVm has no userspace IOAPIC yet
+(SPLIT_REASON). The sequences, runners and observables are irqchip-agnostic: once
+KvmVm(irqchip="split") can drive lines and read its IOAPIC, the split case runs as well
+(test_random_sequences_agree is parametrized over irqchips and probes for that).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.engine import rte as R
+from app.kvm.differential import (
+    Step,
+    describe,
+    first_divergence,
+    host_profile,
+    run_engine,
+    run_kvm,
+)
+from app.kvm.vm import KvmVm, KvmVmError
+
+from .conftest import KVM_OK, needs_kvm
+
+# GSIs 16..23 reach the IOAPIC only (0..15 also reach the in-kernel PIC, which the model lacks;
+# 8 is the RTC pin with its own EOI tracking, not modelled either).
+PINS = [16, 17, 18]
+# Vectors with shared classes (0x40/0x41, 0x50/0x51) and distinct ones, so that PPR/TPR
+# blocking, vector sharing between pins and MSIs (EOI broadcast to every pin with the vector)
+# and priority order all occur.
+VECTORS = [0x31, 0x40, 0x41, 0x50, 0x51, 0x80, 0xE0]
+TPRS = [0x00, 0x30, 0x40, 0x50]
+MAX_STEPS = 32
+EXAMPLES = 300
+
+SPLIT_REASON = "KvmVm(irqchip='split') has no userspace IOAPIC yet (set_line/RTE reads)"
+
+
+def _split_usable() -> bool:
+    """Can a split KvmVm drive a line and report its IOAPIC? (Not until a userspace IOAPIC
+    is part of KvmVm; then the split runs need no change here.)"""
+    if not KVM_OK:
+        return False
+    try:
+        with KvmVm(1, irqchip="split") as vm:
+            vm.set_line(PINS[0], 0)
+            vm.redirection_table()
+    except KvmVmError:
+        return False
+    return True
+
+
+def _rte(draw: st.DrawFn, vcpus: int) -> int:
+    return R.encode(
+        vector=draw(st.sampled_from(VECTORS)),
+        trigger=draw(st.sampled_from(["edge", "level"])),
+        masked=draw(st.integers(0, 5)) == 0,  # one write in six masks the pin
+        # A vCPU's APIC ID, or now and then 0xff: physical broadcast to every vCPU.
+        dest=draw(st.sampled_from([*range(vcpus), *range(vcpus), 0xFF])),
+    )
+
+
+@st.composite
+def sequences(draw: st.DrawFn) -> tuple[int, list[Step]]:
+    vcpus = draw(st.integers(1, 2))
+    cpu = st.integers(0, vcpus - 1)
+    steps: list[Step] = []
+    # Every sequence starts by programming one to three pins (they reset masked), so that
+    # lines have somewhere to go.
+    for pin in draw(st.lists(st.sampled_from(PINS), min_size=1, max_size=3, unique=True)):
+        steps.append(("rte", draw(cpu), pin, _rte(draw, vcpus)))
+    for _ in range(draw(st.integers(1, MAX_STEPS - len(steps)))):
+        kind = draw(st.sampled_from(
+            ["line", "line", "line", "rte", "msi", "ack", "ack", "ack", "ack", "eoi", "eoi",
+             "tpr"]))
+        if kind == "line":
+            pin = draw(st.sampled_from(PINS))
+            action = draw(st.sampled_from(["assert", "deassert", "pulse"]))
+            if action == "pulse":
+                steps += [("line", pin, 1), ("line", pin, 0)]
+            else:
+                steps.append(("line", pin, 1 if action == "assert" else 0))
+        elif kind == "rte":
+            halves = draw(st.sampled_from(
+                [("low", "high"), ("low", "high"), ("high", "low"), ("low",), ("high",)]))
+            steps.append(("rte", draw(cpu), draw(st.sampled_from(PINS)), _rte(draw, vcpus),
+                          halves))
+        elif kind == "msi":
+            level = draw(st.booleans())
+            # Fixed, physical; level MSIs carry trigger (bit 15) and assert (bit 14).
+            data = draw(st.sampled_from(VECTORS)) | (0xC000 if level else 0)
+            steps.append(("msi", 0xFEE00000 | draw(cpu) << 12, 0, data))
+        elif kind == "tpr":
+            steps.append(("tpr", draw(cpu), draw(st.sampled_from(TPRS))))
+        else:
+            steps.append((kind, draw(cpu)))
+    return vcpus, steps
+
+
+IRQCHIPS = [
+    pytest.param("kernel", id="kernel"),
+    pytest.param("split", id="split",
+                 marks=pytest.mark.skipif(not _split_usable(), reason=SPLIT_REASON)),
+]
+
+
+@needs_kvm
+@pytest.mark.parametrize("irqchip", IRQCHIPS)
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=sequences())
+def test_random_sequences_agree(irqchip: str, case: tuple[int, list[Step]]) -> None:
+    vcpus, steps = case
+    profile = host_profile()
+    model = run_engine(steps, PINS, vcpus, profile=profile, irqchip=irqchip)
+    real = run_kvm(steps, PINS, vcpus, irqchip=irqchip)
+    divergence = first_divergence(model, real)
+    assert divergence is None, f"profile {profile}, {vcpus} vCPU(s)\n" + describe(
+        divergence, steps)
+
+
+def test_sequences_are_bounded_and_well_formed() -> None:
+    """The generator stays within its bounds (runs without /dev/kvm too)."""
+    seen: list[Any] = []
+
+    @settings(max_examples=50, derandomize=True, database=None)
+    @given(case=sequences())
+    def check(case: tuple[int, list[Step]]) -> None:
+        vcpus, steps = case
+        assert 1 <= vcpus <= 2 and 1 <= len(steps) <= 2 * MAX_STEPS
+        for s in steps:
+            if s[0] in ("ack", "eoi", "tpr", "rte"):
+                assert 0 <= s[1] < vcpus
+            if s[0] == "rte":
+                assert s[2] in PINS and (R.dest(s[3]) < vcpus or R.dest(s[3]) == 0xFF)
+        seen.append(steps)
+
+    check()
+    assert len(seen) == 50
