@@ -39,7 +39,7 @@ class EventLog:
         seq = self.next_seq
         self.next_seq = seq + 1
         if self.enabled:
-            self.events.append((seq, actor, kind, cause, *fields))
+            self.events.append((seq, actor, kind, cause) + fields)
             if seq - self.base >= self.limit:
                 self._drop_oldest()
         return seq
@@ -64,7 +64,7 @@ class EventLog:
         if self.enabled:
             i = seq - self.base
             if 0 <= i < len(self.events):
-                self.events[i] = (seq, actor, kind, cause, *fields)
+                self.events[i] = (seq, actor, kind, cause) + fields
 
     def truncate(self) -> None:
         """Drop stored events (seqs keep counting)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Final, NamedTuple
+from typing import Final
 
 from .errors import invalid
 
@@ -14,16 +14,36 @@ DATA_LEVEL_ASSERT: Final = 1 << 14
 DATA_TRIGGER_LEVEL: Final = 1 << 15
 
 
-class LapicIrq(NamedTuple):
-    """KVM's struct kvm_lapic_irq, reduced to what IOAPIC/MSI delivery uses (a NamedTuple:
-    one is built per delivery, and tuples are the cheapest immutable record)."""
+class LapicIrq:
+    """KVM's struct kvm_lapic_irq, reduced to what IOAPIC/MSI delivery uses. A plain class with
+    slots rather than a NamedTuple: one is built per delivery, and compiled by mypyc its fields
+    are C struct members instead of tuple items behind properties. Treated as immutable."""
 
-    vector: int
-    delivery_mode: int  # 0..7 (APIC_DM_* >> 8)
-    logical: bool
-    level_trig: bool
-    dest: int
-    redir_hint: bool = False
+    __slots__ = ("delivery_mode", "dest", "level_trig", "logical", "redir_hint", "vector")
+
+    def __init__(self, vector: int, delivery_mode: int, logical: bool, level_trig: bool,
+                 dest: int, redir_hint: bool = False) -> None:
+        self.vector = vector
+        self.delivery_mode = delivery_mode  # 0..7 (APIC_DM_* >> 8)
+        self.logical = logical
+        self.level_trig = level_trig
+        self.dest = dest
+        self.redir_hint = redir_hint
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LapicIrq) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"LapicIrq(vector={self.vector}, delivery_mode={self.delivery_mode}, "
+                f"logical={self.logical}, level_trig={self.level_trig}, dest={self.dest}, "
+                f"redir_hint={self.redir_hint})")
+
+    def _key(self) -> tuple[int, int, bool, bool, int, bool]:
+        return (self.vector, self.delivery_mode, self.logical, self.level_trig, self.dest,
+                self.redir_hint)
 
     @property
     def lowest_prio(self) -> bool:
