@@ -1,7 +1,11 @@
 # irqlab service image: a slim two-stage build.
 #
-#   builder  makes a virtualenv in /opt/venv holding irqlab (built as a wheel) and its deps;
-#   runtime  copies only /opt/venv onto the same base and runs `irqlab serve` as a non-root user.
+#   builder  makes a virtualenv in /opt/venv holding irqlab (built as a wheel) and its deps; it
+#            has gcc and the Python 3.11 headers, so setup.py compiles the engine's hot modules
+#            with mypyc (the wheel carries the .so files and app/engine/_native.stamp), and the
+#            build fails if the installed engine is not the compiled one;
+#   runtime  copies only /opt/venv onto the same base (no compiler, no headers) and runs
+#            `irqlab serve` as a non-root user. GET /readyz reports "engine": "compiled (mypyc)".
 #
 # BASE: the Debian bookworm + python3 (3.11) image both stages start from. No container registry
 #   is reachable from our machines, so the default is the local image that
@@ -38,6 +42,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_NO_INPUT=1
 
+# What mypyc needs to compile the engine (setup.py): a C compiler, libc headers and Python.h.
+# Builder only: none of it reaches the runtime stage. Not pinned: a Debian mirror serves only
+# the current version of each package, so a pinned version stops installing at the next point
+# release or security update (and libpython3.11-dev has to equal the archive's current
+# libpython3.11-stdlib anyway); the compiled engine needs only the 3.11 ABI, which is stable.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libpython3.11-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /src
 
 # Dependencies first, from pyproject.toml alone, so that code edits do not reinstall them.
@@ -48,7 +62,9 @@ RUN --mount=type=secret,id=pip_cert,required=false \
     && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" >/tmp/requirements.txt \
     && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 
-# Then the project itself: build a wheel, install it without touching the deps, and drop the
+# Then the project itself: build a wheel (pip's isolated build env fetches setuptools and mypy,
+# whose mypyc compiles the engine), install it without touching the deps, check that the
+# installed engine is the compiled one (-P: import from /opt/venv, not from /src), and drop the
 # installer tooling the runtime does not need.
 COPY . ./
 RUN --mount=type=secret,id=pip_cert,required=false \
@@ -56,6 +72,7 @@ RUN --mount=type=secret,id=pip_cert,required=false \
     && /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/irqlab-*.whl \
     && /opt/venv/bin/pip check \
+    && /opt/venv/bin/python -P -c "import sys, app.engine as e; print('irqlab: engine', e.ENGINE_BUILD); sys.exit(not e.NATIVE)" \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 

@@ -5,9 +5,12 @@
 #   2. builds the image from ./Dockerfile           (--format docker keeps HEALTHCHECK)
 #   3. runs it detached, --network host, bound to 127.0.0.1:$PORT
 #   4. polls http://127.0.0.1:$PORT/healthz until it answers (bounded)
-#   5. runs the image's HEALTHCHECK and checks it passes
-#   6. checks the service process (PID 1) is not root
-#   7. stops (SIGTERM) and removes the container
+#   5. checks GET /readyz reports "engine": "compiled (mypyc)" (the image runs the engine
+#      mypyc compiled in the builder stage, not the pure-Python fallback), that the service
+#      logged the same at start, and that the runtime image has no C compiler
+#   6. runs the image's HEALTHCHECK and checks it passes
+#   7. checks the service process (PID 1) is not root
+#   8. stops (SIGTERM) and removes the container
 # Exits non-zero with a clear message on the first failure. Only 127.0.0.1 is ever contacted.
 #
 # pip inside the build reaches the package index the way the host's pip does: index URLs,
@@ -175,13 +178,30 @@ until body="$(probe "$url")"; do
 done
 log "GET $url -> 200 $body"
 
-# ---- 5. HEALTHCHECK ------------------------------------------------------------------------
+# ---- 5. compiled engine --------------------------------------------------------------------
+want_engine="compiled (mypyc)"
+ready_url="http://127.0.0.1:$port/readyz"
+ready="$(probe "$ready_url")" || fail "GET $ready_url did not answer 200"
+engine="$(python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get("engine", "<missing>"))' "$ready")" \
+    || fail "GET $ready_url: not JSON: $ready"
+[[ "$engine" == "$want_engine" ]] \
+    || fail "GET $ready_url reports engine '$engine', want '$want_engine' ($ready)"
+log "GET $ready_url -> 200 $ready"
+start_log="$(podman logs "$name" 2>&1)" || fail "podman logs failed"
+grep -qF "irqlab: engine $want_engine" <<<"$start_log" \
+    || fail "the service did not log 'irqlab: engine $want_engine' at start"
+# shellcheck disable=SC2016  # $c is expanded by the container's shell
+cc_found="$(pm exec "$name" sh -c 'for c in gcc cc x86_64-linux-gnu-gcc; do command -v "$c"; done; true')"
+[[ -z "$cc_found" ]] || fail "the runtime image contains a C compiler: $cc_found"
+log "engine: $engine (also in the start log); no C compiler in the runtime image"
+
+# ---- 6. HEALTHCHECK ------------------------------------------------------------------------
 hc="$(pm healthcheck run "$name" 2>&1)" || fail "HEALTHCHECK failed: ${hc:-unhealthy}"
 status="$(podman inspect --format '{{.State.Health.Status}}' "$name" 2>/dev/null || true)"
 [[ -z "$status" || "$status" == healthy ]] || fail "health status is '$status', want healthy"
 log "HEALTHCHECK passed (status: ${status:-${hc:-healthy}})"
 
-# ---- 6. non-root ---------------------------------------------------------------------------
+# ---- 7. non-root ---------------------------------------------------------------------------
 uids="$(pm exec "$name" sh -c 'sed -n "s/^Uid:[[:space:]]*//p" /proc/1/status')" \
     || fail "could not read the service's uid"
 read -r ruid euid _ <<<"$uids"
@@ -189,7 +209,7 @@ read -r ruid euid _ <<<"$uids"
 cmdline="$(pm exec "$name" sh -c 'tr "\0" " " </proc/1/cmdline')"
 log "PID 1 runs as uid $euid (not root): $cmdline"
 
-# ---- 7. stop and remove --------------------------------------------------------------------
+# ---- 8. stop and remove --------------------------------------------------------------------
 pm stop --time 10 "$name" >/dev/null || fail "podman stop failed"
 code="$(podman inspect --format '{{.State.ExitCode}}' "$name")"
 pm rm "$name" >/dev/null || fail "podman rm failed"
