@@ -308,6 +308,8 @@ class Runner:
         """Run `steps` only if counter `counter` equals `equals` (or is at least `at_least`):
         lets a handler behave differently on its n-th run, as guest handlers often do."""
         name = _require(step, "counter", where)
+        if not isinstance(name, str):
+            raise invalid("counter names are strings", f"{where}.counter")
         value = self.counters.get(name, 0)
         if "equals" in step:
             holds = value == parse_int(step["equals"], f"{where}.equals")
