@@ -39,7 +39,8 @@ class EventLog:
         seq = self.next_seq
         self.next_seq = seq + 1
         if self.enabled:
-            self.events.append((seq, actor, kind, cause) + fields)
+            # Concatenation, not (..., *fields): one C-level tuple concat when compiled.
+            self.events.append((seq, actor, kind, cause) + fields)  # noqa: RUF005
             if seq - self.base >= self.limit:
                 self._drop_oldest()
         return seq
@@ -64,7 +65,7 @@ class EventLog:
         if self.enabled:
             i = seq - self.base
             if 0 <= i < len(self.events):
-                self.events[i] = (seq, actor, kind, cause) + fields
+                self.events[i] = (seq, actor, kind, cause) + fields  # noqa: RUF005
 
     def truncate(self) -> None:
         """Drop stored events (seqs keep counting)."""
@@ -91,10 +92,19 @@ BITMAP_FIELDS = frozenset({"handled", "was", "vectors"})
 
 
 def event_fields(e: Event) -> dict[str, Any]:
-    out = dict(zip(e[4::2], e[5::2], strict=True))
-    for k in BITMAP_FIELDS.intersection(out):
-        if isinstance(out[k], int):
-            out[k] = vectors(out[k])
+    # Every operation's response renders its events through here: one pass, no zip/slices.
+    out: dict[str, Any] = {}
+    n = len(e)
+    i = 4
+    while i < n:
+        k: str = e[i]
+        v = e[i + 1]
+        if k in BITMAP_FIELDS and type(v) is int:
+            v = vectors(v)
+        out[k] = v
+        i += 2
+    if i != n:
+        raise ValueError(f"event {e[0]} has an odd number of field items")
     return out
 
 

@@ -11,7 +11,7 @@ from app.api import kvm_ops as KO
 from app.api import models as M
 from app.api import ops
 from app.api.bodies import json_body, json_body_openapi
-from app.api.deps import PinPath, VmPath
+from app.api.deps import PinPath, VmPath, manual_path_openapi, path_pin, path_vm
 from app.api.problems import problem_responses
 from app.api.run import act, view
 
@@ -94,9 +94,12 @@ async def patch_pin(
                 "and an `outcome`: delivered, coalesced, blocked (by Remote IRR or the mask), "
                 "dropped, lowered or no-target.",
     responses={**X.response("line"), **problem_responses(404, 413, 422)},
-    openapi_extra=json_body_openapi(M.LineRequest, X.REQUESTS["line"]),
+    openapi_extra={**json_body_openapi(M.LineRequest, X.REQUESTS["line"]),
+                   **manual_path_openapi("vm", "pin")},
 )
-async def line(vm: VmPath, pin: PinPath, request: Request) -> Response:
+async def line(request: Request) -> Response:
+    # The hottest route: path parameters and body are parsed here, not by FastAPI's solver.
+    vm, pin = path_vm(request), path_pin(request)
     body = await json_body(request, M.LineRequest)
     return await act(request, vm, M.LineResult, lambda v: ops.set_line(v, pin, body),
                      kvm=lambda h: KO.set_line(h, pin, body))

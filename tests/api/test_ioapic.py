@@ -102,6 +102,22 @@ async def test_pin_out_of_range_and_unknown_vcpu(client: httpx.AsyncClient, make
     assert_problem(await client.get("/v1/vms/none/ioapic"), 404, "vm")
 
 
+async def test_line_route_validates_its_own_path_parameters(
+        client: httpx.AsyncClient, make_vm: MakeVm) -> None:
+    """The line route parses vm and pin itself (app/api/deps.py): same answers as the
+    routes whose parameters FastAPI validates."""
+    vm = await make_vm()
+    for bad in ("24", "-1", "x", "1.5"):
+        r = await client.post(f"/v1/vms/{vm}/ioapic/pins/{bad}/line", json={"level": 1})
+        body = assert_problem(r, 422, "pin")
+        other = (await client.get(f"/v1/vms/{vm}/ioapic/pins/{bad}")).json()
+        assert body["detail"] == other["detail"], (body, other)
+    assert_problem(await client.post("/v1/vms/none/ioapic/pins/1/line", json={"level": 1}),
+                   404, "vm")
+    assert (await client.post(f"/v1/vms/{vm}/ioapic/pins/0x5/line",
+                              json={"level": 1})).status_code == 422
+
+
 async def test_patch_writes_only_the_needed_dword(client: httpx.AsyncClient, make_vm: MakeVm
                                                   ) -> None:
     vm = await make_vm(vcpus=2)
