@@ -89,6 +89,7 @@ def main() -> None:
     proc = start_server(port)
     try:
         setup_vm(base)
+        engine = httpx.get(f"{base}/readyz").json().get("engine", "?")
         with tempfile.TemporaryDirectory() as tmp:
             lua = Path(tmp) / "line.lua"
             # Alternate assert and deassert so that every request changes the line: an
@@ -117,7 +118,7 @@ def main() -> None:
         proc.wait(timeout=10)
     noop = statistics.median(r["rate"] for r in runs["no-op GET /healthz"])
     print(f"one uvicorn worker, wrk -t1 -c{args.connections}, {args.rounds} rounds x "
-          f"{args.seconds} s per route, medians")
+          f"{args.seconds} s per route, medians; engine: {engine}")
     print(f"{'route':38} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs no-op':>9}")
     for name, rs in runs.items():
         rate = statistics.median(r["rate"] for r in rs)

@@ -9,6 +9,7 @@ Two levels are measured:
   vm-ops       the Vm methods the HTTP API calls (argument checks + result dicts on top).
 
 Usage: python bench/engine_roundtrip.py [--seconds S] [--runs N]
+(IRQLAB_ENGINE=python measures the pure-Python engine where the compiled one is installed.)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+from app.engine import ENGINE_BUILD
 from app.engine import rte as R
 from app.engine.ioapic_kvm import ioapic_set_irq
 from app.engine.ioapic_qemu import qemu_ioapic_set_irq
@@ -101,7 +103,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    print(f"level round trips per second, event log on (median of {args.runs} runs)")
+    print(f"level round trips per second, event log on (median of {args.runs} runs); "
+          f"engine: {ENGINE_BUILD}")
     for irqchip in ("kernel", "split"):
         for level in ("transitions", "vm-ops"):
             runs = [measure(irqchip, level, args.seconds) for _ in range(args.runs)]
