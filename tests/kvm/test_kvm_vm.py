@@ -336,5 +336,8 @@ def test_kvm_pvm_split_eoi_exit_arrives_before_the_guest_eoi() -> None:
         vm.signal_msi(0xFEE00000, 0, 0x8000 | VEC)
         ack = vm.vcpu(0).command(G.CMD_ACK)
         assert ack.vectors == [VEC] and ack.ioapic_eois == [VEC]
-        assert ack.exits.index("IOAPIC_EOI") > 1  # after the stub's vector report exit
+        # Usually after the stub's vector report exit (index > 1), but under CPU load it was
+        # seen before it (exits IO, IOAPIC_EOI, IO, IO): what is stable is that it comes
+        # within the take, not at the guest's EOI.
+        assert "IOAPIC_EOI" in ack.exits
         assert vm.vcpu(0).command(G.CMD_EOI).ioapic_eois == []
