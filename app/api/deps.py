@@ -42,16 +42,16 @@ PinPath = Annotated[int, Path(ge=0, le=23, description="IOAPIC input pin, 0..23.
 # `manual_path_openapi` declares the parameters in the OpenAPI document exactly as FastAPI
 # would have.
 
-_PIN_SCHEMA = {"description": "IOAPIC input pin, 0..23.", "examples": [5], "maximum": 23,
-               "minimum": 0, "title": "Pin", "type": "integer"}
-_VM_SCHEMA = {"description": "The VM's id.", "examples": ["race"], "title": "Vm",
+_PIN_SCHEMA: dict[str, Any] = {"description": "IOAPIC input pin, 0..23.", "examples": [5],
+                               "maximum": 23, "minimum": 0, "title": "Pin", "type": "integer"}
+_VM_SCHEMA: dict[str, Any] = {"description": "The VM's id.", "examples": ["race"], "title": "Vm",
               "type": "string"}
 _PIN_ADAPTER: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=0, le=23)])
 
 
 def manual_path_openapi(*names: str) -> dict[str, Any]:
     """`openapi_extra` parameters for a route that reads `names` with the functions below."""
-    schemas = {"vm": _VM_SCHEMA, "pin": _PIN_SCHEMA}
+    schemas: dict[str, dict[str, Any]] = {"vm": _VM_SCHEMA, "pin": _PIN_SCHEMA}
     return {"parameters": [{"description": schemas[n]["description"], "in": "path", "name": n,
                             "required": True, "schema": dict(schemas[n])} for n in names]}
 
