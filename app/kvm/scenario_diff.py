@@ -32,7 +32,7 @@ from typing import Any
 
 from app.engine import rte as R
 from app.engine.errors import EngineError
-from app.engine.lapic import ppr
+from app.engine.lapic import ppr, read_register
 from app.engine.scenario import (
     DEFAULT_SETTLE_BUDGET,
     Runner,
@@ -51,10 +51,12 @@ DEFAULT_PROFILE = "linux-latest"
 EXPECT_IGNORED = "expectation steps describe the model: ignored (not run on KVM, not compared)"
 # A settle on KVM acks through the real guest: at most this many interrupts per settle.
 KVM_SETTLE_CAP = 1000
-SUPPORTED_OPS = ("line", "write_rte", "patch_rte", "mmio", "msi", "ack", "eoi", "enter",
-                 "count", "take", "settle")
-HANDLER_OPS = ("line", "write_rte", "patch_rte", "mmio", "msi", "ack", "eoi", "enter",
-               "count", "expect")
+SUPPORTED_OPS = ("line", "write_rte", "patch_rte", "mmio", "msi", "lapic", "ack", "eoi",
+                 "enter", "count", "take", "settle", "sti", "cli", "when")
+HANDLER_OPS = ("line", "write_rte", "patch_rte", "mmio", "msi", "lapic", "ack", "eoi", "enter",
+               "count", "expect", "sti", "cli", "when")
+# The engine's Runner refuses deeper nesting (scenario.MAX_HANDLER_DEPTH) before KVM runs.
+MMIO_OFFSETS = (0x00, 0x10, 0x20, 0x40)
 PIN_COUNT = R.NUM_PINS
 # Remote IRR is compared on its own (pins.N.remote_irr); the raw RTE is compared without it so
 # that one difference is reported once.
@@ -90,6 +92,11 @@ def engine_observables(vm: Vm, counters: dict[str, int]) -> dict[str, Any]:
         out[f"vcpus.{v.idx}.isr"] = _vectors(v.isr)
         out[f"vcpus.{v.idx}.tmr"] = _vectors(v.tmr)
         out[f"vcpus.{v.idx}.ppr"] = ppr(v)
+        out[f"vcpus.{v.idx}.x2apic"] = v.x2apic
+        out[f"vcpus.{v.idx}.apic_id"] = v.idx if v.x2apic else v.id_reg >> 24
+        out[f"vcpus.{v.idx}.ldr"] = read_register(vm, v, "ldr")
+        out[f"vcpus.{v.idx}.dfr"] = v.dfr
+        out[f"vcpus.{v.idx}.tpr"] = v.tpr
     for name, n in counters.items():
         out[f"counters.{name}"] = n
     return out
@@ -107,6 +114,11 @@ def kvm_observables(vm: KvmVm, counters: dict[str, int]) -> dict[str, Any]:
         out[f"vcpus.{n}.isr"] = _vectors(view["isr"])
         out[f"vcpus.{n}.tmr"] = _vectors(view["tmr"])
         out[f"vcpus.{n}.ppr"] = view["ppr"]
+        out[f"vcpus.{n}.x2apic"] = view["x2apic"]
+        out[f"vcpus.{n}.apic_id"] = view["apic_id"]
+        out[f"vcpus.{n}.ldr"] = view["ldr"]
+        out[f"vcpus.{n}.dfr"] = view["dfr"]
+        out[f"vcpus.{n}.tpr"] = view["tpr"]
     for name, c in counters.items():
         out[f"counters.{name}"] = c
     return out
@@ -140,11 +152,17 @@ class KvmSide:
         self.handlers = handlers
         self.x2apic_format = x2apic_format
         self.counters: dict[str, int] = {}
+        # The Runner's per-vCPU interrupt flag. The guest itself always runs with IF clear and
+        # opens a window (sti; ...; cli) only when a take finds this flag set, so the flag the
+        # scenario's cli/sti steps set decides exactly when the real vCPU can take an interrupt.
+        self.if_flag = [True] * len(vm.vcpus)
 
     def run(self, step: dict[str, Any], where: str, vcpu: int | None = None,
-            in_handler: bool = False) -> dict[str, Any]:
+            in_handler: bool = False, depth: int = 0) -> dict[str, Any]:
         vm = self.vm
         op = step.get("op")
+        in_handler = in_handler or depth > 0
+        depth = max(depth, 1 if in_handler else 0)
         allowed = HANDLER_OPS if in_handler else SUPPORTED_OPS
         if op not in allowed:
             raise Unsupported(f"op {op!r} is not supported on KVM" +
@@ -192,16 +210,45 @@ class KvmSide:
             vm.write_rte(cpu(), pin, entry, tuple(halves))
             return {}
         if op == "mmio":
-            if parse_int(step.get("size", 4), f"{where}.size", 1, 8) != 4:
-                raise Unsupported("only 4-byte MMIO accesses are supported on KVM (irqlab's "
-                                  "guest issues 32-bit moves)")
+            _check_step(step, where)
+            size = parse_int(step.get("size", 4), f"{where}.size", 1, 8)
             offset = parse_int(step["offset"], f"{where}.offset", 0, 0xFF)
-            if offset not in (0x00, 0x10, 0x20, 0x40):
-                raise Unsupported(f"MMIO offset {offset:#x} is not supported on KVM")
             access = step.get("access", "read")
             value = vm.mmio(cpu(), access, offset,
-                            parse_int(step.get("value", 0), f"{where}.value", 0, 0xFFFFFFFF))
+                            parse_int(step.get("value", 0), f"{where}.value", 0,
+                                      (1 << (8 * size)) - 1), size)
             return {"value": value} if access == "read" else {}
+        if op == "lapic":
+            # As the engine's Runner: each named register, in order, written by the guest
+            # (xAPIC page or x2APIC MSR, as the vCPU's mode is now); the answer is the value
+            # read back the same way, or the #GP the guest took.
+            n = cpu()
+            out: dict[str, Any] = {}
+            for reg, val in step.items():
+                if reg in ("op", "vcpu", "label", "save"):
+                    continue
+                if not vm.lapic_write(n, reg, parse_int(val, f"{where}.{reg}", 0, 2**64 - 1)):
+                    return {"fault": "#GP", "reg": reg}
+                if reg != "eoi":
+                    out[reg] = vm.lapic_read(n, reg)
+            return out
+        if op in ("sti", "cli"):
+            n = cpu()
+            self.if_flag[n] = op == "sti"
+            if op == "sti" and in_handler:
+                # A handler's sti: what is pending is taken at once, nested (the Runner's
+                # _take_pending).
+                return {"nested": self._take_pending(n, depth)}
+            return {}
+        if op == "when":
+            name = step["counter"]
+            value = self.counters.get(name, 0)
+            holds = (value == parse_int(step["equals"], f"{where}.equals") if "equals" in step
+                     else value >= parse_int(step["at_least"], f"{where}.at_least"))
+            if holds:
+                for i, s in enumerate(step["steps"]):
+                    self.run(s, f"{where}.steps[{i}]", vcpu, in_handler, depth)
+            return {"ran": holds}
         if op == "msi":
             if "decoded" in step:
                 lo, hi, data = msi_from_decoded(step["decoded"], f"{where}.decoded",
@@ -227,16 +274,21 @@ class KvmSide:
         if op == "expect":  # inside a handler: describes the model
             return {}
         if op == "take":
-            return {"vector": self.take(cpu())}
+            return {"vector": self.take(cpu(), depth)}
         assert op == "settle"
         budget = parse_int(step.get("budget", DEFAULT_SETTLE_BUDGET), f"{where}.budget",
                            1, 10_000_000)
         return self.settle(budget)
 
-    def take(self, n: int) -> int | None:
+    def take(self, n: int, depth: int = 0) -> int | None:
+        """The Runner's take: nothing while the vCPU's IF is clear; else the guest's window,
+        and the vector's handler runs (IF clear) on the same vCPU; the return sets IF."""
+        if not self.if_flag[n]:
+            return None
         vec = self.vm.ack(n)
         if vec is None:
             return None
+        self.if_flag[n] = False
         steps = self.handlers.get(vec)
         if steps is None:  # as the engine's Runner: count it and EOI
             key = f"unhandled:{vec:#x}"
@@ -244,8 +296,18 @@ class KvmSide:
             self.vm.eoi(n)
         else:
             for i, s in enumerate(steps):
-                self.run(s, f"handlers.{vec:#x}[{i}]", n, in_handler=True)
+                self.run(s, f"handlers.{vec:#x}[{i}]", n, in_handler=True, depth=depth + 1)
+        self.if_flag[n] = True
         return vec
+
+    def _take_pending(self, n: int, depth: int) -> list[int]:
+        taken = []
+        while self.if_flag[n]:
+            vec = self.take(n, depth)
+            if vec is None:
+                break
+            taken.append(vec)
+        return taken
 
     def settle(self, budget: int) -> dict[str, Any]:
         cap = min(budget, KVM_SETTLE_CAP)
@@ -271,6 +333,10 @@ def _engine_answer(op: str, result: dict[str, Any]) -> dict[str, Any]:
         return {"vector": result.get("vector")}
     if op == "mmio" and "value" in result:
         return {"value": result["value"]}
+    if op == "lapic":
+        return {reg: r["value"] for reg, r in result.items() if reg != "eoi"}
+    if op == "sti" and "nested" in result:
+        return {"nested": [r["vector"] for r in result["nested"]]}
     if op == "settle":
         return {"taken": result["taken"], "taken_total": result["taken_total"],
                 "budget_exhausted": result["budget_exhausted"]}
@@ -279,14 +345,25 @@ def _engine_answer(op: str, result: dict[str, Any]) -> dict[str, Any]:
 
 def _handler_problem(handlers: dict[int, list[dict[str, Any]]]) -> str | None:
     for vec, steps in sorted(handlers.items()):
-        for i, s in enumerate(steps):
-            if s.get("op") not in HANDLER_OPS:
-                return (f"handler {vec:#x} step {i} uses op {s.get('op')!r}, which is not "
-                        "supported on KVM inside a handler")
-            try:
-                _check_step(s, f"handlers.{vec:#x}[{i}]")
-            except Unsupported as exc:
-                return f"handler {vec:#x} step {i}: {exc}"
+        problem = _steps_problem(steps, f"handlers.{vec:#x}", f"handler {vec:#x}")
+        if problem is not None:
+            return problem
+    return None
+
+
+def _steps_problem(steps: list[dict[str, Any]], where: str, who: str) -> str | None:
+    for i, s in enumerate(steps):
+        if s.get("op") not in HANDLER_OPS:
+            return (f"{who} step {i} uses op {s.get('op')!r}, which is not supported on KVM "
+                    "inside a handler")
+        try:
+            _check_step(s, f"{where}[{i}]")
+        except Unsupported as exc:
+            return f"{who} step {i}: {exc}"
+        if s.get("op") == "when" and isinstance(s.get("steps"), list):
+            problem = _steps_problem(s["steps"], f"{where}[{i}].steps", f"{who} step {i}")
+            if problem is not None:
+                return problem
     return None
 
 
@@ -302,15 +379,20 @@ def diff_variant(doc: dict[str, Any], name: str, cfg: dict[str, Any],
                            "stopped": None, "notes": [], "steps": [], "differences": 0,
                            "first_difference": None}
     runner = Runner(doc, cfg, extra)
-    if runner.vm.config.x2apic:
-        out["notes"].append("the engine's vCPUs are x2APIC; the KVM guest's LAPICs are xAPIC "
-                            "(compared state is the same registers)")
+    conf = runner.vm.config
+    if conf.x2apic:
+        out["notes"].append("x2APIC guest: it switches to x2APIC at start and uses the x2APIC "
+                            "MSRs (KVM_CAP_X2APIC_API flags from x2apic_format / "
+                            "broadcast_quirk_disabled)")
     handler_problem = _handler_problem(runner.handlers)
     steps = doc.get("steps") or []
     # A split VM's VMM runs the same QEMU IOAPIC as the model's, configured alike.
     with KvmVm(vcpus, device=device, irqchip=irqchip,
                ioapic_version=runner.vm.ioapic.version if irqchip == "split" else 0x20,
-               routes_before_service=runner.vm.flags.qemu_routes_before_service) as kvm:
+               routes_before_service=runner.vm.flags.qemu_routes_before_service,
+               x2apic=conf.x2apic, x2apic_format=conf.x2apic_format,
+               broadcast_quirk_disabled=conf.broadcast_quirk_disabled,
+               x2apic_cpuid=conf.x2apic_cpuid) as kvm:
         side = KvmSide(kvm, runner.handlers, runner.vm.config.x2apic_format)
         for i, step in enumerate(steps):
             where = f"steps[{i}]"
@@ -346,7 +428,11 @@ def diff_variant(doc: dict[str, Any], name: str, cfg: dict[str, Any],
             except EngineError as exc:
                 if exc.field and exc.field.startswith(("steps", "handlers", "matrix")):
                     raise
-                model_answer = {"error": exc.detail}
+                if op == "lapic" and "(#GP)" in exc.detail:
+                    # The model refuses the write as the CPU would fault; the guest's #GP.
+                    model_answer = {"fault": "#GP", "reg": exc.field}
+                else:
+                    model_answer = {"error": exc.detail}
             try:
                 kvm_answer = side.run(step, where)
             except Unsupported as exc:  # inside a handler, found while running
@@ -381,11 +467,10 @@ def _check_step(step: dict[str, Any], where: str) -> None:
         raise Unsupported("IRQ source ids other than 0 are not supported on KVM "
                           "(KVM_IRQ_LINE drives userspace's source only)")
     if op == "mmio":
-        if parse_int(step.get("size", 4), f"{where}.size", 1, 8) != 4:
-            raise Unsupported("only 4-byte MMIO accesses are supported on KVM (irqlab's "
-                              "guest issues 32-bit moves)")
+        if parse_int(step.get("size", 4), f"{where}.size", 1, 8) not in (1, 2, 4, 8):
+            raise Unsupported("MMIO accesses are 1, 2, 4 or 8 bytes")
         offset = parse_int(step.get("offset", 0), f"{where}.offset", 0, 0xFF)
-        if offset not in (0x00, 0x10, 0x20, 0x40):
+        if offset not in MMIO_OFFSETS:
             raise Unsupported(f"MMIO offset {offset:#x} is not supported on KVM")
 
 

@@ -594,17 +594,21 @@ class KvmVm(K.Closing):
     def remote_irr(self, pin: int) -> bool:
         return bool(self.redirection_table()[pin] & REMOTE_IRR_BIT)
 
+    def apic_id(self, page: K.LapicPage, mode: str) -> int:
+        """The APIC id in a KVM_GET_LAPIC page: bits 31:24 of the ID register, except in
+        x2APIC mode with KVM_X2APIC_API_USE_32BIT_IDS, where the register is the 32-bit id."""
+        raw = page.reg(page.ID)
+        return raw if mode == "x2apic" and self.x2apic_format else raw >> 24
+
     def vcpu_view(self, n: int) -> dict[str, Any]:
         """KVM_GET_LAPIC, plus the mode from IA32_APIC_BASE (KVM_GET_SREGS). In x2APIC mode
         the ID register holds the 32-bit x2APIC id when KVM_X2APIC_API_USE_32BIT_IDS is on,
         else the id << 24 (kvm_apic_state_fixup); LDR is KVM's derived cluster/bit value."""
         page = self.vcpu(n).fd.get_lapic()
         mode = self.lapic_mode(n)
-        raw_id = page.reg(page.ID)
-        apic_id = raw_id if mode == "x2apic" and self.x2apic_format else raw_id >> 24
         return {
             "vcpu": n,
-            "apic_id": apic_id,
+            "apic_id": self.apic_id(page, mode),
             "x2apic": mode == "x2apic",
             "enabled": mode != "disabled",
             "ldr": page.reg(page.LDR),
