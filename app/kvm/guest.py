@@ -2,8 +2,12 @@
 
 No assembler runs at any time: every instruction below is written as bytes with its encoding
 in a comment. The vCPU starts directly in protected mode (KVM_SET_SREGS loads CS/DS/SS with
-base 0, limit 4 GiB; paging off, so linear = physical). A GDT is still placed in guest memory
-because interrupt delivery and IRET reload CS from it.
+base 0, limit 4 GiB; paging off, so linear = physical; CR4.OSFXSR set for MMX). A GDT is still
+placed in guest memory because interrupt delivery and IRET reload CS from it.
+
+Two images: xAPIC (the LAPIC by MMIO at 0xFEE00000) and x2APIC (`image(x2apic=True)`: the
+guest sets IA32_APIC_BASE.EN|EXTD first and then uses the x2APIC MSRs 0x800 + offset >> 4; the
+host gives it CPUID.1:ECX.x2APIC with KVM_SET_CPUID2, without which KVM #GPs the EXTD write).
 
 Guest-physical layout (one memslot at GPA 0, MEM_SIZE bytes):
 
@@ -13,16 +17,18 @@ Guest-physical layout (one memslot at GPA 0, MEM_SIZE bytes):
     0x3000  STUBS: 256 stubs of 8 bytes
     0x3800  interrupt/exception common paths
     0x8000  stack top (grows down)
+    0x9000  SCRATCH: 8 bytes where an 8-byte MMIO access is staged
 
 Port protocol (all port I/O exits to the host, KVM_EXIT_IO):
 
     in  eax, CMD_PORT      the guest waits for a command; the host answers with a 32-bit value
-    in  eax, ARG_PORT      a command argument (MMIO address or value)
+    in  eax, ARG_PORT      a command argument (address, value, MSR index, dword of a value)
     out VECTOR_PORT, al    an interrupt stub reports the vector it was entered through
-    out RESULT_PORT, eax   the value a MMIO read returned
+    out RESULT_PORT, eax   a value read (8-byte reads and rdmsr: two, low dword first)
     out WINDOW_PORT, al    inside the ACK window (the host just resumes)
-    out FAULT_PORT, al     an exception stub (vectors 0..31) reports the exception; the guest
-                           then spins, so the host must treat the vCPU as dead
+    out FAULT_PORT, al     an exception stub (vectors 0..31) reports the exception and goes
+                           back to the command loop; the host treats it as fatal except a #GP
+                           from RDMSR/WRMSR (a register the LAPIC's mode does not have)
 
 Commands (CMD_PORT answer, low byte):
 
@@ -31,10 +37,18 @@ Commands (CMD_PORT answer, low byte):
           on entry takes it when KVM_RUN resumes after the OUT exit. The stub reports the
           vector and jumps back to the command loop with IF still clear (no IRET), so at most
           one interrupt is taken per window. No report means none was taken.
-    EOI   mov [0xFEE000B0], eax (eax = 0): the xAPIC EOI register. The LAPIC page is in-kernel,
-          so this does not exit to userspace.
-    MMIO_WRITE  addr = in ARG; value = in ARG; mov [addr], eax (32-bit)
-    MMIO_READ   addr = in ARG; mov eax, [addr]; out RESULT, eax
+    EOI   xAPIC: mov [0xFEE000B0], eax (eax = 0). x2APIC: wrmsr 0x80B (edx:eax = 0). The LAPIC
+          is in-kernel, so neither exits to userspace.
+    MMIO_WRITE{8,16,,64}  addr = in ARG; value = in ARG (64: two ARGs, low first); one store
+          of 1 (mov [ebx], al), 2 (66 mov [ebx], ax), 4 (mov [ebx], eax) or 8 bytes. 32-bit mode
+          has no 8-byte integer move: the 8-byte one is MMX movq from SCRATCH, which KVM's
+          emulator (em_mov, Mmx) performs as ONE 8-byte access (tests/kvm/test_guest_modes.py
+          sees a single 8-byte KVM_EXIT_MMIO). x87 fild/fistp is not emulated by KVM, SSE movq
+          (F3 0F 7E) is not in its opcode table, and cmpxchg8b reads first and stores only on
+          a match, so none of those would do.
+    MMIO_READ{8,16,,64}   addr = in ARG; movzx / mov / MMX movq load; out RESULT (64: two).
+    RDMSR  ecx = in ARG; rdmsr; out RESULT eax; out RESULT edx.
+    WRMSR  ecx, eax, edx = three ARGs; wrmsr.
     SPIN  jmp $ -- never exits again; only for testing the watchdog.
 
 The guest never halts and never waits on time: every command ends by returning to the command

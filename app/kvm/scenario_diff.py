@@ -5,24 +5,31 @@ report.
 Per variant of the document (its matrix, or `default`):
 
 - the engine VM is built from the variant's config (profile, x2apic, ...), the KvmVm has the
-  same irqchip and number of vCPUs (the host kernel decides everything else; its guest is
-  xAPIC). A split variant's KvmVm has irqlab as its VMM (app.kvm.split_vmm): the same QEMU
+  same irqchip and number of vCPUs, an x2APIC guest when the variant's vm.x2apic is true,
+  KVM_CAP_X2APIC_API with the variant's x2apic_format / broadcast_quirk_disabled, and CPUID.x2APIC
+  as its x2apic_cpuid (the host kernel decides everything else). A split variant's KvmVm has
+  irqlab as its VMM (app.kvm.split_vmm): the same QEMU
   IOAPIC code as the model's, with the variant's IOAPIC version and QEMU flag
   (qemu_routes_before_service), on the real kernel; its Remote IRR and RTEs are the VMM's;
 - each step runs on the engine (app.engine.scenario.Runner, handlers included), then on KVM;
 - after it, these observables are compared: per pin the RTE (raw, without Remote IRR) and
-  Remote IRR; per vCPU the IRR/ISR/TMR vector lists and PPR; the counters of `count` steps;
-  and the step's own answer (the vector of ack/take, the value of an MMIO read, the
-  interrupts a settle took).
+  Remote IRR; per vCPU the IRR/ISR/TMR vector lists, PPR, TPR, x2APIC mode, APIC id, LDR and
+  DFR; the counters of `count` steps; and the step's own answer (the vector of ack/take, the
+  value of an MMIO read, the interrupts a settle took, the LAPIC registers a lapic step wrote
+  as the guest reads them back, the vectors a handler's sti took).
 
-Step support on KVM: line (level / action, source 0), write_rte, patch_rte, mmio (4-byte),
-msi, ack, eoi, enter (a no-op: the guest is entered at every step anyway), count, take and
-settle (the guest acks through its interrupt window and the handler's steps run on the same
-vCPU, as the engine's Runner does; handlers may use the steps above plus ack/expect).
-`expect` steps describe the model and are ignored (not compared). Any other op (irq, routes,
-lapic, exit, resampler, irqfd, advance, sti, cli, when), a handler using one of them (or
-take/settle/sti/cli/when), a line with a non-zero source or an MMIO access of another size
-stops the variant, reported as unsupported at that step.
+Step support on KVM: line (level / action, source 0), write_rte, patch_rte, mmio (1, 2, 4 or 8
+bytes at 0x00/0x10/0x20/0x40), msi, lapic (the guest writes each register: xAPIC page or x2APIC
+MSR as its mode is, apic_base by wrmsr; a #GP is the answer), ack, eoi, enter (a no-op: the
+guest is entered at every step anyway), count, take and settle (the guest acks through its
+interrupt window and the handler's steps run on the same vCPU, as the engine's Runner does),
+cli/sti (the Runner's per-vCPU IF, kept by the harness: the guest always runs with IF clear and
+a take opens its window only when the flag is set; a handler's sti takes what is pending,
+nested) and when (on the KVM side's own counters). Handlers may use the same steps plus expect
+(not take/settle). `expect` steps describe the model and are ignored (not compared). Any other
+op (irq, routes, exit, resampler, irqfd, advance), a handler using one of them, a line with a
+non-zero source or an MMIO offset other than those stops the variant, reported as unsupported
+at that step.
 """
 
 from __future__ import annotations
