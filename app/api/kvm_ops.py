@@ -293,8 +293,10 @@ def vcpu_view(h: KvmHandle, n: int) -> dict[str, Any]:
     v = h.vm.vcpu(_vcpu(h, n))
     page = v.fd.get_lapic()
     svr = page.svr
+    mode = h.vm.lapic_mode(n)  # IA32_APIC_BASE from KVM_GET_SREGS
     return {
-        "vcpu": n, "apic_id": page.reg(page.ID) >> 24, "x2apic": None, "enabled": None,
+        "vcpu": n, "apic_id": h.vm.apic_id(page, mode), "x2apic": mode == "x2apic",
+        "enabled": mode != "disabled",
         "sw_enabled": bool(svr & 0x100), "ldr": page.reg(page.LDR), "dfr": page.reg(page.DFR),
         "tpr": page.tpr, "ppr": page.ppr, "svr": svr, "lvr": page.reg(LVR),
         "irr": _bitmap(page.irr), "isr": _bitmap(page.isr), "tmr": _bitmap(page.tmr),
@@ -438,20 +440,18 @@ def set_line(h: KvmHandle, pin: int, body: M.LineRequest) -> dict[str, Any]:
 
 
 def mmio(h: KvmHandle, body: M.MmioRequest) -> dict[str, Any]:
-    """A 32-bit guest load/store on the IOAPIC page, by irqlab's guest on `vcpu`."""
+    """A guest load/store of 1, 2, 4 or 8 bytes on the IOAPIC page, by irqlab's guest on
+    `vcpu` (8 bytes: one MMX movq, a single 8-byte access)."""
     n = _vcpu(h, body.vcpu)
-    if body.size != 4:
-        raise unsupported("irqlab's guest makes 4-byte accesses only on the kvm backend",
-                          "size")
     if body.offset not in (0x00, 0x10, 0x20, 0x40):
         raise unsupported("the kvm backend's guest accesses offsets 0x00, 0x10, 0x20 and "
                           "0x40 only", "offset")
     seq = _root(h)
-    value = h.vm.mmio(n, body.op, body.offset, body.value)
+    value = h.vm.mmio(n, body.op, body.offset, body.value, body.size)
     h.log.fill(seq, VCPU_NAMES[n], f"mmio-{body.op}", None, "offset", body.offset,
-               "value", value if body.op == "read" else body.value)
+               "size", body.size, "value", value if body.op == "read" else body.value)
     exits = _exits(h)
-    out: dict[str, Any] = {"vcpu": n, "op": body.op, "offset": body.offset, "size": 4,
+    out: dict[str, Any] = {"vcpu": n, "op": body.op, "offset": body.offset, "size": body.size,
                            "value": value, "entry_exits": exits}
     if h.vm.vmm is not None and body.op == "write":
         out["writes"] = [w for e in exits if e["reason"] == "KVM_EXIT_MMIO"

@@ -2,8 +2,12 @@
 
 No assembler runs at any time: every instruction below is written as bytes with its encoding
 in a comment. The vCPU starts directly in protected mode (KVM_SET_SREGS loads CS/DS/SS with
-base 0, limit 4 GiB; paging off, so linear = physical). A GDT is still placed in guest memory
-because interrupt delivery and IRET reload CS from it.
+base 0, limit 4 GiB; paging off, so linear = physical; CR4.OSFXSR set for MMX). A GDT is still
+placed in guest memory because interrupt delivery and IRET reload CS from it.
+
+Two images: xAPIC (the LAPIC by MMIO at 0xFEE00000) and x2APIC (`image(x2apic=True)`: the
+guest sets IA32_APIC_BASE.EN|EXTD first and then uses the x2APIC MSRs 0x800 + offset >> 4; the
+host gives it CPUID.1:ECX.x2APIC with KVM_SET_CPUID2, without which KVM #GPs the EXTD write).
 
 Guest-physical layout (one memslot at GPA 0, MEM_SIZE bytes):
 
@@ -13,16 +17,18 @@ Guest-physical layout (one memslot at GPA 0, MEM_SIZE bytes):
     0x3000  STUBS: 256 stubs of 8 bytes
     0x3800  interrupt/exception common paths
     0x8000  stack top (grows down)
+    0x9000  SCRATCH: 8 bytes where an 8-byte MMIO access is staged
 
 Port protocol (all port I/O exits to the host, KVM_EXIT_IO):
 
     in  eax, CMD_PORT      the guest waits for a command; the host answers with a 32-bit value
-    in  eax, ARG_PORT      a command argument (MMIO address or value)
+    in  eax, ARG_PORT      a command argument (address, value, MSR index, dword of a value)
     out VECTOR_PORT, al    an interrupt stub reports the vector it was entered through
-    out RESULT_PORT, eax   the value a MMIO read returned
+    out RESULT_PORT, eax   a value read (8-byte reads and rdmsr: two, low dword first)
     out WINDOW_PORT, al    inside the ACK window (the host just resumes)
-    out FAULT_PORT, al     an exception stub (vectors 0..31) reports the exception; the guest
-                           then spins, so the host must treat the vCPU as dead
+    out FAULT_PORT, al     an exception stub (vectors 0..31) reports the exception and goes
+                           back to the command loop; the host treats it as fatal except a #GP
+                           from RDMSR/WRMSR (a register the LAPIC's mode does not have)
 
 Commands (CMD_PORT answer, low byte):
 
@@ -31,10 +37,18 @@ Commands (CMD_PORT answer, low byte):
           on entry takes it when KVM_RUN resumes after the OUT exit. The stub reports the
           vector and jumps back to the command loop with IF still clear (no IRET), so at most
           one interrupt is taken per window. No report means none was taken.
-    EOI   mov [0xFEE000B0], eax (eax = 0): the xAPIC EOI register. The LAPIC page is in-kernel,
-          so this does not exit to userspace.
-    MMIO_WRITE  addr = in ARG; value = in ARG; mov [addr], eax (32-bit)
-    MMIO_READ   addr = in ARG; mov eax, [addr]; out RESULT, eax
+    EOI   xAPIC: mov [0xFEE000B0], eax (eax = 0). x2APIC: wrmsr 0x80B (edx:eax = 0). The LAPIC
+          is in-kernel, so neither exits to userspace.
+    MMIO_WRITE{8,16,,64}  addr = in ARG; value = in ARG (64: two ARGs, low first); one store
+          of 1 (mov [ebx], al), 2 (66 mov [ebx], ax), 4 (mov [ebx], eax) or 8 bytes. 32-bit mode
+          has no 8-byte integer move: the 8-byte one is MMX movq from SCRATCH, which KVM's
+          emulator (em_mov, Mmx) performs as ONE 8-byte access (tests/kvm/test_guest_modes.py
+          sees a single 8-byte KVM_EXIT_MMIO). x87 fild/fistp is not emulated by KVM, SSE movq
+          (F3 0F 7E) is not in its opcode table, and cmpxchg8b reads first and stores only on
+          a match, so none of those would do.
+    MMIO_READ{8,16,,64}   addr = in ARG; movzx / mov / MMX movq load; out RESULT (64: two).
+    RDMSR  ecx = in ARG; rdmsr; out RESULT eax; out RESULT edx.
+    WRMSR  ecx, eax, edx = three ARGs; wrmsr.
     SPIN  jmp $ -- never exits again; only for testing the watchdog.
 
 The guest never halts and never waits on time: every command ends by returning to the command
@@ -53,6 +67,7 @@ STUBS = 0x3000
 STUB_SIZE = 8
 COMMON = 0x3800
 STACK_TOP = 0x8000
+SCRATCH = 0x9000  # 8 bytes of RAM where an 8-byte MMIO access is staged (MMX movq)
 
 CODE_SEL = 0x08
 DATA_SEL = 0x10
@@ -69,12 +84,23 @@ CMD_EOI = 2
 CMD_MMIO_WRITE = 3
 CMD_MMIO_READ = 4
 CMD_SPIN = 5
+CMD_MMIO_WRITE8 = 6
+CMD_MMIO_WRITE16 = 7
+CMD_MMIO_WRITE64 = 8
+CMD_MMIO_READ8 = 9
+CMD_MMIO_READ16 = 10
+CMD_MMIO_READ64 = 11
+CMD_RDMSR = 12
+CMD_WRMSR = 13
 
 LAPIC_BASE = 0xFEE00000
 LAPIC_EOI = LAPIC_BASE + 0xB0
 LAPIC_SVR = LAPIC_BASE + 0xF0
 LAPIC_LVT0 = LAPIC_BASE + 0x350
 LAPIC_LVT1 = LAPIC_BASE + 0x360
+MSR_APIC_BASE = 0x1B
+APIC_BASE_EN = 1 << 11
+APIC_BASE_EXTD = 1 << 10
 IOAPIC_BASE = 0xFEC00000
 IOREGSEL = IOAPIC_BASE + 0x00
 IOWIN = IOAPIC_BASE + 0x10
@@ -93,13 +119,14 @@ def _rel32(src_next: int, dst: int) -> bytes:
 
 
 class _Asm:
-    """Append-only byte buffer at a known origin, with forward jump patching for rel8."""
+    """Append-only byte buffer at a known origin, with forward/backward jump patching (rel8
+    for short jumps, rel32 for the command dispatch, whose handlers lie beyond rel8 range)."""
 
     def __init__(self, origin: int) -> None:
         self.origin = origin
         self.buf = bytearray()
         self.labels: dict[str, int] = {}
-        self.fixups: list[tuple[int, str]] = []  # (index of rel8 byte, label)
+        self.fixups: list[tuple[int, int, str]] = []  # (index of the rel field, width, label)
 
     @property
     def here(self) -> int:
@@ -114,37 +141,67 @@ class _Asm:
 
     def jcc8(self, opcode: int, target: str) -> None:
         self.emit(opcode, 0)
-        self.fixups.append((len(self.buf) - 1, target))
+        self.fixups.append((len(self.buf) - 1, 1, target))
+
+    def je32(self, target: str) -> None:
+        self.emit(0x0F, 0x84, bytes(4))  # 0F 84 cd    je rel32
+        self.fixups.append((len(self.buf) - 4, 4, target))
+
+    def jmp32(self, target: str) -> None:
+        self.emit(0xE9, bytes(4))  # E9 cd    jmp rel32
+        self.fixups.append((len(self.buf) - 4, 4, target))
 
     def finish(self) -> bytes:
-        for idx, name in self.fixups:
-            rel = self.labels[name] - (self.origin + idx + 1)
-            if not -128 <= rel <= 127:
-                raise ValueError(f"rel8 to {name} out of range")
-            self.buf[idx] = rel & 0xFF
+        for idx, width, name in self.fixups:
+            rel = self.labels[name] - (self.origin + idx + width)
+            if width == 1:
+                if not -128 <= rel <= 127:
+                    raise ValueError(f"rel8 to {name} out of range")
+                self.buf[idx] = rel & 0xFF
+            else:
+                self.buf[idx : idx + 4] = struct.pack("<i", rel)
         return bytes(self.buf)
 
 
-def _main_code() -> bytes:
+def _wrmsr_imm(a: _Asm, msr: int, value: int) -> None:
+    """wrmsr with constant operands (edx:eax = value, ecx = msr)."""
+    a.emit(0xB9, _u32(msr))  # B9 id    mov ecx, imm32
+    a.emit(0xB8, _u32(value))  # B8 id    mov eax, imm32
+    a.emit(0xBA, _u32(value >> 32))  # BA id    mov edx, imm32
+    a.emit(0x0F, 0x30)  # 0F 30    wrmsr
+
+
+def _addr_to_ebx(a: _Asm) -> None:
+    a.emit(0xE5, ARG_PORT)  # E5 ib    in eax, imm8 (the address)
+    a.emit(0x89, 0xC3)  # 89 C3    mov ebx, eax
+
+
+def _main_code(x2apic: bool = False) -> bytes:
     a = _Asm(ENTRY)
-    # Bring the LAPIC up: software-enable with spurious vector 0xFF (SVR = 0x1FF), and mask
-    # LINT0/LINT1 so the in-kernel PIC (ExtINT on the BSP's LINT0 at reset) cannot inject.
-    # C7 05 <abs32> <imm32>      mov dword [abs32], imm32
-    a.emit(0xC7, 0x05, _u32(LAPIC_SVR), _u32(0x1FF))
-    a.emit(0xC7, 0x05, _u32(LAPIC_LVT0), _u32(0x10000))
-    a.emit(0xC7, 0x05, _u32(LAPIC_LVT1), _u32(0x10000))
+    if x2apic:
+        # Switch to x2APIC: IA32_APIC_BASE |= EN | EXTD (xAPIC -> x2APIC is a legal transition;
+        # the BSP flag and the base are kept). KVM requires CPUID.1:ECX.x2APIC for EXTD, which
+        # the host sets with KVM_SET_CPUID2 before the first entry.
+        a.emit(0xB9, _u32(MSR_APIC_BASE))  # B9 id    mov ecx, imm32
+        a.emit(0x0F, 0x32)  # 0F 32    rdmsr          (edx:eax = IA32_APIC_BASE)
+        a.emit(0x0D, _u32(APIC_BASE_EN | APIC_BASE_EXTD))  # 0D id    or eax, imm32
+        a.emit(0x0F, 0x30)  # 0F 30    wrmsr
+        # The same LAPIC set-up as xAPIC, through the x2APIC MSRs (0x800 + offset/16).
+        _wrmsr_imm(a, x2apic_msr(0xF0), 0x1FF)  # SVR: software enable, spurious 0xFF
+        _wrmsr_imm(a, x2apic_msr(0x350), 0x10000)  # LVT0 masked
+        _wrmsr_imm(a, x2apic_msr(0x360), 0x10000)  # LVT1 masked
+    else:
+        # Bring the LAPIC up: software-enable with spurious vector 0xFF (SVR = 0x1FF), and mask
+        # LINT0/LINT1 so the in-kernel PIC (ExtINT on the BSP's LINT0 at reset) cannot inject.
+        # C7 05 <abs32> <imm32>      mov dword [abs32], imm32
+        a.emit(0xC7, 0x05, _u32(LAPIC_SVR), _u32(0x1FF))
+        a.emit(0xC7, 0x05, _u32(LAPIC_LVT0), _u32(0x10000))
+        a.emit(0xC7, 0x05, _u32(LAPIC_LVT1), _u32(0x10000))
     a.label("loop")
     a.emit(0xE5, CMD_PORT)  # E5 ib    in eax, imm8
-    a.emit(0x3C, CMD_ACK)  # 3C ib    cmp al, imm8
-    a.jcc8(0x74, "ack")  # 74 cb    je rel8
-    a.emit(0x3C, CMD_EOI)
-    a.jcc8(0x74, "eoi")
-    a.emit(0x3C, CMD_MMIO_WRITE)
-    a.jcc8(0x74, "mmio_write")
-    a.emit(0x3C, CMD_MMIO_READ)
-    a.jcc8(0x74, "mmio_read")
-    a.emit(0x3C, CMD_SPIN)
-    a.jcc8(0x74, "spin")
+    for cmd, name in _DISPATCH:
+        a.emit(0x3C, cmd)  # 3C ib    cmp al, imm8
+        a.je32(name)  # 0F 84 cd    je rel32
     a.jcc8(0xEB, "loop")  # EB cb    jmp rel8 (unknown command: ignore)
 
     a.label("ack")
@@ -153,36 +210,131 @@ def _main_code() -> bytes:
     a.emit(0xE6, WINDOW_PORT)  # E6 ib  out imm8, al -- an exit inside the window, so that a
     # KVM that only injects at entry (the kvm_pvm emulator) injects here, before the cli
     a.emit(0xFA)  # FA       cli
-    a.jcc8(0xEB, "loop")
+    a.jmp32("loop")
 
     a.label("eoi")
-    a.emit(0x31, 0xC0)  # 31 C0    xor eax, eax
-    a.emit(0xA3, _u32(LAPIC_EOI))  # A3 moffs32   mov [moffs32], eax
-    a.jcc8(0xEB, "loop")
+    if x2apic:
+        # x2APIC EOI: wrmsr 0x80B with edx:eax = 0 (a non-zero value would #GP).
+        _wrmsr_imm(a, x2apic_msr(0xB0), 0)
+    else:
+        a.emit(0x31, 0xC0)  # 31 C0    xor eax, eax
+        a.emit(0xA3, _u32(LAPIC_EOI))  # A3 moffs32   mov [moffs32], eax
+    a.jmp32("loop")
 
     a.label("mmio_write")
-    a.emit(0xE5, ARG_PORT)  # in eax, ARG
-    a.emit(0x89, 0xC3)  # 89 C3    mov ebx, eax
-    a.emit(0xE5, ARG_PORT)  # in eax, ARG
-    a.emit(0x89, 0x03)  # 89 03    mov [ebx], eax
-    a.jcc8(0xEB, "loop")
+    _addr_to_ebx(a)
+    a.emit(0xE5, ARG_PORT)  # in eax, ARG (the value)
+    a.emit(0x89, 0x03)  # 89 03    mov [ebx], eax        (4 bytes)
+    a.jmp32("loop")
+
+    a.label("mmio_write8")
+    _addr_to_ebx(a)
+    a.emit(0xE5, ARG_PORT)
+    a.emit(0x88, 0x03)  # 88 03    mov [ebx], al         (1 byte)
+    a.jmp32("loop")
+
+    a.label("mmio_write16")
+    _addr_to_ebx(a)
+    a.emit(0xE5, ARG_PORT)
+    a.emit(0x66, 0x89, 0x03)  # 66 89 03   mov [ebx], ax  (operand-size prefix: 2 bytes)
+    a.jmp32("loop")
+
+    a.label("mmio_write64")
+    # 32-bit mode has no 8-byte integer store. MMX movq is one 8-byte memory access, which
+    # KVM's emulator (em_mov with the Mmx flag) turns into one 8-byte MMIO write; the value is
+    # staged in RAM first. (cmpxchg8b would read before writing and store only on a match.)
+    _addr_to_ebx(a)
+    a.emit(0xE5, ARG_PORT)  # in eax, ARG (low dword)
+    a.emit(0xA3, _u32(SCRATCH))  # A3 moffs32   mov [SCRATCH], eax
+    a.emit(0xE5, ARG_PORT)  # in eax, ARG (high dword)
+    a.emit(0xA3, _u32(SCRATCH + 4))  # A3 moffs32   mov [SCRATCH+4], eax
+    a.emit(0x0F, 0x6F, 0x05, _u32(SCRATCH))  # 0F 6F /r (modrm 05: [disp32])  movq mm0, [SCRATCH]
+    a.emit(0x0F, 0x7F, 0x03)  # 0F 7F /r (modrm 03: mm0, [ebx])  movq [ebx], mm0
+    a.jmp32("loop")
 
     a.label("mmio_read")
-    a.emit(0xE5, ARG_PORT)  # in eax, ARG
-    a.emit(0x89, 0xC3)  # mov ebx, eax
-    a.emit(0x8B, 0x03)  # 8B 03    mov eax, [ebx]
+    _addr_to_ebx(a)
+    a.emit(0x8B, 0x03)  # 8B 03    mov eax, [ebx]        (4 bytes)
     a.emit(0xE7, RESULT_PORT)  # E7 ib    out imm8, eax
-    a.jcc8(0xEB, "loop")
+    a.jmp32("loop")
+
+    a.label("mmio_read8")
+    _addr_to_ebx(a)
+    a.emit(0x0F, 0xB6, 0x03)  # 0F B6 03   movzx eax, byte [ebx]
+    a.emit(0xE7, RESULT_PORT)
+    a.jmp32("loop")
+
+    a.label("mmio_read16")
+    _addr_to_ebx(a)
+    a.emit(0x0F, 0xB7, 0x03)  # 0F B7 03   movzx eax, word [ebx]
+    a.emit(0xE7, RESULT_PORT)
+    a.jmp32("loop")
+
+    a.label("mmio_read64")
+    _addr_to_ebx(a)
+    a.emit(0x0F, 0x6F, 0x03)  # 0F 6F 03   movq mm0, [ebx]     (one 8-byte read)
+    a.emit(0x0F, 0x7F, 0x05, _u32(SCRATCH))  # 0F 7F 05 disp32   movq [SCRATCH], mm0
+    a.emit(0xA1, _u32(SCRATCH))  # A1 moffs32   mov eax, [SCRATCH]
+    a.emit(0xE7, RESULT_PORT)  # out RESULT, eax (low dword first)
+    a.emit(0xA1, _u32(SCRATCH + 4))  # mov eax, [SCRATCH+4]
+    a.emit(0xE7, RESULT_PORT)  # out RESULT, eax (high dword)
+    a.jmp32("loop")
+
+    a.label("rdmsr")
+    a.emit(0xE5, ARG_PORT)  # in eax, ARG (the MSR index)
+    a.emit(0x89, 0xC1)  # 89 C1    mov ecx, eax
+    a.emit(0x0F, 0x32)  # 0F 32    rdmsr          (#GP goes to the fault path)
+    a.emit(0xE7, RESULT_PORT)  # out RESULT, eax (low dword)
+    a.emit(0x89, 0xD0)  # 89 D0    mov eax, edx
+    a.emit(0xE7, RESULT_PORT)  # out RESULT, eax (high dword)
+    a.jmp32("loop")
+
+    a.label("wrmsr")
+    a.emit(0xE5, ARG_PORT)  # in eax, ARG (the MSR index)
+    a.emit(0x89, 0xC1)  # 89 C1    mov ecx, eax
+    a.emit(0xE5, ARG_PORT)  # in eax, ARG (low dword)
+    a.emit(0x89, 0xC3)  # 89 C3    mov ebx, eax
+    a.emit(0xE5, ARG_PORT)  # in eax, ARG (high dword)
+    a.emit(0x89, 0xC2)  # 89 C2    mov edx, eax
+    a.emit(0x89, 0xD8)  # 89 D8    mov eax, ebx
+    a.emit(0x0F, 0x30)  # 0F 30    wrmsr          (#GP goes to the fault path)
+    a.jmp32("loop")
 
     a.label("spin")
     a.emit(0xEB, 0xFE)  # EB FE    jmp $
     return a.finish()
 
 
-def loop_address() -> int:
+_DISPATCH = (
+    (CMD_ACK, "ack"),
+    (CMD_EOI, "eoi"),
+    (CMD_MMIO_WRITE, "mmio_write"),
+    (CMD_MMIO_READ, "mmio_read"),
+    (CMD_SPIN, "spin"),
+    (CMD_MMIO_WRITE8, "mmio_write8"),
+    (CMD_MMIO_WRITE16, "mmio_write16"),
+    (CMD_MMIO_WRITE64, "mmio_write64"),
+    (CMD_MMIO_READ8, "mmio_read8"),
+    (CMD_MMIO_READ16, "mmio_read16"),
+    (CMD_MMIO_READ64, "mmio_read64"),
+    (CMD_RDMSR, "rdmsr"),
+    (CMD_WRMSR, "wrmsr"),
+)
+MMIO_WRITE_CMDS = {1: CMD_MMIO_WRITE8, 2: CMD_MMIO_WRITE16, 4: CMD_MMIO_WRITE,
+                   8: CMD_MMIO_WRITE64}
+MMIO_READ_CMDS = {1: CMD_MMIO_READ8, 2: CMD_MMIO_READ16, 4: CMD_MMIO_READ, 8: CMD_MMIO_READ64}
+
+
+def x2apic_msr(offset: int) -> int:
+    """The x2APIC MSR of the xAPIC register at `offset` (SDM: 0x800 + offset >> 4)."""
+    return 0x800 + (offset >> 4)
+
+
+def loop_address(x2apic: bool = False) -> int:
     """Where the command loop starts (the stubs jump back here)."""
-    a = _main_code()
-    return ENTRY + a.index(bytes([0xE5, CMD_PORT]))
+    a = _main_code(x2apic)
+    marker = bytes([0xE5, CMD_PORT, 0x3C, CMD_ACK])
+    return ENTRY + a.index(marker)
 
 
 def _stubs() -> bytes:
@@ -198,10 +350,11 @@ def _stubs() -> bytes:
     return bytes(out)
 
 
-def _common() -> bytes:
+def _common(x2apic: bool = False) -> bytes:
     # No IRET: KVM's x86 emulator (which runs this guest on kvm_pvm hosts) only emulates a
     # real-mode IRET. The interrupt gate already cleared IF, so the stub discards its frame
     # and goes straight back to the command loop with interrupts disabled.
+    loop = loop_address(x2apic)
     irq_at = COMMON
     irq = (
         b"\x58"  # 58          pop eax                (the vector)
@@ -209,12 +362,18 @@ def _common() -> bytes:
         + b"\xbc"  # BC id       mov esp, imm32         (drop the interrupt frame)
         + _u32(STACK_TOP)
     )
-    irq += b"\xe9" + _rel32(irq_at + len(irq) + 5, loop_address())  # E9 cd  jmp rel32
+    irq += b"\xe9" + _rel32(irq_at + len(irq) + 5, loop)  # E9 cd  jmp rel32
+    # An exception reports its vector and also goes back to the command loop (frame and error
+    # code dropped with the stack): the host decides. A #GP from rdmsr/wrmsr (a register the
+    # mode does not have, a read-only x2APIC register) is an answer; any other is fatal there.
+    exc_at = COMMON + 0x40
     exc = (
         b"\x58"  # pop eax (the vector)
         + bytes([0xE6, FAULT_PORT])  # out FAULT, al
-        + b"\xeb\xfe"  # jmp $ (the host marks the vCPU dead)
+        + b"\xbc"  # mov esp, imm32
+        + _u32(STACK_TOP)
     )
+    exc += b"\xe9" + _rel32(exc_at + len(exc) + 5, loop)  # jmp rel32
     body = irq.ljust(0x40, b"\x90") + exc
     return body
 
@@ -237,9 +396,10 @@ def _idt() -> bytes:
     return bytes(out)
 
 
-def image() -> dict[int, bytes]:
-    """guest-physical address -> bytes to load."""
-    code = _main_code()
+def image(x2apic: bool = False) -> dict[int, bytes]:
+    """guest-physical address -> bytes to load. `x2apic`: the guest switches its LAPIC to
+    x2APIC mode at start and uses the x2APIC MSRs (EOI = wrmsr 0x80B) instead of the MMIO page."""
+    code = _main_code(x2apic)
     if ENTRY + len(code) > STUBS:
         raise AssertionError("main code overlaps the stubs")
     return {
@@ -247,7 +407,7 @@ def image() -> dict[int, bytes]:
         IDT_ADDR: _idt(),
         ENTRY: code,
         STUBS: _stubs(),
-        COMMON: _common(),
+        COMMON: _common(x2apic),
     }
 
 

@@ -133,6 +133,28 @@ class KvmSregs(ctypes.Structure):
     )
 
 
+class KvmCpuidEntry2(ctypes.Structure):
+    _fields_ = (
+        ("function", u32),
+        ("index", u32),
+        ("flags", u32),
+        ("eax", u32),
+        ("ebx", u32),
+        ("ecx", u32),
+        ("edx", u32),
+        ("padding", u32 * 3),
+    )
+
+
+class KvmCpuid2(ctypes.Structure):
+    """The header of struct kvm_cpuid2 (nent, padding); the entries follow it."""
+
+    _fields_ = (("nent", u32), ("padding", u32))
+
+
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1  # sic: the uapi spelling
+
+
 class KvmMpState(ctypes.Structure):
     _fields_ = (("mp_state", u32),)
 
@@ -311,6 +333,10 @@ KVM_CAP_IRQCHIP = 0
 KVM_CAP_IRQ_ROUTING = 25
 KVM_CAP_SIGNAL_MSI = 77
 KVM_CAP_SPLIT_IRQCHIP = 121
+KVM_CAP_X2APIC_API = 129
+# KVM_ENABLE_CAP(KVM_CAP_X2APIC_API) args[0] flags (include/uapi/linux/kvm.h).
+KVM_X2APIC_API_USE_32BIT_IDS = 1 << 0  # x2APIC ids in KVM_GET/SET_LAPIC and MSI address_hi
+KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK = 1 << 1  # 0xff is not a broadcast to x2APIC LAPICs
 
 KVM_API_VERSION = 12
 
@@ -319,6 +345,7 @@ KVM_API_VERSION = 12
 KVM_GET_API_VERSION = _IO(0x00)
 KVM_CREATE_VM = _IO(0x01)
 KVM_CHECK_EXTENSION = _IO(0x03)
+KVM_GET_SUPPORTED_CPUID = _IOWR(0x05, KvmCpuid2)
 KVM_GET_VCPU_MMAP_SIZE = _IO(0x04)
 KVM_CREATE_VCPU = _IO(0x41)
 KVM_SET_USER_MEMORY_REGION = _IOW(0x46, KvmUserspaceMemoryRegion)
@@ -336,6 +363,7 @@ KVM_GET_LAPIC = _IOR(0x8E, KvmLapicState)
 KVM_SET_LAPIC = _IOW(0x8F, KvmLapicState)
 KVM_GET_MP_STATE = _IOR(0x98, KvmMpState)
 KVM_SET_MP_STATE = _IOW(0x99, KvmMpState)
+KVM_SET_CPUID2 = _IOW(0x90, KvmCpuid2)
 KVM_ENABLE_CAP = _IOW(0xA3, KvmEnableCap)
 KVM_SIGNAL_MSI = _IOW(0xA5, KvmMsi)
 
@@ -417,6 +445,20 @@ class _Fd(Closing):
             self.close()
 
 
+def _cpuid2(entries: list[KvmCpuidEntry2], room: int = 0) -> Any:
+    """A struct kvm_cpuid2 with `entries` (or `room` empty slots for KVM to fill)."""
+    n = max(len(entries), room)
+
+    class _Cpuid(ctypes.Structure):
+        _fields_ = (("hdr", KvmCpuid2), ("entries", KvmCpuidEntry2 * n))
+
+    c = _Cpuid()
+    c.hdr.nent = n
+    for i, e in enumerate(entries):
+        c.entries[i] = e
+    return c
+
+
 class Kvm(_Fd):
     """The /dev/kvm system fd."""
 
@@ -431,6 +473,12 @@ class Kvm(_Fd):
 
     def vcpu_mmap_size(self) -> int:
         return ioctl(self.fd, KVM_GET_VCPU_MMAP_SIZE, None, "KVM_GET_VCPU_MMAP_SIZE")
+
+    def supported_cpuid(self) -> list[KvmCpuidEntry2]:
+        """KVM_GET_SUPPORTED_CPUID (room for 256 entries; KVM writes back how many)."""
+        c = _cpuid2([], 256)
+        ioctl(self.fd, KVM_GET_SUPPORTED_CPUID, c, "KVM_GET_SUPPORTED_CPUID")
+        return [c.entries[i] for i in range(c.hdr.nent)]
 
     def create_vm(self) -> VmFd:
         return VmFd(ioctl(self.fd, KVM_CREATE_VM, 0, "KVM_CREATE_VM"), self.vcpu_mmap_size())
@@ -623,6 +671,9 @@ class VcpuFd(_Fd):
 
     def set_sregs(self, sregs: KvmSregs) -> None:
         ioctl(self.fd, KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+
+    def set_cpuid2(self, entries: list[KvmCpuidEntry2]) -> None:
+        ioctl(self.fd, KVM_SET_CPUID2, _cpuid2(entries), "KVM_SET_CPUID2")
 
     def get_mp_state(self) -> int:
         st = KvmMpState()

@@ -5,24 +5,31 @@ report.
 Per variant of the document (its matrix, or `default`):
 
 - the engine VM is built from the variant's config (profile, x2apic, ...), the KvmVm has the
-  same irqchip and number of vCPUs (the host kernel decides everything else; its guest is
-  xAPIC). A split variant's KvmVm has irqlab as its VMM (app.kvm.split_vmm): the same QEMU
+  same irqchip and number of vCPUs, an x2APIC guest when the variant's vm.x2apic is true,
+  KVM_CAP_X2APIC_API with the variant's x2apic_format / broadcast_quirk_disabled, and CPUID.x2APIC
+  as its x2apic_cpuid (the host kernel decides everything else). A split variant's KvmVm has
+  irqlab as its VMM (app.kvm.split_vmm): the same QEMU
   IOAPIC code as the model's, with the variant's IOAPIC version and QEMU flag
   (qemu_routes_before_service), on the real kernel; its Remote IRR and RTEs are the VMM's;
 - each step runs on the engine (app.engine.scenario.Runner, handlers included), then on KVM;
 - after it, these observables are compared: per pin the RTE (raw, without Remote IRR) and
-  Remote IRR; per vCPU the IRR/ISR/TMR vector lists and PPR; the counters of `count` steps;
-  and the step's own answer (the vector of ack/take, the value of an MMIO read, the
-  interrupts a settle took).
+  Remote IRR; per vCPU the IRR/ISR/TMR vector lists, PPR, TPR, x2APIC mode, APIC id, LDR and
+  DFR; the counters of `count` steps; and the step's own answer (the vector of ack/take, the
+  value of an MMIO read, the interrupts a settle took, the LAPIC registers a lapic step wrote
+  as the guest reads them back, the vectors a handler's sti took).
 
-Step support on KVM: line (level / action, source 0), write_rte, patch_rte, mmio (4-byte),
-msi, ack, eoi, enter (a no-op: the guest is entered at every step anyway), count, take and
-settle (the guest acks through its interrupt window and the handler's steps run on the same
-vCPU, as the engine's Runner does; handlers may use the steps above plus ack/expect).
-`expect` steps describe the model and are ignored (not compared). Any other op (irq, routes,
-lapic, exit, resampler, irqfd, advance, sti, cli, when), a handler using one of them (or
-take/settle/sti/cli/when), a line with a non-zero source or an MMIO access of another size
-stops the variant, reported as unsupported at that step.
+Step support on KVM: line (level / action, source 0), write_rte, patch_rte, mmio (1, 2, 4 or 8
+bytes at 0x00/0x10/0x20/0x40), msi, lapic (the guest writes each register: xAPIC page or x2APIC
+MSR as its mode is, apic_base by wrmsr; a #GP is the answer), ack, eoi, enter (a no-op: the
+guest is entered at every step anyway), count, take and settle (the guest acks through its
+interrupt window and the handler's steps run on the same vCPU, as the engine's Runner does),
+cli/sti (the Runner's per-vCPU IF, kept by the harness: the guest always runs with IF clear and
+a take opens its window only when the flag is set; a handler's sti takes what is pending,
+nested) and when (on the KVM side's own counters). Handlers may use the same steps plus expect
+(not take/settle). `expect` steps describe the model and are ignored (not compared). Any other
+op (irq, routes, exit, resampler, irqfd, advance), a handler using one of them, a line with a
+non-zero source or an MMIO offset other than those stops the variant, reported as unsupported
+at that step.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any
 
 from app.engine import rte as R
 from app.engine.errors import EngineError
-from app.engine.lapic import ppr
+from app.engine.lapic import ppr, read_register
 from app.engine.scenario import (
     DEFAULT_SETTLE_BUDGET,
     Runner,
@@ -51,10 +58,12 @@ DEFAULT_PROFILE = "linux-latest"
 EXPECT_IGNORED = "expectation steps describe the model: ignored (not run on KVM, not compared)"
 # A settle on KVM acks through the real guest: at most this many interrupts per settle.
 KVM_SETTLE_CAP = 1000
-SUPPORTED_OPS = ("line", "write_rte", "patch_rte", "mmio", "msi", "ack", "eoi", "enter",
-                 "count", "take", "settle")
-HANDLER_OPS = ("line", "write_rte", "patch_rte", "mmio", "msi", "ack", "eoi", "enter",
-               "count", "expect")
+SUPPORTED_OPS = ("line", "write_rte", "patch_rte", "mmio", "msi", "lapic", "ack", "eoi",
+                 "enter", "count", "take", "settle", "sti", "cli", "when")
+HANDLER_OPS = ("line", "write_rte", "patch_rte", "mmio", "msi", "lapic", "ack", "eoi", "enter",
+               "count", "expect", "sti", "cli", "when")
+# The engine's Runner refuses deeper nesting (scenario.MAX_HANDLER_DEPTH) before KVM runs.
+MMIO_OFFSETS = (0x00, 0x10, 0x20, 0x40)
 PIN_COUNT = R.NUM_PINS
 # Remote IRR is compared on its own (pins.N.remote_irr); the raw RTE is compared without it so
 # that one difference is reported once.
@@ -90,6 +99,11 @@ def engine_observables(vm: Vm, counters: dict[str, int]) -> dict[str, Any]:
         out[f"vcpus.{v.idx}.isr"] = _vectors(v.isr)
         out[f"vcpus.{v.idx}.tmr"] = _vectors(v.tmr)
         out[f"vcpus.{v.idx}.ppr"] = ppr(v)
+        out[f"vcpus.{v.idx}.x2apic"] = v.x2apic
+        out[f"vcpus.{v.idx}.apic_id"] = v.idx if v.x2apic else v.id_reg >> 24
+        out[f"vcpus.{v.idx}.ldr"] = read_register(vm, v, "ldr")
+        out[f"vcpus.{v.idx}.dfr"] = v.dfr
+        out[f"vcpus.{v.idx}.tpr"] = v.tpr
     for name, n in counters.items():
         out[f"counters.{name}"] = n
     return out
@@ -107,6 +121,11 @@ def kvm_observables(vm: KvmVm, counters: dict[str, int]) -> dict[str, Any]:
         out[f"vcpus.{n}.isr"] = _vectors(view["isr"])
         out[f"vcpus.{n}.tmr"] = _vectors(view["tmr"])
         out[f"vcpus.{n}.ppr"] = view["ppr"]
+        out[f"vcpus.{n}.x2apic"] = view["x2apic"]
+        out[f"vcpus.{n}.apic_id"] = view["apic_id"]
+        out[f"vcpus.{n}.ldr"] = view["ldr"]
+        out[f"vcpus.{n}.dfr"] = view["dfr"]
+        out[f"vcpus.{n}.tpr"] = view["tpr"]
     for name, c in counters.items():
         out[f"counters.{name}"] = c
     return out
@@ -140,11 +159,17 @@ class KvmSide:
         self.handlers = handlers
         self.x2apic_format = x2apic_format
         self.counters: dict[str, int] = {}
+        # The Runner's per-vCPU interrupt flag. The guest itself always runs with IF clear and
+        # opens a window (sti; ...; cli) only when a take finds this flag set, so the flag the
+        # scenario's cli/sti steps set decides exactly when the real vCPU can take an interrupt.
+        self.if_flag = [True] * len(vm.vcpus)
 
     def run(self, step: dict[str, Any], where: str, vcpu: int | None = None,
-            in_handler: bool = False) -> dict[str, Any]:
+            in_handler: bool = False, depth: int = 0) -> dict[str, Any]:
         vm = self.vm
         op = step.get("op")
+        in_handler = in_handler or depth > 0
+        depth = max(depth, 1 if in_handler else 0)
         allowed = HANDLER_OPS if in_handler else SUPPORTED_OPS
         if op not in allowed:
             raise Unsupported(f"op {op!r} is not supported on KVM" +
@@ -192,16 +217,45 @@ class KvmSide:
             vm.write_rte(cpu(), pin, entry, tuple(halves))
             return {}
         if op == "mmio":
-            if parse_int(step.get("size", 4), f"{where}.size", 1, 8) != 4:
-                raise Unsupported("only 4-byte MMIO accesses are supported on KVM (irqlab's "
-                                  "guest issues 32-bit moves)")
+            _check_step(step, where)
+            size = parse_int(step.get("size", 4), f"{where}.size", 1, 8)
             offset = parse_int(step["offset"], f"{where}.offset", 0, 0xFF)
-            if offset not in (0x00, 0x10, 0x20, 0x40):
-                raise Unsupported(f"MMIO offset {offset:#x} is not supported on KVM")
             access = step.get("access", "read")
             value = vm.mmio(cpu(), access, offset,
-                            parse_int(step.get("value", 0), f"{where}.value", 0, 0xFFFFFFFF))
+                            parse_int(step.get("value", 0), f"{where}.value", 0,
+                                      (1 << (8 * size)) - 1), size)
             return {"value": value} if access == "read" else {}
+        if op == "lapic":
+            # As the engine's Runner: each named register, in order, written by the guest
+            # (xAPIC page or x2APIC MSR, as the vCPU's mode is now); the answer is the value
+            # read back the same way, or the #GP the guest took.
+            n = cpu()
+            out: dict[str, Any] = {}
+            for reg, val in step.items():
+                if reg in ("op", "vcpu", "label", "save"):
+                    continue
+                if not vm.lapic_write(n, reg, parse_int(val, f"{where}.{reg}", 0, 2**64 - 1)):
+                    return {"fault": "#GP", "reg": reg}
+                if reg != "eoi":
+                    out[reg] = vm.lapic_read(n, reg)
+            return out
+        if op in ("sti", "cli"):
+            n = cpu()
+            self.if_flag[n] = op == "sti"
+            if op == "sti" and in_handler:
+                # A handler's sti: what is pending is taken at once, nested (the Runner's
+                # _take_pending).
+                return {"nested": self._take_pending(n, depth)}
+            return {}
+        if op == "when":
+            name = step["counter"]
+            value = self.counters.get(name, 0)
+            holds = (value == parse_int(step["equals"], f"{where}.equals") if "equals" in step
+                     else value >= parse_int(step["at_least"], f"{where}.at_least"))
+            if holds:
+                for i, s in enumerate(step["steps"]):
+                    self.run(s, f"{where}.steps[{i}]", vcpu, in_handler, depth)
+            return {"ran": holds}
         if op == "msi":
             if "decoded" in step:
                 lo, hi, data = msi_from_decoded(step["decoded"], f"{where}.decoded",
@@ -227,16 +281,21 @@ class KvmSide:
         if op == "expect":  # inside a handler: describes the model
             return {}
         if op == "take":
-            return {"vector": self.take(cpu())}
+            return {"vector": self.take(cpu(), depth)}
         assert op == "settle"
         budget = parse_int(step.get("budget", DEFAULT_SETTLE_BUDGET), f"{where}.budget",
                            1, 10_000_000)
         return self.settle(budget)
 
-    def take(self, n: int) -> int | None:
+    def take(self, n: int, depth: int = 0) -> int | None:
+        """The Runner's take: nothing while the vCPU's IF is clear; else the guest's window,
+        and the vector's handler runs (IF clear) on the same vCPU; the return sets IF."""
+        if not self.if_flag[n]:
+            return None
         vec = self.vm.ack(n)
         if vec is None:
             return None
+        self.if_flag[n] = False
         steps = self.handlers.get(vec)
         if steps is None:  # as the engine's Runner: count it and EOI
             key = f"unhandled:{vec:#x}"
@@ -244,8 +303,18 @@ class KvmSide:
             self.vm.eoi(n)
         else:
             for i, s in enumerate(steps):
-                self.run(s, f"handlers.{vec:#x}[{i}]", n, in_handler=True)
+                self.run(s, f"handlers.{vec:#x}[{i}]", n, in_handler=True, depth=depth + 1)
+        self.if_flag[n] = True
         return vec
+
+    def _take_pending(self, n: int, depth: int) -> list[int]:
+        taken = []
+        while self.if_flag[n]:
+            vec = self.take(n, depth)
+            if vec is None:
+                break
+            taken.append(vec)
+        return taken
 
     def settle(self, budget: int) -> dict[str, Any]:
         cap = min(budget, KVM_SETTLE_CAP)
@@ -271,6 +340,10 @@ def _engine_answer(op: str, result: dict[str, Any]) -> dict[str, Any]:
         return {"vector": result.get("vector")}
     if op == "mmio" and "value" in result:
         return {"value": result["value"]}
+    if op == "lapic":
+        return {reg: r["value"] for reg, r in result.items() if reg != "eoi"}
+    if op == "sti" and "nested" in result:
+        return {"nested": [r["vector"] for r in result["nested"]]}
     if op == "settle":
         return {"taken": result["taken"], "taken_total": result["taken_total"],
                 "budget_exhausted": result["budget_exhausted"]}
@@ -279,14 +352,25 @@ def _engine_answer(op: str, result: dict[str, Any]) -> dict[str, Any]:
 
 def _handler_problem(handlers: dict[int, list[dict[str, Any]]]) -> str | None:
     for vec, steps in sorted(handlers.items()):
-        for i, s in enumerate(steps):
-            if s.get("op") not in HANDLER_OPS:
-                return (f"handler {vec:#x} step {i} uses op {s.get('op')!r}, which is not "
-                        "supported on KVM inside a handler")
-            try:
-                _check_step(s, f"handlers.{vec:#x}[{i}]")
-            except Unsupported as exc:
-                return f"handler {vec:#x} step {i}: {exc}"
+        problem = _steps_problem(steps, f"handlers.{vec:#x}", f"handler {vec:#x}")
+        if problem is not None:
+            return problem
+    return None
+
+
+def _steps_problem(steps: list[dict[str, Any]], where: str, who: str) -> str | None:
+    for i, s in enumerate(steps):
+        if s.get("op") not in HANDLER_OPS:
+            return (f"{who} step {i} uses op {s.get('op')!r}, which is not supported on KVM "
+                    "inside a handler")
+        try:
+            _check_step(s, f"{where}[{i}]")
+        except Unsupported as exc:
+            return f"{who} step {i}: {exc}"
+        if s.get("op") == "when" and isinstance(s.get("steps"), list):
+            problem = _steps_problem(s["steps"], f"{where}[{i}].steps", f"{who} step {i}")
+            if problem is not None:
+                return problem
     return None
 
 
@@ -302,15 +386,20 @@ def diff_variant(doc: dict[str, Any], name: str, cfg: dict[str, Any],
                            "stopped": None, "notes": [], "steps": [], "differences": 0,
                            "first_difference": None}
     runner = Runner(doc, cfg, extra)
-    if runner.vm.config.x2apic:
-        out["notes"].append("the engine's vCPUs are x2APIC; the KVM guest's LAPICs are xAPIC "
-                            "(compared state is the same registers)")
+    conf = runner.vm.config
+    if conf.x2apic:
+        out["notes"].append("x2APIC guest: it switches to x2APIC at start and uses the x2APIC "
+                            "MSRs (KVM_CAP_X2APIC_API flags from x2apic_format / "
+                            "broadcast_quirk_disabled)")
     handler_problem = _handler_problem(runner.handlers)
     steps = doc.get("steps") or []
     # A split VM's VMM runs the same QEMU IOAPIC as the model's, configured alike.
     with KvmVm(vcpus, device=device, irqchip=irqchip,
                ioapic_version=runner.vm.ioapic.version if irqchip == "split" else 0x20,
-               routes_before_service=runner.vm.flags.qemu_routes_before_service) as kvm:
+               routes_before_service=runner.vm.flags.qemu_routes_before_service,
+               x2apic=conf.x2apic, x2apic_format=conf.x2apic_format,
+               broadcast_quirk_disabled=conf.broadcast_quirk_disabled,
+               x2apic_cpuid=conf.x2apic_cpuid) as kvm:
         side = KvmSide(kvm, runner.handlers, runner.vm.config.x2apic_format)
         for i, step in enumerate(steps):
             where = f"steps[{i}]"
@@ -346,7 +435,11 @@ def diff_variant(doc: dict[str, Any], name: str, cfg: dict[str, Any],
             except EngineError as exc:
                 if exc.field and exc.field.startswith(("steps", "handlers", "matrix")):
                     raise
-                model_answer = {"error": exc.detail}
+                if op == "lapic" and "(#GP)" in exc.detail:
+                    # The model refuses the write as the CPU would fault; the guest's #GP.
+                    model_answer = {"fault": "#GP", "reg": exc.field}
+                else:
+                    model_answer = {"error": exc.detail}
             try:
                 kvm_answer = side.run(step, where)
             except Unsupported as exc:  # inside a handler, found while running
@@ -381,11 +474,10 @@ def _check_step(step: dict[str, Any], where: str) -> None:
         raise Unsupported("IRQ source ids other than 0 are not supported on KVM "
                           "(KVM_IRQ_LINE drives userspace's source only)")
     if op == "mmio":
-        if parse_int(step.get("size", 4), f"{where}.size", 1, 8) != 4:
-            raise Unsupported("only 4-byte MMIO accesses are supported on KVM (irqlab's "
-                              "guest issues 32-bit moves)")
+        if parse_int(step.get("size", 4), f"{where}.size", 1, 8) not in (1, 2, 4, 8):
+            raise Unsupported("MMIO accesses are 1, 2, 4 or 8 bytes")
         offset = parse_int(step.get("offset", 0), f"{where}.offset", 0, 0xFF)
-        if offset not in (0x00, 0x10, 0x20, 0x40):
+        if offset not in MMIO_OFFSETS:
             raise Unsupported(f"MMIO offset {offset:#x} is not supported on KVM")
 
 

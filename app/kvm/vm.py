@@ -36,6 +36,16 @@ KICK_SIGNAL = signal.SIGRTMIN + 1
 DEFAULT_STEP_TIMEOUT = 2.0  # seconds of wall time one command may take
 DEFAULT_MAX_EXITS = 1000  # exits one command may take
 REMOTE_IRR_BIT = 1 << 14
+CR4_OSFXSR = 1 << 9
+GP_FAULT = 13  # #GP: what rdmsr/wrmsr of a register the LAPIC's mode lacks raises
+# CPUID.1 bits the guest is given (from KVM_GET_SUPPORTED_CPUID): EDX FPU, MSR, APIC, MMX,
+# FXSR, SSE, SSE2; ECX x2APIC only when asked for.
+CPUID1_EDX_KEEP = (1 << 0) | (1 << 5) | (1 << 9) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
+CPUID1_ECX_X2APIC = 1 << 21
+# LAPIC registers by name (as app.engine.lapic.LAPIC_REGS), with their xAPIC page offsets;
+# in x2APIC mode the MSR is 0x800 + offset >> 4. apic_base is the IA32_APIC_BASE MSR.
+LAPIC_OFFSETS = {"id": 0x20, "tpr": 0x80, "ppr": 0xA0, "eoi": 0xB0, "ldr": 0xD0, "dfr": 0xE0,
+                 "svr": 0xF0, "lvr": 0x30}
 
 
 # (guest-physical address, is_write, length, value written) -> value read (None for writes)
@@ -115,6 +125,7 @@ class StepResult:
     exits: list[str] = field(default_factory=list)  # exit reasons seen, in order
     ioapic_eois: list[int] = field(default_factory=list)  # KVM_EXIT_IOAPIC_EOI vectors
     mmio: list[tuple[int, bool, int, int]] = field(default_factory=list)  # (gpa, write, len, val)
+    faults: list[int] = field(default_factory=list)  # exceptions a command may raise (#GP)
 
 
 class KvmVcpu:
@@ -151,10 +162,14 @@ class KvmVcpu:
         sregs.gdt.limit = G.GDT_LIMIT
         sregs.idt.base = G.IDT_ADDR
         sregs.idt.limit = G.IDT_LIMIT
-        sregs.cr0 = (sregs.cr0 | 1) & ~(1 << 31)  # PE on, PG off
-        sregs.cr4 = 0
+        # PE on, PG off; EM (bit 2) and TS (bit 3) clear so that MMX movq (the guest's 8-byte
+        # MMIO access) neither #UDs nor #NMs.
+        sregs.cr0 = (sregs.cr0 | 1) & ~((1 << 31) | (1 << 2) | (1 << 3))
+        sregs.cr4 = CR4_OSFXSR  # KVM's emulator #UDs Mmx/Sse instructions without it
         sregs.efer = 0
         self.fd.set_sregs(sregs)
+        if self.vm.x2apic_cpuid:
+            self.fd.set_cpuid2(self.vm.cpuid_entries(self.idx))
         regs = K.KvmRegs()
         regs.rip = G.ENTRY
         regs.rsp = G.STACK_TOP
@@ -205,7 +220,11 @@ class KvmVcpu:
                     elif not inn and port == G.WINDOW_PORT:
                         pass
                     elif not inn and port == G.FAULT_PORT:
-                        self._die(f"guest exception {fd.io_data()[0]}")
+                        vec = fd.io_data()[0]
+                        if cmd in (G.CMD_RDMSR, G.CMD_WRMSR) and vec == GP_FAULT:
+                            res.faults.append(vec)  # the guest is back on the command loop
+                        else:
+                            self._die(f"guest exception {vec}")
                     else:
                         self._die(f"unexpected port I/O: {'in' if inn else 'out'} 0x{port:x}")
                 elif reason == K.KVM_EXIT_IOAPIC_EOI:
@@ -304,12 +323,23 @@ class KvmVm(K.Closing):
         routes_before_service: bool = True,
         log: EventLog | None = None,
         log_cause: int | None = None,
+        x2apic: bool = False,
+        x2apic_format: bool = False,
+        broadcast_quirk_disabled: bool = False,
+        x2apic_cpuid: bool | None = None,
     ) -> None:
         if not 1 <= vcpus <= 64:
             raise ValueError("vcpus must be 1..64")
         if irqchip not in ("kernel", "split"):
             raise ValueError("irqchip must be kernel or split")
         self.irqchip = irqchip
+        self.x2apic = x2apic
+        self.x2apic_format = x2apic_format
+        self.broadcast_quirk_disabled = broadcast_quirk_disabled
+        self.x2apic_cpuid = x2apic if x2apic_cpuid is None else x2apic_cpuid
+        if x2apic and not self.x2apic_cpuid:
+            raise ValueError("an x2APIC guest needs CPUID.1:ECX.x2APIC (x2apic_cpuid)")
+        self._supported_cpuid: list[K.KvmCpuidEntry2] = []
         self.mmio_handler = mmio_handler
         self.eoi_handler = eoi_handler
         self.step_timeout = step_timeout
@@ -326,7 +356,9 @@ class KvmVm(K.Closing):
                 raise KvmVmError("KVM API version is not 12")
             self._vm = self._kvm.create_vm()
             self._mem = K.GuestMemory(G.MEM_SIZE)
-            for gpa, blob in G.image().items():
+            if self.x2apic_cpuid:
+                self._supported_cpuid = self._kvm.supported_cpuid()
+            for gpa, blob in G.image(x2apic).items():
                 self._mem.write(gpa, blob)
             self._vm.set_user_memory_region(0, 0, self._mem)
             if irqchip == "kernel":
@@ -340,6 +372,11 @@ class KvmVm(K.Closing):
                     self.vmm = SplitVmm(self._vm, version=ioapic_version,
                                         routes_before_service=routes_before_service, log=log,
                                         cause=log_cause)
+            if x2apic or x2apic_format or broadcast_quirk_disabled:
+                # QEMU's kvm_enable_x2apic; KVM applies the flags VM-wide (MSI decoding,
+                # KVM_GET/SET_LAPIC's ID format, the 0xff broadcast). Flags 0 is accepted and
+                # keeps the legacy formats, which is what an x2APIC guest gets by default.
+                self._vm.enable_cap(K.KVM_CAP_X2APIC_API, self.x2apic_api_flags)
             for i in range(vcpus):
                 self.vcpus.append(KvmVcpu(self, self._vm.create_vcpu(i)))
             for v in self.vcpus:
@@ -347,6 +384,25 @@ class KvmVm(K.Closing):
         except BaseException:
             self.close()
             raise
+
+    @property
+    def x2apic_api_flags(self) -> int:
+        return ((K.KVM_X2APIC_API_USE_32BIT_IDS if self.x2apic_format else 0)
+                | (K.KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK if self.broadcast_quirk_disabled
+                   else 0))
+
+    def cpuid_entries(self, vcpu_id: int) -> list[K.KvmCpuidEntry2]:
+        """The guest's CPUID: leaf 0 (max basic leaf 1, the host vendor) and leaf 1 (family
+        as KVM reports it, initial APIC id, FPU/MSR/APIC/MMX/FXSR/SSE/SSE2 and x2APIC).
+        Nothing else is advertised, so no other CPUID-dependent KVM behaviour switches on."""
+        sup = {(e.function, e.index): e for e in self._supported_cpuid}
+        leaf0, leaf1 = sup.get((0, 0)), sup.get((1, 0))
+        if leaf0 is None or leaf1 is None:
+            raise KvmVmError("KVM_GET_SUPPORTED_CPUID lacks leaf 0 or 1")
+        out = [K.KvmCpuidEntry2(function=0, eax=1, ebx=leaf0.ebx, ecx=leaf0.ecx, edx=leaf0.edx),
+               K.KvmCpuidEntry2(function=1, eax=leaf1.eax, ebx=(vcpu_id & 0xFF) << 24,
+                                ecx=CPUID1_ECX_X2APIC, edx=leaf1.edx & CPUID1_EDX_KEEP)]
+        return out
 
     @property
     def vmfd(self) -> K.VmFd:
@@ -403,28 +459,89 @@ class KvmVm(K.Closing):
         return res.vectors[0] if res.vectors else None
 
     def eoi(self, n: int) -> None:
-        """The guest writes 0 to the xAPIC EOI register."""
+        """The guest writes 0 to the EOI register: the xAPIC page's, or MSR 0x80B in an
+        x2APIC guest."""
         self.vcpu(n).command(G.CMD_EOI)
 
-    def mmio_write(self, n: int, address: int, value: int) -> None:
-        self.vcpu(n).command(G.CMD_MMIO_WRITE, [address, value])
+    def mmio_write(self, n: int, address: int, value: int, size: int = 4) -> None:
+        """A guest store of `size` bytes (1: mov byte, 2: mov word, 4: mov dword, 8: MMX movq,
+        one 8-byte access)."""
+        cmd = G.MMIO_WRITE_CMDS.get(size)
+        if cmd is None:
+            raise ValueError("size must be 1, 2, 4 or 8")
+        if not 0 <= value < 1 << (8 * size):
+            raise ValueError(f"value does not fit in {size} bytes")
+        args = [address, value & 0xFFFFFFFF] + ([value >> 32] if size == 8 else [])
+        self.vcpu(n).command(cmd, args)
 
-    def mmio_read(self, n: int, address: int) -> int:
-        res = self.vcpu(n).command(G.CMD_MMIO_READ, [address])
-        if len(res.results) != 1:
+    def mmio_read(self, n: int, address: int, size: int = 4) -> int:
+        """A guest load of `size` bytes (zero-extended), as mmio_write."""
+        cmd = G.MMIO_READ_CMDS.get(size)
+        if cmd is None:
+            raise ValueError("size must be 1, 2, 4 or 8")
+        res = self.vcpu(n).command(cmd, [address])
+        if len(res.results) != (2 if size == 8 else 1):
             raise KvmVmError("the MMIO read reported no value")
-        return res.results[0]
+        return res.results[0] | (res.results[1] << 32 if size == 8 else 0)
 
-    def mmio(self, n: int, op: str, offset: int, value: int = 0) -> int | None:
-        """A 32-bit guest access to the IOAPIC window (offset 0x00 IOREGSEL, 0x10 IOWIN)."""
+    def mmio(self, n: int, op: str, offset: int, value: int = 0, size: int = 4) -> int | None:
+        """A guest access of `size` bytes to the IOAPIC window (offset 0x00 IOREGSEL, 0x10
+        IOWIN, 0x20, 0x40 EOI)."""
         if offset not in (0x00, 0x10, 0x20, 0x40):
             raise ValueError("offset must be 0x00, 0x10, 0x20 or 0x40")
         if op == "write":
-            self.mmio_write(n, G.IOAPIC_BASE + offset, value)
+            self.mmio_write(n, G.IOAPIC_BASE + offset, value, size)
             return None
         if op == "read":
-            return self.mmio_read(n, G.IOAPIC_BASE + offset)
+            return self.mmio_read(n, G.IOAPIC_BASE + offset, size)
         raise ValueError("op must be read or write")
+
+    def rdmsr(self, n: int, msr: int) -> int | None:
+        """The guest's rdmsr; None if it raised #GP (the guest carries on)."""
+        res = self.vcpu(n).command(G.CMD_RDMSR, [msr])
+        if res.faults:
+            return None
+        if len(res.results) != 2:
+            raise KvmVmError("the rdmsr reported no value")
+        return res.results[0] | res.results[1] << 32
+
+    def wrmsr(self, n: int, msr: int, value: int) -> bool:
+        """The guest's wrmsr; False if it raised #GP (the guest carries on)."""
+        res = self.vcpu(n).command(G.CMD_WRMSR, [msr, value & 0xFFFFFFFF, value >> 32])
+        return not res.faults
+
+    def lapic_mode(self, n: int) -> str:
+        """"x2apic", "xapic" or "disabled", from IA32_APIC_BASE as KVM reports it (sregs)."""
+        base = int(self.vcpu(n).fd.get_sregs().apic_base)
+        if not base & G.APIC_BASE_EN:
+            return "disabled"
+        return "x2apic" if base & G.APIC_BASE_EXTD else "xapic"
+
+    def lapic_write(self, n: int, reg: str, value: int) -> bool:
+        """A guest write of a LAPIC register by name, as the guest's mode requires: a 4-byte
+        MMIO store to the xAPIC page, or wrmsr 0x800 + offset >> 4 in x2APIC mode (EOI, TPR,
+        SVR; ID, LDR are read-only there and DFR does not exist: #GP). `apic_base` is a wrmsr
+        of IA32_APIC_BASE in either mode. False if the guest took #GP."""
+        if reg == "apic_base":
+            return self.wrmsr(n, G.MSR_APIC_BASE, value)
+        off = LAPIC_OFFSETS.get(reg)
+        if off is None:
+            raise ValueError(f"unknown LAPIC register {reg!r}")
+        if self.lapic_mode(n) == "x2apic":
+            return self.wrmsr(n, G.x2apic_msr(off), value)
+        self.mmio_write(n, G.LAPIC_BASE + off, value & 0xFFFFFFFF)
+        return True
+
+    def lapic_read(self, n: int, reg: str) -> int | None:
+        """The guest's read of a LAPIC register (as lapic_write); None if it took #GP."""
+        if reg == "apic_base":
+            return self.rdmsr(n, G.MSR_APIC_BASE)
+        off = LAPIC_OFFSETS.get(reg)
+        if off is None:
+            raise ValueError(f"unknown LAPIC register {reg!r}")
+        if self.lapic_mode(n) == "x2apic":
+            return self.rdmsr(n, G.x2apic_msr(off))
+        return self.mmio_read(n, G.LAPIC_BASE + off)
 
     def write_rte(
         self, n: int, pin: int, entry: int, halves: tuple[str, ...] = ("low", "high")
@@ -477,11 +594,25 @@ class KvmVm(K.Closing):
     def remote_irr(self, pin: int) -> bool:
         return bool(self.redirection_table()[pin] & REMOTE_IRR_BIT)
 
+    def apic_id(self, page: K.LapicPage, mode: str) -> int:
+        """The APIC id in a KVM_GET_LAPIC page: bits 31:24 of the ID register, except in
+        x2APIC mode with KVM_X2APIC_API_USE_32BIT_IDS, where the register is the 32-bit id."""
+        raw = page.reg(page.ID)
+        return raw if mode == "x2apic" and self.x2apic_format else raw >> 24
+
     def vcpu_view(self, n: int) -> dict[str, Any]:
+        """KVM_GET_LAPIC, plus the mode from IA32_APIC_BASE (KVM_GET_SREGS). In x2APIC mode
+        the ID register holds the 32-bit x2APIC id when KVM_X2APIC_API_USE_32BIT_IDS is on,
+        else the id << 24 (kvm_apic_state_fixup); LDR is KVM's derived cluster/bit value."""
         page = self.vcpu(n).fd.get_lapic()
+        mode = self.lapic_mode(n)
         return {
             "vcpu": n,
-            "apic_id": page.reg(page.ID) >> 24,
+            "apic_id": self.apic_id(page, mode),
+            "x2apic": mode == "x2apic",
+            "enabled": mode != "disabled",
+            "ldr": page.reg(page.LDR),
+            "dfr": page.reg(page.DFR),
             "irr": page.irr,
             "isr": page.isr,
             "tmr": page.tmr,

@@ -36,6 +36,8 @@ UAPI_IOCTLS = {
     "KVM_SET_MP_STATE": 0x4004AE99,
     "KVM_ENABLE_CAP": 0x4068AEA3,
     "KVM_SIGNAL_MSI": 0x4020AEA5,
+    "KVM_SET_CPUID2": 0x4008AE90,
+    "KVM_GET_SUPPORTED_CPUID": 0xC008AE05,
 }
 
 
@@ -60,6 +62,8 @@ def test_ioctl_number(name: str) -> None:
         (K.KvmIrqRouting, 8),
         (K.KvmIrqRoutingEntry, 48),
         (K.KvmMsi, 32),
+        (K.KvmCpuid2, 8),
+        (K.KvmCpuidEntry2, 40),
     ],
 )
 def test_struct_size(struct: type[ctypes.Structure], size: int) -> None:
@@ -91,6 +95,10 @@ def test_exit_reasons_and_caps() -> None:
     assert (K.KVM_CAP_SIGNAL_MSI, K.KVM_CAP_SPLIT_IRQCHIP) == (77, 121)
     assert (K.KVM_IRQCHIP_IOAPIC, K.KVM_IOAPIC_NUM_PINS) == (2, 24)
     assert (K.KVM_IRQ_ROUTING_IRQCHIP, K.KVM_IRQ_ROUTING_MSI) == (1, 2)
+    # KVM_CAP_X2APIC_API and its KVM_ENABLE_CAP flags (printed from <linux/kvm.h>: 129 1 2)
+    assert K.KVM_CAP_X2APIC_API == 129
+    assert K.KVM_X2APIC_API_USE_32BIT_IDS == 1
+    assert K.KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK == 2
 
 
 def test_lapic_page_decoding() -> None:

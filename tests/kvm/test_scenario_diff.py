@@ -144,9 +144,15 @@ def test_unsupported_op_stops_the_variant() -> None:
     (v,) = SD.diff_scenario(doc)["variants"]
     assert [s["ran"] for s in v["steps"]] == ["model+kvm", "unsupported"]
     assert v["stopped"]["index"] == 1 and "advance" in v["stopped"]["reason"]
-    doc = {"handlers": {"0x41": [{"op": "sti"}]}, "steps": [{"op": "settle"}]}
+    doc = {"handlers": {"0x41": [{"op": "advance", "us": 1}]}, "steps": [{"op": "settle"}]}
     (v,) = SD.diff_scenario(doc)["variants"]
-    assert v["stopped"]["op"] == "settle" and "sti" in v["stopped"]["reason"]
+    assert v["stopped"]["op"] == "settle" and "advance" in v["stopped"]["reason"]
+    # ... also when the op is nested in a handler's `when`
+    doc = {"handlers": {"0x41": [{"op": "when", "counter": "c", "equals": 0,
+                                  "steps": [{"op": "advance", "us": 1}]}]},
+           "steps": [{"op": "settle"}]}
+    (v,) = SD.diff_scenario(doc)["variants"]
+    assert v["stopped"]["op"] == "settle" and "advance" in v["stopped"]["reason"]
 
 
 @needs_kvm
