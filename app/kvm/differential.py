@@ -10,12 +10,19 @@ Steps are tuples:
     ("msi", address_lo, address_hi, data)   KVM_SIGNAL_MSI
     ("ack", vcpu)                       the guest opens an interrupt window
     ("eoi", vcpu)                       the guest writes the LAPIC EOI register
+    ("ioeoi", vcpu, vector)             the guest writes `vector` to the IOAPIC's EOI register
+                                        (0x40: KVM's in-kernel IOAPIC and QEMU's version 0x20)
     ("tpr", vcpu, value)                the guest writes the LAPIC TPR (xAPIC MMIO 0xFEE00080)
 
 After each step both sides report (Observation): the step's answer (the vector an ack took; the
 status of a line or MSI: >0 accepted by that many LAPICs, 0 coalesced / nobody, -1 blocked; a
 split irqchip's line status is split_line_status, see there);
 per observed pin its RTE without Remote IRR and its Remote IRR; per vCPU IRR, ISR, TMR and PPR.
+
+With irqchip "split" both sides run QEMU's IOAPIC (the engine's over the modelled kernel,
+app.kvm.split_vmm's over the real one), configured alike by `ioapic_version` (0x20, or 0x11
+without the EOI register) and `routes_before_service` (False: QEMU <= 7.2); in-kernel
+ignores both.
 
 Pins 0..15 are also wired to the in-kernel PIC, which the model does not have (it adds its own
 answer to a line's status), so sequences compared for status use pins 16..23. Pin 8 is the RTC
@@ -38,7 +45,8 @@ from .vm import KvmVm
 
 LAPIC_TPR = LAPIC_BASE + 0x80
 RAW_MASK = ~R.REMOTE_IRR_BIT & ((1 << 64) - 1)  # Remote IRR is its own observable
-STEP_KINDS = ("rte", "line", "msi", "ack", "eoi", "tpr")
+STEP_KINDS = ("rte", "line", "msi", "ack", "eoi", "tpr", "ioeoi")
+IOAPIC_EOI = 0x40  # the EOI register's offset in the IOAPIC page
 
 # The engine profile that models a host's KVM, by vendor module: upstream presets for upstream
 # modules; kvm_pvm acknowledges with an implicit EOI (flag lapic_auto_eoi, preset kvm-pvm).
@@ -109,8 +117,15 @@ def run_engine(
     vcpus: int = 1,
     profile: str = UPSTREAM_PROFILE,
     irqchip: str = "kernel",
+    ioapic_version: int = 0x20,
+    routes_before_service: bool = True,
 ) -> list[Observation]:
-    vm = Vm(VmConfig(vcpus=vcpus, irqchip=irqchip, profile=profile))
+    split = irqchip == "split"
+    vm = Vm(VmConfig(
+        vcpus=vcpus, irqchip=irqchip, profile=profile,
+        ioapic_version=ioapic_version if split else None,
+        overrides={} if not split or routes_before_service
+        else {"qemu_routes_before_service": False}))
     out = []
     for step in steps:
         _check(step)
@@ -128,6 +143,8 @@ def run_engine(
             ack = vm.ack(step[1])["vector"]
         elif kind == "tpr":
             vm.lapic_write(step[1], "tpr", step[2])
+        elif kind == "ioeoi":
+            vm.mmio(step[1], "write", IOAPIC_EOI, 4, step[2])
         else:
             vm.eoi(step[1])
         redir = vm.ioapic.redir
@@ -148,10 +165,16 @@ def run_engine(
 
 
 def run_kvm(
-    steps: list[Step], pins: list[int], vcpus: int = 1, irqchip: str = "kernel"
+    steps: list[Step],
+    pins: list[int],
+    vcpus: int = 1,
+    irqchip: str = "kernel",
+    ioapic_version: int = 0x20,
+    routes_before_service: bool = True,
 ) -> list[Observation]:
     out = []
-    with KvmVm(vcpus, irqchip=irqchip) as vm:
+    with KvmVm(vcpus, irqchip=irqchip, ioapic_version=ioapic_version,
+               routes_before_service=routes_before_service) as vm:
         for step in steps:
             _check(step)
             ack: int | None = None
@@ -168,6 +191,8 @@ def run_kvm(
                 ack = vm.ack(step[1])
             elif kind == "tpr":
                 vm.mmio_write(step[1], LAPIC_TPR, step[2])
+            elif kind == "ioeoi":
+                vm.mmio(step[1], "write", IOAPIC_EOI, step[2])
             else:
                 vm.eoi(step[1])
             redir = vm.redirection_table()
