@@ -10,11 +10,19 @@ Steps are tuples:
     ("msi", address_lo, address_hi, data)   KVM_SIGNAL_MSI
     ("ack", vcpu)                       the guest opens an interrupt window
     ("eoi", vcpu)                       the guest writes the LAPIC EOI register
+    ("ioeoi", vcpu, vector)             the guest writes `vector` to the IOAPIC's EOI register
+                                        (0x40: KVM's in-kernel IOAPIC and QEMU's version 0x20)
     ("tpr", vcpu, value)                the guest writes the LAPIC TPR (xAPIC MMIO 0xFEE00080)
 
 After each step both sides report (Observation): the step's answer (the vector an ack took; the
-status of a line or MSI: >0 accepted by that many LAPICs, 0 coalesced / nobody, -1 blocked);
+status of a line or MSI: >0 accepted by that many LAPICs, 0 coalesced / nobody, -1 blocked; a
+split irqchip's line status is split_line_status, see there);
 per observed pin its RTE without Remote IRR and its Remote IRR; per vCPU IRR, ISR, TMR and PPR.
+
+With irqchip "split" both sides run QEMU's IOAPIC (the engine's over the modelled kernel,
+app.kvm.split_vmm's over the real one), configured alike by `ioapic_version` (0x20, or 0x11
+without the EOI register) and `routes_before_service` (False: QEMU <= 7.2); in-kernel
+ignores both.
 
 Pins 0..15 are also wired to the in-kernel PIC, which the model does not have (it adds its own
 answer to a line's status), so sequences compared for status use pins 16..23. Pin 8 is the RTC
@@ -37,7 +45,8 @@ from .vm import KvmVm
 
 LAPIC_TPR = LAPIC_BASE + 0x80
 RAW_MASK = ~R.REMOTE_IRR_BIT & ((1 << 64) - 1)  # Remote IRR is its own observable
-STEP_KINDS = ("rte", "line", "msi", "ack", "eoi", "tpr")
+STEP_KINDS = ("rte", "line", "msi", "ack", "eoi", "tpr", "ioeoi")
+IOAPIC_EOI = 0x40  # the EOI register's offset in the IOAPIC page
 
 # The engine profile that models a host's KVM, by vendor module: upstream presets for upstream
 # modules; kvm_pvm acknowledges with an implicit EOI (flag lapic_auto_eoi, preset kvm-pvm).
@@ -45,6 +54,8 @@ HOST_PROFILES = {"kvm_pvm": "kvm-pvm"}
 UPSTREAM_PROFILE = "linux-latest"
 
 Step = tuple[Any, ...]
+# A step's answer: KVM's status (int), or for a split line step split_line_status's pair.
+Status = int | tuple[str, tuple[tuple[int, int], ...]] | None
 
 
 def host_profile(vendor: str | None = None) -> str:
@@ -61,7 +72,7 @@ class Observation:
     remote_irr: tuple[bool, ...]  # per pin in `pins`
     irr: tuple[int, ...]  # per vCPU, 256-bit bitmaps
     isr: tuple[int, ...]
-    status: int | None = None  # a "line" or "msi" step's status
+    status: Status = None  # a "line" or "msi" step's status
     rte: tuple[int, ...] = ()  # per pin in `pins`, without Remote IRR
     tmr: tuple[int, ...] = ()  # per vCPU
     ppr: tuple[int, ...] = ()  # per vCPU
@@ -71,6 +82,24 @@ def differing_fields(model: Observation, real: Observation) -> list[str]:
     """The names of the observables in which two observations of one step differ."""
     return [f.name for f in fields(Observation)
             if getattr(model, f.name) != getattr(real, f.name)]
+
+
+def split_line_status(answer: dict[str, Any]) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """What a line step answers with a split irqchip, on both sides: QEMU's ioapic_set_irq path
+    (`status`: serviced, blocked-remote-irr, lowered, dropped-masked-edge, ignored) and, for
+    every pin its ioapic_service delivered in this step (it services every pin with IRR set,
+    not only this one), the kernel's answer to that pin's KVM_IRQ_LINE_STATUS(1).
+
+    The engine's Vm.set_line and KvmVm.set_line (SplitVmm.set_irq) run the same QEMU code, so
+    the path alone would only restate the IOAPIC state that is compared anyway; the kernel's
+    answers (modelled kvm_set_irq on the engine side, the real ioctl's on the KVM side: LAPICs
+    that accepted the MSI, 0 coalesced in IRR, -1 nobody) are what the kernel says about each
+    delivery. The fields that are not comparable are left out: `kvm_status` (KvmVm only; it
+    repeats this pin's entry of `delivered`), `delivered_to` (engine only: KVM does not say
+    which LAPICs accepted), `outcome`/`reason` (derived from the same path and answers) and
+    the edge's KVM_IRQ_LINE_STATUS(0), which neither side reports."""
+    return str(answer["status"]), tuple(
+        (int(d["pin"]), int(d["kvm_set_irq"])) for d in answer.get("delivered", ()))
 
 
 def _check(step: Step) -> None:
@@ -88,24 +117,34 @@ def run_engine(
     vcpus: int = 1,
     profile: str = UPSTREAM_PROFILE,
     irqchip: str = "kernel",
+    ioapic_version: int = 0x20,
+    routes_before_service: bool = True,
 ) -> list[Observation]:
-    vm = Vm(VmConfig(vcpus=vcpus, irqchip=irqchip, profile=profile))
+    split = irqchip == "split"
+    vm = Vm(VmConfig(
+        vcpus=vcpus, irqchip=irqchip, profile=profile,
+        ioapic_version=ioapic_version if split else None,
+        overrides={} if not split or routes_before_service
+        else {"qemu_routes_before_service": False}))
     out = []
     for step in steps:
         _check(step)
         ack: int | None = None
-        status: int | None = None
+        status: Status = None
         kind = step[0]
         if kind == "rte":
             vm.write_rte(step[1], step[2], step[3], _halves(step))
         elif kind == "line":
-            status = vm.set_line(step[1], level=step[2])["steps"][0].get("status")
+            answer = vm.set_line(step[1], level=step[2])["steps"][0]
+            status = split_line_status(answer) if irqchip == "split" else answer["status"]
         elif kind == "msi":
             status = vm.signal_msi(step[1], step[2], step[3])["status"]
         elif kind == "ack":
             ack = vm.ack(step[1])["vector"]
         elif kind == "tpr":
             vm.lapic_write(step[1], "tpr", step[2])
+        elif kind == "ioeoi":
+            vm.mmio(step[1], "write", IOAPIC_EOI, 4, step[2])
         else:
             vm.eoi(step[1])
         redir = vm.ioapic.redir
@@ -126,25 +165,34 @@ def run_engine(
 
 
 def run_kvm(
-    steps: list[Step], pins: list[int], vcpus: int = 1, irqchip: str = "kernel"
+    steps: list[Step],
+    pins: list[int],
+    vcpus: int = 1,
+    irqchip: str = "kernel",
+    ioapic_version: int = 0x20,
+    routes_before_service: bool = True,
 ) -> list[Observation]:
     out = []
-    with KvmVm(vcpus, irqchip=irqchip) as vm:
+    with KvmVm(vcpus, irqchip=irqchip, ioapic_version=ioapic_version,
+               routes_before_service=routes_before_service) as vm:
         for step in steps:
             _check(step)
             ack: int | None = None
-            status: int | None = None
+            status: Status = None
             kind = step[0]
             if kind == "rte":
                 vm.write_rte(step[1], step[2], step[3], _halves(step))
             elif kind == "line":
-                status = vm.set_line(step[1], step[2])["status"]
+                answer = vm.set_line(step[1], step[2])
+                status = split_line_status(answer) if irqchip == "split" else answer["status"]
             elif kind == "msi":
                 status = vm.signal_msi(step[1], step[2], step[3])
             elif kind == "ack":
                 ack = vm.ack(step[1])
             elif kind == "tpr":
                 vm.mmio_write(step[1], LAPIC_TPR, step[2])
+            elif kind == "ioeoi":
+                vm.mmio(step[1], "write", IOAPIC_EOI, step[2])
             else:
                 vm.eoi(step[1])
             redir = vm.redirection_table()
