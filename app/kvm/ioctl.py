@@ -445,18 +445,25 @@ class _Fd(Closing):
             self.close()
 
 
-def _cpuid2(entries: list[KvmCpuidEntry2], room: int = 0) -> Any:
-    """A struct kvm_cpuid2 with `entries` (or `room` empty slots for KVM to fill)."""
+def _flex(header: type[ctypes.Structure], count_field: str, entry: type[ctypes.Structure],
+          entries: list[Any], room: int = 0) -> Any:
+    """A uapi struct with a flexible array member: `header` (whose `count_field` says how many
+    entries follow) then `entries`, or `room` empty slots for KVM to fill."""
     n = max(len(entries), room)
 
-    class _Cpuid(ctypes.Structure):
-        _fields_ = (("hdr", KvmCpuid2), ("entries", KvmCpuidEntry2 * n))
+    class _Flex(ctypes.Structure):
+        _fields_ = (("hdr", header), ("entries", entry * n))
 
-    c = _Cpuid()
-    c.hdr.nent = n
+    c = _Flex()
+    setattr(c.hdr, count_field, n)
     for i, e in enumerate(entries):
         c.entries[i] = e
     return c
+
+
+def _cpuid2(entries: list[KvmCpuidEntry2], room: int = 0) -> Any:
+    """A struct kvm_cpuid2 with `entries` (or `room` empty slots for KVM to fill)."""
+    return _flex(KvmCpuid2, "nent", KvmCpuidEntry2, entries, room)
 
 
 class Kvm(_Fd):
@@ -596,15 +603,7 @@ class VmFd(_Fd):
         return state
 
     def set_gsi_routing(self, entries: list[KvmIrqRoutingEntry]) -> None:
-        n = len(entries)
-
-        class _Routing(ctypes.Structure):
-            _fields_ = (("hdr", KvmIrqRouting), ("entries", KvmIrqRoutingEntry * n))
-
-        r = _Routing()
-        r.hdr.nr = n
-        for i, e in enumerate(entries):
-            r.entries[i] = e
+        r = _flex(KvmIrqRouting, "nr", KvmIrqRoutingEntry, entries)
         ioctl(self.fd, KVM_SET_GSI_ROUTING, r, "KVM_SET_GSI_ROUTING")
 
     def signal_msi(self, address_lo: int, address_hi: int, data: int) -> int:
