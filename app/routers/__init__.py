@@ -4,4 +4,4 @@ from . import health, ioapic, profiles, reports, routing, scenarios, vcpus, vms
 
 ALL = [health.router, vms.router, profiles.router, ioapic.router, ioapic.line_router,
        routing.router,
-       vcpus.router, reports.router, scenarios.router]
+       vcpus.router, reports.router, reports.bitmaps_router, scenarios.router]

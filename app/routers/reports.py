@@ -11,24 +11,13 @@ from app.api import examples as X
 from app.api import kvm_ops as KO
 from app.api import models as M
 from app.api import ops
-from app.api.deps import VmPath
+from app.api.deps import VmPath, manual_path_openapi, path_vm
 from app.api.problems import problem_responses
+from app.api.request_only_route import RequestOnlyRoute
 from app.api.run import view
 
 router = APIRouter(prefix="/v1/vms/{vm}", tags=["reports"],
                    responses=problem_responses(422))
-
-
-@router.get(
-    "/bitmaps", response_model=M.Bitmaps, summary="Remote IRR and handled vectors",
-    description="The two bitmaps this service exists to show, in one call: the IOAPIC's "
-                "Remote IRR bits (RTE bit 14, per pin) and every vCPU's "
-                "ioapic_handled_vectors (the EOI-exit bitmap vcpu_scan_ioapic computed).",
-    responses={**X.response("bitmaps"), **problem_responses(404)},
-)
-async def bitmaps(vm: VmPath, request: Request) -> Response:
-    return await view(request, vm, M.Bitmaps, lambda e: e.vm.bitmaps(),
-                      KO.bitmaps)
 
 
 @router.get(
@@ -99,3 +88,22 @@ async def put_snapshot(
 ) -> Response:
     registry = request.app.state.registry
     return await view(request, vm, M.VmSummary, lambda e: ops.restore(e, snapshot, registry))
+
+
+# Polled after every step by scenario drivers: RequestOnlyRoute skips FastAPI's per-request
+# solver (see app/api/request_only_route.py).
+bitmaps_router = APIRouter(prefix="/v1/vms/{vm}", tags=["reports"],
+                           route_class=RequestOnlyRoute)
+
+
+@bitmaps_router.get(
+    "/bitmaps", response_model=M.Bitmaps, summary="Remote IRR and handled vectors",
+    description="The two bitmaps this service exists to show, in one call: the IOAPIC's "
+                "Remote IRR bits (RTE bit 14, per pin) and every vCPU's "
+                "ioapic_handled_vectors (the EOI-exit bitmap vcpu_scan_ioapic computed).",
+    responses={**X.response("bitmaps"), **problem_responses(404)},
+    openapi_extra=manual_path_openapi("vm"),
+)
+async def bitmaps(request: Request) -> Response:
+    return await view(request, path_vm(request), M.Bitmaps, lambda e: e.vm.bitmaps(),
+                      KO.bitmaps)
