@@ -19,8 +19,22 @@ M = TypeVar("M", bound=BaseModel)
 MANUAL_BODY_MODELS: list[type[BaseModel]] = []
 
 
+async def _read_body(request: Request) -> bytes:
+    # Starlette's Request.body() goes through its stream() generator and caching; the one
+    # reader of these bodies takes the (already buffered, see middleware.py) messages directly.
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
 async def json_body(request: Request, model: type[M]) -> M:
-    raw = await request.body()
+    raw = await _read_body(request)
     if not raw:
         raise RequestValidationError([{"type": "missing", "loc": ("body",),
                                        "msg": "Field required", "input": None}])
