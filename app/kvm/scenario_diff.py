@@ -22,7 +22,9 @@ Step support on KVM: line (level / action, source 0), write_rte, patch_rte, mmio
 bytes at 0x00/0x10/0x20/0x40), msi, lapic (the guest writes each register: xAPIC page or x2APIC
 MSR as its mode is, apic_base by wrmsr; a #GP is the answer), ack, eoi, enter (a no-op: the
 guest is entered at every step anyway), count, take and settle (the guest acks through its
-interrupt window and the handler's steps run on the same vCPU, as the engine's Runner does),
+interrupt window and the handler's steps run on the same vCPU, as the engine's Runner does; a
+settle's budget is the step's `budget` or the document's `settle_budget`, at most
+KVM_SETTLE_CAP takes),
 cli/sti (the Runner's per-vCPU IF, kept by the harness: the guest always runs with IF clear and
 a take opens its window only when the flag is set; a handler's sti takes what is pending,
 nested) and when (on the KVM side's own counters). Handlers may use the same steps plus expect
@@ -154,10 +156,13 @@ class KvmSide:
     """Runs scenario steps (already validated by the engine run) on a KvmVm."""
 
     def __init__(self, vm: KvmVm, handlers: dict[int, list[dict[str, Any]]],
-                 x2apic_format: bool) -> None:
+                 x2apic_format: bool, settle_budget: int = DEFAULT_SETTLE_BUDGET) -> None:
         self.vm = vm
         self.handlers = handlers
         self.x2apic_format = x2apic_format
+        # The budget of a settle step without its own: the document's `settle_budget`, as the
+        # engine's Runner has it (then capped at KVM_SETTLE_CAP takes).
+        self.settle_budget = settle_budget
         self.counters: dict[str, int] = {}
         # The Runner's per-vCPU interrupt flag. The guest itself always runs with IF clear and
         # opens a window (sti; ...; cli) only when a take finds this flag set, so the flag the
@@ -283,7 +288,7 @@ class KvmSide:
         if op == "take":
             return {"vector": self.take(cpu(), depth)}
         assert op == "settle"
-        budget = parse_int(step.get("budget", DEFAULT_SETTLE_BUDGET), f"{where}.budget",
+        budget = parse_int(step.get("budget", self.settle_budget), f"{where}.budget",
                            1, 10_000_000)
         return self.settle(budget)
 
@@ -400,7 +405,8 @@ def diff_variant(doc: dict[str, Any], name: str, cfg: dict[str, Any],
                x2apic=conf.x2apic, x2apic_format=conf.x2apic_format,
                broadcast_quirk_disabled=conf.broadcast_quirk_disabled,
                x2apic_cpuid=conf.x2apic_cpuid) as kvm:
-        side = KvmSide(kvm, runner.handlers, runner.vm.config.x2apic_format)
+        side = KvmSide(kvm, runner.handlers, runner.vm.config.x2apic_format,
+                       runner.budget_default)
         for i, step in enumerate(steps):
             where = f"steps[{i}]"
             op = step.get("op")

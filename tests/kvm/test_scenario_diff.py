@@ -78,6 +78,31 @@ def test_malformed_document_raises_with_its_path() -> None:
     assert exc.value.field == "steps[0].pin"
 
 
+class _StormVm:
+    """Just enough of a KvmVm for KvmSide.settle: one vCPU that always has 0x41 pending."""
+
+    def __init__(self) -> None:
+        self.vcpus = [object()]
+
+    def ack(self, n: int) -> int:
+        return 0x41
+
+    def eoi(self, n: int) -> None:
+        pass
+
+
+def test_kvm_side_settle_uses_the_documents_budget() -> None:
+    """A settle step without `budget` gets the document's `settle_budget` on the KVM side too
+    (as the engine's Runner), a step's own budget wins, and KVM_SETTLE_CAP bounds both."""
+    side = SD.KvmSide(_StormVm(), {}, False, settle_budget=7)  # type: ignore[arg-type]
+    r = side.run({"op": "settle"}, "steps[0]")
+    assert (r["taken_total"], r["budget_exhausted"]) == (7, True)
+    assert side.run({"op": "settle", "budget": 3}, "steps[1]")["taken_total"] == 3
+    assert side.counters == {"unhandled:0x41": 10}
+    default = SD.KvmSide(_StormVm(), {}, False)  # type: ignore[arg-type]
+    assert default.run({"op": "settle"}, "steps[0]")["taken_total"] == SD.KVM_SETTLE_CAP
+
+
 # ---- on real KVM
 
 
@@ -175,3 +200,35 @@ def test_settle_runs_handlers_on_both_sides() -> None:
                                     ("counters.g_isr_77", 1, 2)]
         else:
             assert v["differences"] == 0, _diffs(v)
+
+
+STORM: dict[str, Any] = {
+    "name": "msi-storm",
+    "settle_budget": 7,
+    "vm": {"vcpus": 1, "irqchip": "kernel"},
+    # Each run of 0x41's handler sends 0x41 again: a storm on every kernel and profile.
+    "handlers": {"0x41": [{"op": "count", "name": "runs"}, {"op": "msi", "data": "0x41"},
+                          {"op": "eoi"}]},
+    "steps": [{"op": "msi", "data": "0x41"}, {"op": "settle"}, {"op": "settle", "budget": 3}],
+}
+
+
+@needs_kvm
+def test_document_settle_budget_bounds_the_kvm_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The document's settle_budget reaches the KVM side of a diff (it used to settle up to
+    KVM_SETTLE_CAP takes whatever the document said)."""
+    seen: list[tuple[int, int]] = []
+    settle = SD.KvmSide.settle
+
+    def spy(self: SD.KvmSide, budget: int) -> dict[str, Any]:
+        r = settle(self, budget)
+        seen.append((budget, r["taken_total"]))
+        return r
+
+    monkeypatch.setattr(SD.KvmSide, "settle", spy)
+    (v,) = SD.diff_scenario(STORM)["variants"]
+    assert v["stopped"] is None
+    assert seen == [(7, 7), (3, 3)]
+    kvm_runs = [d["kvm"] for s in v["steps"] for d in s["differences"]
+                if d["path"] == "counters.runs"]
+    assert all(n <= 10 for n in kvm_runs), kvm_runs
