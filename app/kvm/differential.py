@@ -31,10 +31,14 @@ pin, whose EOI tracking the model does not have either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import os
+import re
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from app.engine import flags as F
 from app.engine import rte as R
+from app.engine.flags import Behaviour
 from app.engine.lapic import ppr
 from app.engine.state import VmConfig
 from app.engine.vm import Vm
@@ -58,11 +62,58 @@ Step = tuple[Any, ...]
 Status = int | tuple[str, tuple[tuple[int, int], ...]] | None
 
 
-def host_profile(vendor: str | None = None) -> str:
-    """The engine profile that should agree with this host's KVM."""
+def _version(text: str) -> tuple[int, int] | None:
+    m = re.match(r"v?(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def behaviour_for_release(release: str) -> Behaviour:
+    """The upstream KVM behaviour of a kernel release, from each KVM flag's first release
+    (FlagInfo.release; "?" marks a release not read off a tag): a flag whose release is newer
+    than `release` has its pre-commit value (False); the others keep linux-latest's value."""
+    host = _version(release)
+    latest = F.PRESETS[UPSTREAM_PROFILE].flags
+    if host is None:
+        return latest
+    older = {}
+    for name, info in F.FLAGS.items():
+        first = _version(info.release or "")
+        if info.component == "kvm" and first is not None and host < first:
+            older[name] = False
+    return replace(latest, **older)
+
+
+def preset_for_release(release: str) -> str:
+    """The preset whose flags are exactly this release's upstream behaviour; if no preset
+    matches (a release between two presets, where a flag changed that no preset pins), the
+    newest linux-X.Y preset not newer than the release, which is then an approximation."""
+    want = behaviour_for_release(release)
+    if F.PRESETS[UPSTREAM_PROFILE].flags == want:
+        return UPSTREAM_PROFILE
+    numbered = sorted((v, name) for name in F.PRESETS
+                      if name.startswith("linux-") and (v := _version(name[6:])) is not None)
+    exact = [name for _, name in numbered if F.PRESETS[name].flags == want]
+    if exact:
+        return exact[-1]
+    host = _version(release)
+    older = [name for v, name in numbered if host is not None and v <= host]
+    return older[-1] if older else numbered[0][1]
+
+
+def host_profile(vendor: str | None = None, release: str | None = None) -> str:
+    """The engine profile that should agree with this host's KVM: the preset of the running
+    kernel's release (issue 5: "the host kernel's release selects the matching preset"), or
+    for a vendor module that is not upstream, its own preset (kvm_pvm: kvm-pvm, measured on
+    Linux 6.18; on an older kvm_pvm kernel the release's preset is used instead)."""
     if vendor is None:
         vendor = detect.vendor_module()
-    return HOST_PROFILES.get(vendor or "", UPSTREAM_PROFILE)
+    if release is None:
+        release = os.uname().release
+    upstream = preset_for_release(release)
+    own = HOST_PROFILES.get(vendor or "")
+    if own is not None and upstream == UPSTREAM_PROFILE:
+        return own
+    return upstream
 
 
 @dataclass(frozen=True)
