@@ -36,8 +36,9 @@ from app.engine.events import VCPU_NAMES, EventLog
 from app.engine.msi import LapicIrq, irq_to_msi
 from app.engine.routing import route_to_json
 from app.kvm import detect
+from app.kvm import guest as G
 from app.kvm.split_vmm import QEMU_IOAPIC_VERSIONS
-from app.kvm.vm import KvmVm, KvmVmError, ensure_kick_handler
+from app.kvm.vm import LAPIC_OFFSETS, KvmVm, KvmVmError, ensure_kick_handler
 
 from . import models as M
 from .problems import KvmFailure
@@ -47,8 +48,10 @@ log = logging.getLogger("irqlab.kvm")
 NUM_PINS = 24
 LVR = 0x30  # LAPIC version register offset in the KVM_GET_LAPIC page
 # VmCreate fields that configure the model only: on the kvm backend the host kernel decides.
+# (x2apic, x2apic_cpuid, x2apic_format and broadcast_quirk_disabled are not among them: they
+# are the VMM's choices, KVM_SET_CPUID2 and KVM_CAP_X2APIC_API, and irqlab's guest switches
+# itself to x2APIC mode.)
 MODEL_ONLY = ("profile", "overrides", "apicv", "nr_reserved_ioapic_pins", "ioapic_version",
-              "x2apic", "x2apic_cpuid", "x2apic_format", "broadcast_quirk_disabled",
               "vector_hashing")
 # With a split irqchip irqlab is the VMM: its IOAPIC's version and QEMU's behaviour flags are
 # irqlab's to choose (the kernel's flags are still the host's).
@@ -121,6 +124,13 @@ def check_create(body: M.VmCreate) -> None:
                               f"overrides.{kernel_flags[0]}")
         if body.ioapic_version is not None and body.ioapic_version not in QEMU_IOAPIC_VERSIONS:
             raise invalid("QEMU's IOAPIC accepts version 0x11 or 0x20", "ioapic_version")
+    if body.x2apic and not body.x2apic_cpuid:
+        # The model can start a vCPU in x2APIC mode whatever its CPUID says; a real guest
+        # cannot: kvm_set_apic_base refuses IA32_APIC_BASE.EXTD (#GP) unless the guest's
+        # CPUID has x2APIC, so irqlab's x2APIC guest would fault on its first wrmsr.
+        raise unsupported("x2apic: true needs x2apic_cpuid: true on the kvm backend (KVM "
+                          "refuses IA32_APIC_BASE.EXTD unless CPUID.1:ECX.x2APIC is set)",
+                          "x2apic_cpuid")
     ok, reason = detect.kvm_available()
     if not ok:
         raise unsupported(f"backend 'kvm' is not available on this host: {reason}", "backend")
@@ -159,7 +169,12 @@ def build(body: M.VmCreate, max_events: int | None) -> KvmHandle:
                    ioapic_version=body.ioapic_version or 0x20,
                    routes_before_service=F.resolve(F.DEFAULT_PRESET, overrides)
                    .qemu_routes_before_service,
-                   log=log, log_cause=root)
+                   log=log, log_cause=root, x2apic=body.x2apic,
+                   x2apic_format=body.x2apic_format,
+                   broadcast_quirk_disabled=body.broadcast_quirk_disabled,
+                   # The schema's default (true), as the model and the diff harness use it:
+                   # KVM_SET_CPUID2 with x2APIC, which also decides LVR's directed EOI bit.
+                   x2apic_cpuid=body.x2apic_cpuid)
     except KvmVmError as exc:
         raise unsupported(f"backend 'kvm' is not available: {exc}", "backend") from exc
     except OSError as exc:
@@ -176,7 +191,8 @@ def build(body: M.VmCreate, max_events: int | None) -> KvmHandle:
         vm.close()
         raise
     log.fill(root, "kvm", "create-vm", None, "vcpus", body.vcpus, "irqchip", body.irqchip,
-             "module", handle.vendor_module)
+             "module", handle.vendor_module, "x2apic", body.x2apic,
+             "x2apic_api_flags", vm.x2apic_api_flags if vm.x2apic_api_enabled else None)
     return handle
 
 
@@ -244,8 +260,9 @@ def summary(h: KvmHandle) -> dict[str, Any]:
         "id": h.id, "backend": "kvm", "vcpus": len(h.vm.vcpus), "irqchip": h.vm.irqchip,
         "profile": "host", "overrides": dict(h.overrides), "apicv": None,
         "nr_reserved_ioapic_pins": NUM_PINS,
-        "ioapic_version": h.ioapic_version, "x2apic": False, "x2apic_cpuid": False,
-        "x2apic_format": False, "broadcast_quirk_disabled": False,
+        "ioapic_version": h.ioapic_version, "x2apic": h.vm.x2apic,
+        "x2apic_cpuid": h.vm.x2apic_cpuid, "x2apic_format": h.vm.x2apic_format,
+        "broadcast_quirk_disabled": h.vm.broadcast_quirk_disabled,
         "vector_hashing": h.vector_hashing, "event_log": h.log.enabled, "flags": None,
         "time": None, "events": h.log.next_seq - 1, "kvm_vendor_module": h.vendor_module,
     }
@@ -467,7 +484,8 @@ def signal_msi(h: KvmHandle, body: M.MsiRequest) -> dict[str, Any]:
                        logical=d.dest_mode == "logical", level_trig=d.trigger == "level",
                        dest=d.dest, redir_hint=d.redirection_hint)
         try:
-            lo, hi, data = irq_to_msi(irq, False)
+            # With KVM_X2APIC_API_USE_32BIT_IDS KVM reads dest bits 31:8 from address_hi.
+            lo, hi, data = irq_to_msi(irq, h.vm.x2apic_format)
         except EngineError as exc:
             raise EngineError(exc.kind, exc.detail,
                               f"decoded.{exc.field}" if exc.field else "decoded") from exc
@@ -514,3 +532,47 @@ def eoi(h: KvmHandle, n: int) -> dict[str, Any]:
     forwarded = any(e["reason"] == "KVM_EXIT_IOAPIC_EOI" for e in exits) if split else None
     return {"vcpu": n, "vector": vector, "forwarded": forwarded, "path": None,
             "entry_exits": [], "exits": exits if split else None, "pending_requests": None}
+
+
+def lapic_patch(h: KvmHandle, n: int, body: M.LapicPatch) -> dict[str, Any]:
+    """The guest writes each register, in the model's order (id, dfr, ldr, tpr, svr): a 4-byte
+    store to the xAPIC page, or wrmsr 0x800 + offset >> 4 in x2APIC mode (the mode KVM reports
+    now, KVM_GET_SREGS' apic_base); each `value` is the guest's read-back of the register.
+
+    All or nothing, as the model: the only writes that fault are ID, DFR and LDR in x2APIC
+    mode (#GP; an MMIO store never faults), and they come before TPR and SVR in the order, so
+    the first #GP is also the first write. It is the model's problem (400, `fault: #GP`,
+    `field` the register), and the root event records the fault the guest took.
+    IA32_APIC_BASE is refused: irqlab's guest image is built for one LAPIC mode (its set-up,
+    and EOI as an MMIO store or wrmsr 0x80B), so a mode change would leave `eoi` and `ack`
+    talking to a LAPIC the guest no longer addresses that way."""
+    n = _vcpu(h, n)
+    writes = body.writes()
+    if any(reg == "apic_base" for reg, _ in writes):
+        raise unsupported("apic_base: irqlab's guest on the kvm backend stays in the LAPIC "
+                          "mode it was created in (its EOI is an xAPIC MMIO store or an x2APIC "
+                          "wrmsr); create the VM with `x2apic` instead", "apic_base")
+    x2apic = h.vm.lapic_mode(n) == "x2apic"
+    results = []
+    for reg, value in writes:
+        offset = LAPIC_OFFSETS[reg]
+        access = ("wrmsr", G.x2apic_msr(offset)) if x2apic else ("mmio", G.LAPIC_BASE + offset)
+        first_exit = len(_exits(h))
+        seq = _root(h)
+        ok = h.vm.lapic_write(n, reg, value)
+        if not ok:
+            h.log.fill(seq, VCPU_NAMES[n], "lapic-write", None, "reg", reg, "value", value,
+                       "access", access[0], "address", access[1], "fault", "#GP")
+            seen = f"the guest's wrmsr 0x{access[1]:x} took #GP"
+            if reg in ("id", "ldr", "dfr"):  # the model's words (lapic.write_register)
+                raise invalid(f"{reg.upper()} is read-only in x2APIC mode (#GP): {seen}", reg)
+            raise invalid(f"{reg.upper()}: {seen}", reg)
+        readback = h.vm.lapic_read(n, reg)
+        if readback is None:  # a register the guest just wrote without a fault
+            raise KvmFailure(f"the guest's read of {reg.upper()} took #GP after its write",
+                             {"kvm_failure": "GuestFault"})
+        h.log.fill(seq, VCPU_NAMES[n], "lapic-write", None, "reg", reg, "value", value,
+                   "access", access[0], "address", access[1], "read_back", readback)
+        results.append({"reg": reg, "value": readback, "access": access[0],
+                        "address": access[1], "entry_exits": _exits(h)[first_exit:]})
+    return {"vcpu": n, "writes": results, "lapic": vcpu_view(h, n)}

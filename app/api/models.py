@@ -64,9 +64,13 @@ class VmCreate(StrictModel):
                              "KVM_GET_IRQCHIP), what it does not expose is null. With "
                              "`irqchip: split` irqlab is the VMM (the engine's QEMU IOAPIC on "
                              "the real kernel); `ioapic_version` (0x11/0x20) and QEMU's flags "
-                             "in `overrides` configure it. The other model-only fields "
-                             "(profile, KVM flags, apicv, x2apic...) must keep their defaults "
-                             "(409 unsupported otherwise). Limits: IRQLAB_MAX_KVM_VMS, "
+                             "in `overrides` configure it. `x2apic` (irqlab's x2APIC guest; "
+                             "needs `x2apic_cpuid`), `x2apic_cpuid` (KVM_SET_CPUID2), "
+                             "`x2apic_format` and `broadcast_quirk_disabled` "
+                             "(KVM_CAP_X2APIC_API) apply to the real VM. The other model-only "
+                             "fields (profile, KVM flags, apicv, vector_hashing, ...) must "
+                             "keep their defaults (409 unsupported otherwise). Limits: "
+                             "IRQLAB_MAX_KVM_VMS, "
                              "IRQLAB_MAX_KVM_VCPUS (409 limit-reached); no usable /dev/kvm is "
                              "409 unsupported with the reason in `detail`.",
         examples=["kvm"])

@@ -372,7 +372,7 @@ class KvmVm(K.Closing):
                     self.vmm = SplitVmm(self._vm, version=ioapic_version,
                                         routes_before_service=routes_before_service, log=log,
                                         cause=log_cause)
-            if x2apic or x2apic_format or broadcast_quirk_disabled:
+            if self.x2apic_api_enabled:
                 # QEMU's kvm_enable_x2apic; KVM applies the flags VM-wide (MSI decoding,
                 # KVM_GET/SET_LAPIC's ID format, the 0xff broadcast). Flags 0 is accepted and
                 # keeps the legacy formats, which is what an x2APIC guest gets by default.
@@ -384,6 +384,11 @@ class KvmVm(K.Closing):
         except BaseException:
             self.close()
             raise
+
+    @property
+    def x2apic_api_enabled(self) -> bool:
+        """Whether KVM_ENABLE_CAP(KVM_CAP_X2APIC_API) is issued (with x2apic_api_flags)."""
+        return self.x2apic or self.x2apic_format or self.broadcast_quirk_disabled
 
     @property
     def x2apic_api_flags(self) -> int:

@@ -48,7 +48,11 @@ async def get_vcpu(vm: VmPath, n: VcpuPath, request: Request) -> Response:
                 "kvm_set_apic_base), in the order apic_base, id, dfr, ldr, tpr, svr. A change "
                 "of id, LDR, DFR, enable or x2APIC mode runs kvm_recalculate_apic_map, which "
                 "requests SCAN_IOAPIC on every vCPU. All or nothing: a write the guest would "
-                "take a #GP for is 400 and changes nothing.",
+                "take a #GP for is 400 and changes nothing. On the kvm backend irqlab's "
+                "guest does each write (xAPIC: a store to the LAPIC page; x2APIC: wrmsr "
+                "0x800 + offset >> 4) and reads the register back; ID, DFR and LDR in "
+                "x2APIC mode are the guest's #GP (the same 400); `apic_base` is 409 "
+                "unsupported (the guest stays in the mode it was created in).",
     responses={**X.response("lapic"), **problem_responses(400, 404, 413, 422)},
 )
 async def patch_lapic(
@@ -57,7 +61,8 @@ async def patch_lapic(
     request: Request,
 ) -> Response:
     return await act(request, vm, M.LapicPatchResult,
-                     lambda v: ops.lapic_patch(v, n, body))
+                     lambda v: ops.lapic_patch(v, n, body),
+                     kvm=lambda h: KO.lapic_patch(h, n, body))
 
 
 @router.post(

@@ -235,7 +235,6 @@ UNSUPPORTED = [
     ("POST", "/resamplers", {"gsi": 5}),
     ("POST", "/resamplers/5/irqfd", None),
     ("POST", "/clock", {"advance_us": 10}),
-    ("PATCH", "/vcpus/0/lapic", {"tpr": 0}),
     ("POST", "/vcpus/0/enter", None),
     ("POST", "/vcpus/0/exit", None),
     ("GET", "/snapshot", None),
@@ -463,3 +462,188 @@ async def test_in_kernel_routes_stay_unsupported(kc: httpx.AsyncClient) -> None:
     await create(kc, id="k")
     body = assert_problem(await kc.get("/v1/vms/k/routes"), 409, slug="unsupported")
     assert "split VM shows the routes" in body["detail"]
+
+
+# ---- x2APIC guests and guest LAPIC writes (PATCH …/lapic)
+
+X2 = {"x2apic": True, "x2apic_format": True}
+VIEW_KEYS = ("apic_id", "x2apic", "enabled", "sw_enabled", "ldr", "dfr", "tpr", "ppr", "svr",
+             "lvr")
+
+
+async def test_x2apic_without_cpuid_is_refused(kc: httpx.AsyncClient) -> None:
+    """The model starts a vCPU in x2APIC mode whatever its CPUID says; KVM refuses
+    IA32_APIC_BASE.EXTD without CPUID x2APIC, so the kvm backend refuses the combination."""
+    body = assert_problem(await kc.post("/v1/vms", json={**KVM, "x2apic": True,
+                                                         "x2apic_cpuid": False}),
+                          409, "x2apic_cpuid", "unsupported")
+    assert "CPUID" in body["detail"]
+    r = await kc.post("/v1/vms", json={"id": "m", "x2apic": True, "x2apic_cpuid": False})
+    assert r.status_code == 201, r.text  # the model takes it
+    for field, value in (("vector_hashing", False), ("apicv", True)):
+        assert_problem(await kc.post("/v1/vms", json={**KVM, **X2, field: value}),
+                       409, field, "unsupported")
+    assert [v["id"] for v in (await kc.get("/v1/vms")).json()["vms"]] == ["m"]
+
+
+async def _pair(c: httpx.AsyncClient, **body: Any) -> None:
+    """The same VM twice: `k` on the kvm backend and `m` on the model."""
+    await create(c, id="k", **body)
+    r = await c.post("/v1/vms", json={"id": "m", **body})
+    assert r.status_code == 201, r.text
+
+
+async def _views(c: httpx.AsyncClient, vm: str) -> list[dict[str, Any]]:
+    vcpus = (await c.get(f"/v1/vms/{vm}/vcpus")).json()["vcpus"]
+    return [{k: v[k] for k in VIEW_KEYS} for v in vcpus]
+
+
+@needs_kvm
+@pytest.mark.parametrize("x2apic_format", [True, False])
+async def test_x2apic_vm_views_and_32bit_msi(kc: httpx.AsyncClient, x2apic_format: bool) -> None:
+    await _pair(kc, vcpus=3, x2apic=True, x2apic_format=x2apic_format)
+    k, m = (await kc.get("/v1/vms/k")).json(), (await kc.get("/v1/vms/m")).json()
+    for f in ("x2apic", "x2apic_cpuid", "x2apic_format", "broadcast_quirk_disabled"):
+        assert k[f] == m[f], f
+    assert k["x2apic"] is True and k["x2apic_format"] is x2apic_format
+    views = await _views(kc, "k")
+    # KVM_GET_LAPIC's ID register is the 32-bit id with USE_32BIT_IDS and id << 24 without;
+    # either way the view's apic_id is the vCPU's x2APIC id, and LDR KVM's cluster/bit value.
+    assert [(v["apic_id"], v["x2apic"], v["ldr"]) for v in views] == [
+        (0, True, 0x1), (1, True, 0x2), (2, True, 0x4)]
+    assert views == await _views(kc, "m")
+    events = (await kc.get("/v1/vms/k/events")).json()["events"]
+    created = events[0]
+    assert created["kind"] == "create-vm" and created["fields"]["x2apic"] is True
+    assert created["fields"]["x2apic_api_flags"] == (1 if x2apic_format else 0)
+
+    # dest 0x102 in the 32-bit format: address_hi holds bits 31:8. With USE_32BIT_IDS KVM
+    # reads them (no vCPU has id 0x102: nothing delivered); without, it ignores address_hi
+    # and the MSI goes to x2APIC id 2. The model decodes it the same way.
+    for vm in ("k", "m"):
+        r = await kc.post(f"/v1/vms/{vm}/msi", json={
+            "address_lo": 0xFEE00000 | 0x02 << 12, "address_hi": 0x100, "data": 0x45})
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == (0 if x2apic_format else 1), vm
+        # decoded dest 2 is encoded in the VM's format (address_hi 0 either way here).
+        r = await kc.post(f"/v1/vms/{vm}/msi", json={"decoded": {"dest": 2, "vector": "0x46"}})
+        assert r.json()["status"] == 1, vm
+    irr = [v["irr"]["vectors"] for v in (await kc.get("/v1/vms/k/vcpus")).json()["vcpus"]]
+    assert irr == [[], [], [0x46] if x2apic_format else [0x45, 0x46]]
+    assert irr == [v["irr"]["vectors"]
+                   for v in (await kc.get("/v1/vms/m/vcpus")).json()["vcpus"]]
+    # The x2APIC guest takes it and EOIs with wrmsr 0x80B.
+    r = await kc.post("/v1/vms/k/vcpus/2/ack")
+    assert r.status_code == 200, r.text
+    assert r.json()["vector"] == 0x46
+    r = await kc.post("/v1/vms/k/vcpus/2/eoi")
+    assert r.status_code == 200, r.text
+    assert (await kc.get("/v1/vms/k/vcpus/2")).json()["dead"] is None
+
+
+@needs_kvm
+@pytest.mark.parametrize("quirk_disabled", [False, True])
+async def test_x2apic_broadcast_quirk(kc: httpx.AsyncClient, quirk_disabled: bool) -> None:
+    """Physical 0xff to x2APIC LAPICs: a broadcast (the legacy quirk) unless
+    KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK; model and kernel agree."""
+    await _pair(kc, vcpus=2, x2apic=True, broadcast_quirk_disabled=quirk_disabled)
+    assert (await kc.get("/v1/vms/k")).json()["broadcast_quirk_disabled"] is quirk_disabled
+    for vm in ("k", "m"):
+        r = await kc.post(f"/v1/vms/{vm}/msi",
+                          json={"decoded": {"dest": "0xff", "vector": "0x47"}})
+        assert r.json()["status"] == (0 if quirk_disabled else 2), vm
+
+
+@needs_kvm
+@pytest.mark.parametrize(("x2apic", "irqchip"),
+                         [(False, "kernel"), (True, "kernel"), (False, "split"),
+                          (True, "split")])
+async def test_lapic_patch_agrees_with_the_model(
+        kc: httpx.AsyncClient, x2apic: bool, irqchip: str) -> None:
+    """TPR and SVR written by the guest (xAPIC page or x2APIC MSR) and read back: the same
+    answers and views as the model. SVR bit 12 (directed EOI) sticks only where LVR offers it
+    (split, CPUID x2APIC), on both."""
+    await _pair(kc, vcpus=2, x2apic=x2apic, irqchip=irqchip)
+    body = {"tpr": 0x20, "svr": 0x11FF}
+    answers = {}
+    for vm in ("k", "m"):
+        r = await kc.patch(f"/v1/vms/{vm}/vcpus/1/lapic", json=body)
+        assert r.status_code == 200, r.text
+        answers[vm] = r.json()
+    k, m = answers["k"], answers["m"]
+    assert [(w["reg"], w["value"]) for w in k["writes"]] == [
+        (w["reg"], w["value"]) for w in m["writes"]]
+    assert [w["value"] for w in k["writes"]] == [0x20, 0x11FF if irqchip == "split" else 0x1FF]
+    access = "wrmsr" if x2apic else "mmio"
+    assert [(w["access"], w["address"]) for w in k["writes"]] == (
+        [(access, 0x808), (access, 0x80F)] if x2apic
+        else [(access, 0xFEE00080), (access, 0xFEE000F0)])
+    assert {f: k["lapic"][f] for f in VIEW_KEYS} == {f: m["lapic"][f] for f in VIEW_KEYS}
+    assert [e["kind"] for e in k["events"]] == ["lapic-write", "lapic-write"]
+    assert k["events"][0]["fields"]["read_back"] == 0x20
+    assert await _views(kc, "k") == await _views(kc, "m")
+
+    # The write took effect in the kernel: TPR 0x50 blocks vector 0x45, TPR 0 lets it in.
+    # (Only the kvm VM: the model's ack needs the vCPU entered first.)
+    await kc.patch("/v1/vms/k/vcpus/1/lapic", json={"tpr": 0x50})
+    await kc.post("/v1/vms/k/msi", json={"decoded": {"dest": 1, "vector": "0x45"}})
+    assert (await kc.post("/v1/vms/k/vcpus/1/ack")).json()["vector"] is None
+    await kc.patch("/v1/vms/k/vcpus/1/lapic", json={"tpr": 0})
+    assert (await kc.post("/v1/vms/k/vcpus/1/ack")).json()["vector"] == 0x45
+
+
+@needs_kvm
+async def test_xapic_id_ldr_dfr_writes_agree_with_the_model(kc: httpx.AsyncClient) -> None:
+    await _pair(kc, vcpus=2)
+    body = {"id": 0x05000000, "dfr": 0x0FFFFFFF, "ldr": 0x02000000}
+    for vm in ("k", "m"):
+        r = await kc.patch(f"/v1/vms/{vm}/vcpus/1/lapic", json=body)
+        assert r.status_code == 200, r.text
+        assert [(w["reg"], w["value"]) for w in r.json()["writes"]] == [
+            ("id", 0x05000000), ("dfr", 0x0FFFFFFF), ("ldr", 0x02000000)], vm
+    assert await _views(kc, "k") == await _views(kc, "m")
+    assert (await _views(kc, "k"))[1]["apic_id"] == 5
+    # Logical cluster mode: MSI to cluster 0, member bit 1 reaches vCPU 1 only (LDR 0x02).
+    for vm in ("k", "m"):
+        r = await kc.post(f"/v1/vms/{vm}/msi", json={"decoded": {
+            "dest": "0x02", "dest_mode": "logical", "vector": "0x48"}})
+        assert r.json()["status"] == 1, vm
+    assert [v["irr"]["vectors"] for v in (await kc.get("/v1/vms/k/vcpus")).json()["vcpus"]] \
+        == [[], [0x48]]
+
+
+@needs_kvm
+@pytest.mark.parametrize("reg", ["id", "ldr", "dfr"])
+async def test_x2apic_read_only_registers_are_the_models_gp(
+        kc: httpx.AsyncClient, reg: str) -> None:
+    """ID, LDR and DFR writes in x2APIC mode: the guest's wrmsr takes #GP, answered as the
+    model's 400 (`fault: #GP`, `field` the register), and nothing of the patch is written."""
+    await _pair(kc, vcpus=2, x2apic=True)
+    before = {vm: await _views(kc, vm) for vm in ("k", "m")}
+    problems = {}
+    for vm in ("k", "m"):
+        r = await kc.patch(f"/v1/vms/{vm}/vcpus/1/lapic", json={reg: 1, "tpr": 0x30})
+        problems[vm] = assert_problem(r, 400, reg, "invalid-operation")
+    k, m = problems["k"], problems["m"]
+    assert k["fault"] == m["fault"] == "#GP"
+    assert k["detail"].startswith(m["detail"])
+    assert "kvm_errno" not in k
+    assert {vm: await _views(kc, vm) for vm in ("k", "m")} == before  # TPR not written
+    last = (await kc.get("/v1/vms/k/events")).json()["events"][-1]
+    assert (last["kind"], last["fields"]["reg"], last["fields"]["fault"]) == (
+        "lapic-write", reg, "#GP")
+    # The guest carried on: the vCPU is alive and the next write works.
+    r = await kc.patch("/v1/vms/k/vcpus/1/lapic", json={"tpr": 0x30})
+    assert r.status_code == 200, r.text
+    assert r.json()["lapic"]["tpr"] == 0x30 and r.json()["lapic"]["dead"] is None
+
+
+@needs_kvm
+async def test_lapic_apic_base_is_unsupported(kc: httpx.AsyncClient) -> None:
+    await create(kc, id="k")
+    body = assert_problem(await kc.patch("/v1/vms/k/vcpus/0/lapic",
+                                         json={"apic_base": 0xFEE00C00, "tpr": 0x10}),
+                          409, "apic_base", "unsupported")
+    assert "LAPIC mode" in body["detail"]
+    assert (await kc.get("/v1/vms/k/vcpus/0")).json()["tpr"] == 0  # nothing written
+    assert_problem(await kc.patch("/v1/vms/k/vcpus/2/lapic", json={"tpr": 1}), 404, "vcpu")
