@@ -238,6 +238,19 @@ class KvmIrqRouting(ctypes.Structure):
     _fields_ = (("nr", u32), ("flags", u32))
 
 
+class KvmIrqfd(ctypes.Structure):
+    """struct kvm_irqfd: the eventfd that injects into `gsi`, and with KVM_IRQFD_FLAG_RESAMPLE
+    the eventfd KVM signals when the guest acknowledges the level interrupt."""
+
+    _fields_ = (
+        ("fd", u32),
+        ("gsi", u32),
+        ("flags", u32),
+        ("resamplefd", u32),
+        ("pad", u8 * 16),
+    )
+
+
 class KvmMsi(ctypes.Structure):
     _fields_ = (
         ("address_lo", u32),
@@ -331,12 +344,18 @@ EXIT_NAMES = {
 # Capabilities.
 KVM_CAP_IRQCHIP = 0
 KVM_CAP_IRQ_ROUTING = 25
+KVM_CAP_IRQFD = 32
+KVM_CAP_IRQFD_RESAMPLE = 82
 KVM_CAP_SIGNAL_MSI = 77
 KVM_CAP_SPLIT_IRQCHIP = 121
 KVM_CAP_X2APIC_API = 129
 # KVM_ENABLE_CAP(KVM_CAP_X2APIC_API) args[0] flags (include/uapi/linux/kvm.h).
 KVM_X2APIC_API_USE_32BIT_IDS = 1 << 0  # x2APIC ids in KVM_GET/SET_LAPIC and MSI address_hi
 KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK = 1 << 1  # 0xff is not a broadcast to x2APIC LAPICs
+
+# struct kvm_irqfd flags.
+KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
+KVM_IRQFD_FLAG_RESAMPLE = 1 << 1
 
 KVM_API_VERSION = 12
 
@@ -354,6 +373,7 @@ KVM_GET_IRQCHIP = _IOWR(0x62, KvmIrqchip)
 KVM_SET_IRQCHIP = _IOR(0x63, KvmIrqchip)  # sic: _IOR in the uapi header
 KVM_IRQ_LINE_STATUS = _IOWR(0x67, KvmIrqLevel)
 KVM_SET_GSI_ROUTING = _IOW(0x6A, KvmIrqRouting)
+KVM_IRQFD = _IOW(0x76, KvmIrqfd)
 KVM_RUN = _IO(0x80)
 KVM_GET_REGS = _IOR(0x81, KvmRegs)
 KVM_SET_REGS = _IOW(0x82, KvmRegs)
@@ -443,6 +463,25 @@ class _Fd(Closing):
     def __del__(self) -> None:  # last resort; callers close explicitly
         with contextlib.suppress(OSError):
             self.close()
+
+
+class EventFd(_Fd):
+    """An eventfd(2), non-blocking: `signal` adds 1 to its counter and `take` reads and resets
+    the counter (0 when nothing was signalled), i.e. how many signals arrived since the last
+    take. Used both ways: irqlab signals an irqfd, and KVM (or irqlab's VMM, in split mode)
+    signals a resamplefd."""
+
+    def __init__(self) -> None:
+        super().__init__(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
+
+    def signal(self, n: int = 1) -> None:
+        os.eventfd_write(self.fd, n)
+
+    def take(self) -> int:
+        try:
+            return os.eventfd_read(self.fd)
+        except BlockingIOError:  # EAGAIN: the counter is 0
+            return 0
 
 
 def _flex(header: type[ctypes.Structure], count_field: str, entry: type[ctypes.Structure],
@@ -609,6 +648,13 @@ class VmFd(_Fd):
     def signal_msi(self, address_lo: int, address_hi: int, data: int) -> int:
         msi = KvmMsi(address_lo=address_lo, address_hi=address_hi, data=data)
         return ioctl(self.fd, KVM_SIGNAL_MSI, msi, "KVM_SIGNAL_MSI")
+
+    def irqfd(self, fd: int, gsi: int, flags: int = 0, resamplefd: int = 0) -> None:
+        """KVM_IRQFD: assign (flags 0 or KVM_IRQFD_FLAG_RESAMPLE with `resamplefd`) or
+        deassign (KVM_IRQFD_FLAG_DEASSIGN) the eventfd `fd` on `gsi`. KVM takes its own
+        references to the eventfds; the caller still owns and closes its fds."""
+        args = KvmIrqfd(fd=fd, gsi=gsi, flags=flags, resamplefd=resamplefd)
+        ioctl(self.fd, KVM_IRQFD, args, "KVM_IRQFD")
 
 
 class VcpuFd(_Fd):

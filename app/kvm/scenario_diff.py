@@ -14,13 +14,18 @@ Per variant of the document (its matrix, or `default`):
 - each step runs on the engine (app.engine.scenario.Runner, handlers included), then on KVM;
 - after it, these observables are compared: per pin the RTE (raw, without Remote IRR) and
   Remote IRR; per vCPU the IRR/ISR/TMR vector lists, PPR, TPR, x2APIC mode, APIC id, LDR and
-  DFR; the counters of `count` steps; and the step's own answer (the vector of ack/take, the
+  DFR; the counters of `count` steps; per registered resampler the number of times its
+  resamplefd was signalled (`resamplers.<gsi>`: the model's count, the eventfd's on KVM);
+  and the step's own answer (the vector of ack/take, the
   value of an MMIO read, the interrupts a settle took, the LAPIC registers a lapic step wrote
   as the guest reads them back, the vectors a handler's sti took).
 
 Step support on KVM: line (level / action, source 0), write_rte, patch_rte, mmio (1, 2, 4 or 8
-bytes at 0x00/0x10/0x20/0x40), msi, lapic (the guest writes each register: xAPIC page or x2APIC
-MSR as its mode is, apic_base by wrmsr; a #GP is the answer), ack, eoi, enter (a no-op: the
+bytes at 0x00/0x10/0x20/0x40), msi, resampler and irqfd (KvmVm.attach_irqfd with resampling
+and KvmVm.irqfd_trigger: KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE in-kernel; in split mode a
+plain irqfd and the resamplefd kicked by irqlab's VMM, as QEMU does), lapic (the guest
+writes each register: xAPIC page or x2APIC MSR as its mode is, apic_base by wrmsr; a #GP is the
+answer), ack, eoi, enter (a no-op: the
 guest is entered at every step anyway), count, take and settle (the guest acks through its
 interrupt window and the handler's steps run on the same vCPU, as the engine's Runner does; a
 settle's budget is the step's `budget` or the document's `settle_budget`, at most
@@ -29,7 +34,7 @@ cli/sti (the Runner's per-vCPU IF, kept by the harness: the guest always runs wi
 a take opens its window only when the flag is set; a handler's sti takes what is pending,
 nested) and when (on the KVM side's own counters). Handlers may use the same steps plus expect
 (not take/settle). `expect` steps describe the model and are ignored (not compared). Any other
-op (irq, routes, exit, resampler, irqfd, advance), a handler using one of them, a line with a
+op (irq, routes, exit, advance), a handler using one of them, a line with a
 non-zero source or an MMIO offset other than those stops the variant, reported as unsupported
 at that step.
 """
@@ -61,9 +66,10 @@ EXPECT_IGNORED = "expectation steps describe the model: ignored (not run on KVM,
 # A settle on KVM acks through the real guest: at most this many interrupts per settle.
 KVM_SETTLE_CAP = 1000
 SUPPORTED_OPS = ("line", "write_rte", "patch_rte", "mmio", "msi", "lapic", "ack", "eoi",
-                 "enter", "count", "take", "settle", "sti", "cli", "when")
+                 "enter", "count", "take", "settle", "sti", "cli", "when", "resampler", "irqfd")
 HANDLER_OPS = ("line", "write_rte", "patch_rte", "mmio", "msi", "lapic", "ack", "eoi", "enter",
-               "count", "expect", "sti", "cli", "when")
+               "count", "expect", "sti", "cli", "when", "resampler", "irqfd")
+GSI_MAX = 4095  # the engine's range for resampler/irqfd GSIs
 # The engine's Runner refuses deeper nesting (scenario.MAX_HANDLER_DEPTH) before KVM runs.
 MMIO_OFFSETS = (0x00, 0x10, 0x20, 0x40)
 PIN_COUNT = R.NUM_PINS
@@ -108,6 +114,8 @@ def engine_observables(vm: Vm, counters: dict[str, int]) -> dict[str, Any]:
         out[f"vcpus.{v.idx}.tpr"] = v.tpr
     for name, n in counters.items():
         out[f"counters.{name}"] = n
+    for gsi, signalled in vm.resamplers.items():
+        out[f"resamplers.{gsi}"] = signalled
     return out
 
 
@@ -130,6 +138,10 @@ def kvm_observables(vm: KvmVm, counters: dict[str, int]) -> dict[str, Any]:
         out[f"vcpus.{n}.tpr"] = view["tpr"]
     for name, c in counters.items():
         out[f"counters.{name}"] = c
+    # Read from the resamplefds themselves (what a device such as VFIO would see), in both
+    # modes: KVM's eventfd_signal in-kernel, irqlab's VMM's kick in split mode.
+    for gsi, signalled in vm.resample_counts().items():
+        out[f"resamplers.{gsi}"] = signalled
     return out
 
 
@@ -270,6 +282,14 @@ class KvmSide:
                 hi = parse_int(step.get("address_hi", 0), f"{where}.address_hi")
                 data = parse_int(step["data"], f"{where}.data")
             vm.signal_msi(lo, hi, data)
+            return {}
+        if op == "resampler":
+            vm.attach_irqfd(parse_int(step["gsi"], f"{where}.gsi", 0, GSI_MAX), resample=True)
+            return {}
+        if op == "irqfd":
+            # The model's answer (kvm_set_irq's status, who accepted) has no KVM counterpart:
+            # an irqfd write returns nothing. Its effects are compared through the state.
+            vm.irqfd_trigger(parse_int(step["gsi"], f"{where}.gsi", 0, GSI_MAX))
             return {}
         if op == "ack":
             return {"vector": vm.ack(cpu())}

@@ -21,7 +21,13 @@ the real kernel underneath instead of the modelled one:
   is not split; hw/intc/ioapic.c, ioapic_service.) Remote IRR is set *before* that, as QEMU
   does, and an already-set Remote IRR coalesces;
 - kvm_arch_handle_exit(KVM_EXIT_IOAPIC_EOI) runs ioapic_eoi_broadcast(vector): Remote IRR of
-  every level pin with that vector is cleared, and a still-asserted, unmasked line re-serviced.
+  every level pin with that vector is cleared, and a still-asserted, unmasked line re-serviced;
+- resamplefds: KVM refuses KVM_IRQFD_FLAG_RESAMPLE with a split irqchip (kvm_arch_irqfd_allowed:
+  resampling needs the in-kernel IOAPIC's ack notifiers), so QEMU's kvm_irqchip_assign_irqfd
+  registers such an irqfd with KVM *without* the flag and keeps the resamplefd itself
+  (kvm_resample_fd_insert); ioapic_eoi_broadcast then kicks it for every level pin with the EOIed
+  vector (kvm_resample_fd_notify), before looking at Remote IRR. `register_resamplefd` is that
+  list, and `notify_resampler` the kick (a write to the eventfd).
 
 IRR, Remote IRR, the register file and the routing table irqlab committed live here; the
 kernel holds the LAPICs (read with KVM_GET_LAPIC). KVM has no ioctl that reads routes back, so
@@ -95,7 +101,9 @@ class SplitVmm:
         self.outcome_reason: str | None = None
         # Only the QEMU flag is read (by app.engine.vmm.Vmm); KVM's behaviour is the host's.
         self.flags = replace(Behaviour(), qemu_routes_before_service=routes_before_service)
-        self.resamplers: dict[int, int] = {}  # no irqfds: nothing bypasses this IOAPIC
+        # QEMU's kvm_resample_fd_list: gsi -> times kicked, and the eventfd kicked.
+        self.resamplers: dict[int, int] = {}
+        self.resamplefds: dict[int, K.EventFd] = {}
         self.routes: dict[int, list[RouteEntry]] = {}
         self.core = Vmm()
         self.cause: int | None = None
@@ -116,8 +124,25 @@ class SplitVmm:
         return [p for p, e in enumerate(self.ioapic.redir) if e & R.VECTOR_MASK == vector]
 
     def notify_resampler(self, gsi: int, cause: int | None) -> bool:
-        """kvm_resample_fd_notify: no resamplefd is registered with this VMM."""
-        return False
+        """kvm_resample_fd_notify: kick the resamplefd registered for `gsi`, if any (QEMU's
+        event_notifier_set: the eventfd's counter goes up by one)."""
+        efd = self.resamplefds.get(gsi)
+        if efd is None:
+            return False
+        efd.signal()
+        self.resamplers[gsi] += 1
+        self.log.emit("device", "resamplefd-signalled", cause, "gsi", gsi,
+                      "count", self.resamplers[gsi])  # fmt: skip
+        return True
+
+    def register_resamplefd(self, gsi: int, efd: K.EventFd) -> None:
+        """kvm_resample_fd_insert: QEMU keeps a split irqchip's resamplefds (KVM refuses
+        them). One per GSI, as the model's resamplers; the caller owns and closes `efd`."""
+        if gsi in self.resamplefds:
+            raise ValueError(f"a resamplefd is already registered for gsi {gsi}")
+        self.resamplefds[gsi] = efd
+        self.resamplers[gsi] = 0
+        self.log.emit("device", "resampler-registered", self.cause, "gsi", gsi)
 
     def routing_changed(self) -> None:
         """Nothing is derived from the RTEs here (pins_with_vector scans all 24 pins)."""

@@ -9,6 +9,10 @@ it. A caller that passes its own `mmio_handler` gets the raw exits instead and n
 IOAPIC state reads then refuse). KVM_EXIT_IOAPIC_EOI exits are recorded per step either way
 (and passed to `eoi_handler`, an observer).
 
+irqfds (`attach_irqfd`, `irqfd_trigger`, `resamples`): KVM_IRQFD, with KVM_IRQFD_FLAG_RESAMPLE
+in-kernel; KVM refuses that flag with a split irqchip, so there the irqfd is plain and the
+resamplefd is kicked by the VMM's EOI broadcast, as QEMU does.
+
 Each vCPU is driven synchronously from the caller's thread, one command at a time: between
 commands the vCPU is parked on its command IN (a KVM_EXIT_IO the host has not answered yet).
 Every KVM_RUN is covered by a watchdog: a timer thread that, when the step overruns, sets
@@ -126,6 +130,37 @@ class StepResult:
     ioapic_eois: list[int] = field(default_factory=list)  # KVM_EXIT_IOAPIC_EOI vectors
     mmio: list[tuple[int, bool, int, int]] = field(default_factory=list)  # (gpa, write, len, val)
     faults: list[int] = field(default_factory=list)  # exceptions a command may raise (#GP)
+
+
+class Irqfd:
+    """One irqfd irqlab attached to a GSI: the eventfd a device writes (`trigger`), and with
+    resampling the eventfd signalled when the guest acknowledges the interrupt (`resample`).
+
+    In-kernel resampling also holds an `anchor`: a second resampling irqfd on the same GSI that
+    is never written (its own resamplefd, `anchor_resample`, drained and ignored). KVM keeps one
+    resampler per GSI while any resampling irqfd uses it; the anchor keeps it (its ack notifier
+    and its assertion of the line) alive while KvmVm.irqfd_trigger briefly deassigns `trigger`
+    to wait for the injection (see there). Without one the deassign would lower the line."""
+
+    def __init__(self, gsi: int, resample: bool) -> None:
+        self.gsi = gsi
+        self.trigger = K.EventFd()
+        self.resample: K.EventFd | None = K.EventFd() if resample else None
+        self.anchor: K.EventFd | None = None
+        self.anchor_resample: K.EventFd | None = None
+        self.kernel_resample = False  # KVM_IRQFD_FLAG_RESAMPLE (in-kernel irqchip only)
+        self.signalled = 0  # resamplefd signals read so far (cumulative)
+
+    def kvm_flags(self) -> tuple[int, int]:
+        """(flags, resamplefd) of this irqfd's KVM_IRQFD assignment."""
+        if self.kernel_resample and self.resample is not None:
+            return K.KVM_IRQFD_FLAG_RESAMPLE, self.resample.fd
+        return 0, 0
+
+    def close(self) -> None:
+        for efd in (self.trigger, self.resample, self.anchor, self.anchor_resample):
+            if efd is not None:
+                efd.close()
 
 
 class KvmVcpu:
@@ -346,6 +381,7 @@ class KvmVm(K.Closing):
         self.max_exits = max_exits
         self.vcpus: list[KvmVcpu] = []
         self.vmm: SplitVmm | None = None
+        self.irqfds: dict[int, Irqfd] = {}  # gsi -> the irqfd irqlab attached there
         self._kvm: K.Kvm | None = None
         self._vm: K.VmFd | None = None
         self._mem: K.GuestMemory | None = None
@@ -418,12 +454,17 @@ class KvmVm(K.Closing):
     def close(self) -> None:
         for v in self.vcpus:
             v.close()
+        # Closing the VM fd releases KVM's irqfds (and its references to the eventfds); ours
+        # are closed after it.
         if self._vm is not None:
             self._vm.close()
             self._vm = None
         if self._mem is not None:
             self._mem.close()
             self._mem = None
+        for fd in self.irqfds.values():
+            fd.close()
+        self.irqfds = {}
         if self._kvm is not None:
             self._kvm.close()
             self._kvm = None
@@ -453,6 +494,86 @@ class KvmVm(K.Closing):
 
     def signal_msi(self, address_lo: int, address_hi: int, data: int) -> int:
         return self.vmfd.signal_msi(address_lo, address_hi, data)
+
+    # ---- irqfds
+
+    def attach_irqfd(self, gsi: int, resample: bool = False) -> Irqfd:
+        """KVM_IRQFD: an eventfd that injects into `gsi`, one per GSI.
+
+        In-kernel, `resample` is KVM_IRQFD_FLAG_RESAMPLE: the eventfd asserts the GSI with
+        KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID and it stays asserted until the IOAPIC's ack notifier
+        for the pin (an EOI of its vector, or on 6.3+ an unmask with a stale irr) lowers it
+        and signals the resamplefd. Split: KVM refuses the flag (EINVAL, kvm_arch_irqfd_allowed),
+        so irqlab does what QEMU's kvm_irqchip_assign_irqfd does: a plain irqfd (each write
+        delivers the GSI's MSI route, bypassing the userspace IOAPIC) and the resamplefd kept
+        by the VMM, kicked from its ioapic_eoi_broadcast."""
+        if not 0 <= gsi < 4096:
+            raise ValueError("gsi must be 0..4095")
+        if gsi in self.irqfds:
+            raise KvmVmError(f"an irqfd is already attached to gsi {gsi}")
+        if resample and self.irqchip == "split":
+            self._need_vmm("a split irqchip's resamplefd")
+        fd = Irqfd(gsi, resample)
+        try:
+            if resample and self.irqchip == "kernel":
+                fd.kernel_resample = True
+                fd.anchor, fd.anchor_resample = K.EventFd(), K.EventFd()
+                self.vmfd.irqfd(fd.anchor.fd, gsi, K.KVM_IRQFD_FLAG_RESAMPLE,
+                                fd.anchor_resample.fd)
+            flags, rfd = fd.kvm_flags()
+            self.vmfd.irqfd(fd.trigger.fd, gsi, flags, rfd)
+            if resample and self.irqchip == "split":
+                assert self.vmm is not None and fd.resample is not None
+                self.vmm.register_resamplefd(gsi, fd.resample)
+        except BaseException:
+            fd.close()
+            raise
+        self.irqfds[gsi] = fd
+        return fd
+
+    def irqfd_trigger(self, gsi: int) -> None:
+        """The device writes the irqfd's eventfd, and irqlab waits until KVM has injected it.
+
+        KVM consumes the eventfd in its wake-up callback (during the write) but injects an
+        IOAPIC route from a work item (kvm_arch_set_irq_inatomic answers -EWOULDBLOCK), which
+        on this host sometimes runs after the write returned. kvm_irqfd_deassign is the kernel's
+        barrier: it flushes the irqfd's injection work before returning ("there will not be
+        any more interrupts on this gsi once this deassign function returns"). So the irqfd is
+        deassigned and assigned again (the anchor keeps an in-kernel resampler, and so the line
+        it asserts, alive in between); the eventfd's counter is 0 by then, so the re-assignment
+        injects nothing."""
+        fd = self._irqfd(gsi)
+        fd.trigger.signal()
+        flags, rfd = fd.kvm_flags()
+        self.vmfd.irqfd(fd.trigger.fd, gsi, K.KVM_IRQFD_FLAG_DEASSIGN)
+        self.vmfd.irqfd(fd.trigger.fd, gsi, flags, rfd)
+
+    def resamples(self, gsi: int) -> int:
+        """How many times the resamplefd of `gsi` was signalled since the last read (a
+        non-blocking read of the eventfd: KVM's eventfd_signal, or the split VMM's kick)."""
+        fd = self._irqfd(gsi)
+        if fd.resample is None:
+            raise KvmVmError(f"the irqfd on gsi {gsi} has no resamplefd")
+        if fd.anchor_resample is not None:
+            fd.anchor_resample.take()  # the anchor's own signals: not the device's
+        n = fd.resample.take()
+        fd.signalled += n
+        return n
+
+    def resample_counts(self) -> dict[int, int]:
+        """gsi -> resamplefd signals since the irqfd was attached (reads every resamplefd)."""
+        out = {}
+        for gsi, fd in sorted(self.irqfds.items()):
+            if fd.resample is not None:
+                self.resamples(gsi)
+                out[gsi] = fd.signalled
+        return out
+
+    def _irqfd(self, gsi: int) -> Irqfd:
+        fd = self.irqfds.get(gsi)
+        if fd is None:
+            raise KvmVmError(f"no irqfd is attached to gsi {gsi}")
+        return fd
 
     # ---- guest side ----
 

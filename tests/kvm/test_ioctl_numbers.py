@@ -38,6 +38,7 @@ UAPI_IOCTLS = {
     "KVM_SIGNAL_MSI": 0x4020AEA5,
     "KVM_SET_CPUID2": 0x4008AE90,
     "KVM_GET_SUPPORTED_CPUID": 0xC008AE05,
+    "KVM_IRQFD": 0x4020AE76,
 }
 
 
@@ -64,6 +65,7 @@ def test_ioctl_number(name: str) -> None:
         (K.KvmMsi, 32),
         (K.KvmCpuid2, 8),
         (K.KvmCpuidEntry2, 40),
+        (K.KvmIrqfd, 32),
     ],
 )
 def test_struct_size(struct: type[ctypes.Structure], size: int) -> None:
@@ -85,6 +87,9 @@ def test_layout_offsets() -> None:
     assert K.KvmIoapicState.redirtbl.offset == 24
     assert K.KvmIrqRoutingEntry.u.offset == 16
     assert K.KvmMsi.data.offset == 8
+    # struct kvm_irqfd (printed with offsetof from <linux/kvm.h>: 0 4 8 12 16)
+    assert (K.KvmIrqfd.fd.offset, K.KvmIrqfd.gsi.offset, K.KvmIrqfd.flags.offset) == (0, 4, 8)
+    assert (K.KvmIrqfd.resamplefd.offset, K.KvmIrqfd.pad.offset) == (12, 16)
 
 
 def test_exit_reasons_and_caps() -> None:
@@ -99,6 +104,19 @@ def test_exit_reasons_and_caps() -> None:
     assert K.KVM_CAP_X2APIC_API == 129
     assert K.KVM_X2APIC_API_USE_32BIT_IDS == 1
     assert K.KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK == 2
+    # irqfd (printed from <linux/kvm.h>: KVM_CAP_IRQFD 32, KVM_CAP_IRQFD_RESAMPLE 82,
+    # KVM_IRQFD_FLAG_DEASSIGN 1, KVM_IRQFD_FLAG_RESAMPLE 2)
+    assert (K.KVM_CAP_IRQFD, K.KVM_CAP_IRQFD_RESAMPLE) == (32, 82)
+    assert (K.KVM_IRQFD_FLAG_DEASSIGN, K.KVM_IRQFD_FLAG_RESAMPLE) == (1, 2)
+
+
+def test_eventfd_counts_signals_since_the_last_take() -> None:
+    with K.EventFd() as efd:
+        assert efd.take() == 0  # non-blocking: nothing signalled reads as 0, not EAGAIN
+        efd.signal()
+        efd.signal()
+        assert efd.take() == 2
+        assert efd.take() == 0
 
 
 def test_lapic_page_decoding() -> None:
