@@ -23,6 +23,7 @@ import errno
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,12 @@ from app.kvm.split_vmm import QEMU_IOAPIC_VERSIONS
 from app.kvm.vm import LAPIC_OFFSETS, KvmVm, KvmVmError, ensure_kick_handler
 
 from . import models as M
-from .problems import KvmFailure
+from .problems import BackendRule, KvmFailure
 
 log = logging.getLogger("irqlab.kvm")
 
 NUM_PINS = 24
+GSI_MAX = 4095  # the model's range for resampler GSIs (Vm.register_resampler)
 LVR = 0x30  # LAPIC version register offset in the KVM_GET_LAPIC page
 # VmCreate fields that configure the model only: on the kvm backend the host kernel decides.
 # (x2apic, x2apic_cpuid, x2apic_format and broadcast_quirk_disabled are not among them: they
@@ -94,6 +96,9 @@ class KvmHandle:
         self.overrides = dict(overrides or {})
         self.vendor_module = detect.vendor_module()
         self.vector_hashing = _host_vector_hashing()
+        # In-kernel resamplefd signals already written to the event log, per GSI (see
+        # _resample_events: KVM signals the eventfd itself, irqlab only learns it by reading).
+        self.reported_resamples: dict[int, int] = {}
 
     @property
     def split(self) -> bool:
@@ -238,11 +243,33 @@ def capture(h: KvmHandle, op: Callable[[], dict[str, Any]], limit: int) -> dict[
         for e in h.log.since(first - 1):
             if e["actor"] == "":
                 h.log.fill(e["seq"], "kvm", "operation-failed", None, "error", str(exc))
+        # Resamples that happened before the failure still belong to this operation.
+        with suppress(OSError, KvmVmError):
+            _resample_events(h, first)
         raise
+    with _kernel():
+        _resample_events(h, first)
     events = h.log.since(first - 1, limit + 1)
     result["events"] = events[:limit]
     result["events_truncated"] = len(events) > limit
     return result
+
+
+def _resample_events(h: KvmHandle, first: int) -> None:
+    """In-kernel, KVM's ack notifier signals a resamplefd without irqlab seeing it (during
+    KVM_RUN at an EOI, or on kvm_pvm at the take; in the IOAPIC write of an unmask): after
+    every operation irqlab reads the eventfds and logs one `resamplefd-signalled` per signal
+    (the model's event, whose `count` is the total since registration), caused by the
+    operation's first event. Every signal comes from some operation (ack notifiers run in
+    ioctls irqlab makes, under the VM's lock), so none is attributed to a later one. In split
+    mode the VMM kicks the eventfd and logs it itself, at the EOI exit."""
+    if h.vm.vmm is not None or not h.vm.irqfds:
+        return
+    cause = first if h.log.next_seq > first else None
+    for gsi, total in h.vm.resample_counts().items():
+        for count in range(h.reported_resamples.get(gsi, 0) + 1, total + 1):
+            h.log.emit("device", "resamplefd-signalled", cause, "gsi", gsi, "count", count)
+        h.reported_resamples[gsi] = total
 
 
 def _vcpu(h: KvmHandle, n: int) -> int:
@@ -342,7 +369,7 @@ def bitmaps(h: KvmHandle) -> dict[str, Any]:
 def state(h: KvmHandle) -> dict[str, Any]:
     routes = routes_view(h)["entries"] if h.vm.vmm is not None else None
     return {"id": h.id, "config": summary(h), "ioapic": ioapic_view(h), **vcpus(h),
-            "routes": routes, "bitmaps": bitmaps(h), "resamplers": []}
+            "routes": routes, "bitmaps": bitmaps(h), **resamplers(h)}
 
 
 def events_page(h: KvmHandle, after: int, limit: int) -> dict[str, Any]:
@@ -576,3 +603,56 @@ def lapic_patch(h: KvmHandle, n: int, body: M.LapicPatch) -> dict[str, Any]:
         results.append({"reg": reg, "value": readback, "access": access[0],
                         "address": access[1], "entry_exits": _exits(h)[first_exit:]})
     return {"vcpu": n, "writes": results, "lapic": vcpu_view(h, n)}
+
+
+# ---- irqfd resamplers (KvmVm.attach_irqfd with resampling, irqfd_trigger, resample_counts)
+
+
+def resamplers(h: KvmHandle) -> dict[str, Any]:
+    """Each resampling irqfd and how many times its resamplefd was signalled since it was
+    registered: read from the eventfd (KVM's eventfd_signal in-kernel, the VMM's kick split),
+    not from a count irqlab keeps."""
+    return {"resamplers": [{"gsi": g, "signalled": c}
+                           for g, c in sorted(h.vm.resample_counts().items())]}
+
+
+def register_resampler(h: KvmHandle, gsi: int) -> dict[str, Any]:
+    """KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE (in-kernel), or, as QEMU, a plain KVM_IRQFD and
+    the resamplefd registered with irqlab's VMM (split: KVM refuses the flag)."""
+    if not 0 <= gsi <= GSI_MAX:
+        # KVM_IRQFD takes any GSI (measured up to 2^32-1), but no route can exist at 4096 or
+        # above (KVM_MAX_IRQ_ROUTES), so such a resampler could never fire; the model refuses
+        # it and so does this backend, without claiming a kernel errno.
+        raise BackendRule(ErrorKind.INVALID, f"gsi must be 0..{GSI_MAX} (irqlab's range, as "
+                          "the model's; KVM_IRQFD itself would accept it, but no GSI route can "
+                          "exist there)", "gsi")
+    if gsi in h.vm.irqfds:
+        # irqlab attaches one irqfd per GSI so that a resampler's count is the GSI's; KVM
+        # itself would accept another eventfd and share the GSI's resampler between them.
+        raise BackendRule(ErrorKind.EXISTS, f"a resampler is already registered for gsi {gsi} "
+                          "(irqlab's rule, as the model's: one per GSI)", "gsi")
+    seq = _root(h)
+    fd = h.vm.attach_irqfd(gsi, resample=True)
+    flags = "KVM_IRQFD_FLAG_RESAMPLE" if fd.kernel_resample else None
+    # resamplefd: who signals it; anchor: the second, never-written resampling irqfd that keeps
+    # the in-kernel resampler alive while irqfd_trigger re-assigns the device's (KvmVm.Irqfd).
+    h.log.fill(seq, "device", "KVM_IRQFD", None, "gsi", gsi, "flags", flags,
+               "resamplefd", "kvm" if fd.kernel_resample else "vmm",
+               "anchor", fd.anchor is not None)
+    h.reported_resamples[gsi] = 0
+    return {"gsi": gsi, "signalled": 0}
+
+
+def irqfd(h: KvmHandle, gsi: int) -> dict[str, Any]:
+    """The device writes the resampling irqfd's eventfd; irqlab returns once KVM has injected
+    it (KvmVm.irqfd_trigger). An eventfd write has no status and KVM does not say which LAPIC
+    accepted: both null. In-kernel the event records the pin's Remote IRR for GSIs 0..23 (the
+    default routing: GSI n is IOAPIC pin n); split, the irqfd bypasses the VMM's IOAPIC."""
+    fd = h.vm.irqfds.get(gsi)
+    if fd is None or fd.resample is None:
+        raise not_found(f"no resampler registered for gsi {gsi}", "gsi")
+    seq = _root(h)
+    h.vm.irqfd_trigger(gsi)
+    remote_irr = h.vm.remote_irr(gsi) if h.vm.vmm is None and gsi < NUM_PINS else None
+    h.log.fill(seq, "device", "irqfd", None, "gsi", gsi, "remote_irr", remote_irr)
+    return {"gsi": gsi, "status": None, "delivered_to": None}

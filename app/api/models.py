@@ -477,6 +477,15 @@ class DeliveryResult(OpResult):
     gsi: int | None = None
 
 
+class IrqfdResult(OpResult):
+    gsi: int
+    status: int | None = Field(description="kvm_set_irq(KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi, "
+                                           "1): >0 delivered to that many LAPICs, 0 coalesced, "
+                                           "-1 not delivered. Null on the kvm backend: an "
+                                           "eventfd write returns no status.")
+    delivered_to: list[int] | None = Field(description="vCPUs that accepted." + _KVM_NULL)
+
+
 class Resampler(OpenModel):
     gsi: int
     signalled: int = Field(description="Times the resamplefd was signalled.")

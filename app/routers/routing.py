@@ -86,11 +86,12 @@ async def irq_line(
     summary="List irqfd resamplers",
     description="The GSIs with a resampling irqfd (KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE, "
                 "or a QEMU resamplefd in split mode) and how often each resamplefd was "
-                "signalled.",
-    responses={**X.response("resamplers"), **problem_responses(404)},
+                "signalled. On the kvm backend the counts are read from the resamplefds.",
+    responses={**X.response("resamplers"), **problem_responses(400, 404)},
 )
 async def list_resamplers(vm: VmPath, request: Request) -> Response:
-    return await view(request, vm, M.ResamplerList, lambda e: ops.resamplers(e.vm))
+    return await view(request, vm, M.ResamplerList, lambda e: ops.resamplers(e.vm),
+                      KO.resamplers)
 
 
 @router.post(
@@ -98,7 +99,9 @@ async def list_resamplers(vm: VmPath, request: Request) -> Response:
     summary="Register an irqfd resampler",
     description="KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE on `gsi` (in-kernel: registers an "
                 "ack notifier, which rescans every vCPU), or a resamplefd QEMU signals on "
-                "the EOI broadcast (split). A second one for the same GSI is 409.",
+                "the EOI broadcast (split). A second one for the same GSI is 409. On the kvm "
+                "backend the real ioctl: in-kernel with the flag; split (KVM refuses it there) "
+                "a plain irqfd and the resamplefd kept by irqlab's VMM, as QEMU does.",
     responses={**X.response("resampler", 201, "Registered"),
                **problem_responses(400, 404, 409, 413, 422)},
 )
@@ -108,22 +111,27 @@ async def add_resampler(
     request: Request,
 ) -> Response:
     return await act(request, vm, M.ResamplerCreated,
-                     lambda v: ops.register_resampler(v, body.gsi), status_code=201)
+                     lambda v: ops.register_resampler(v, body.gsi), status_code=201,
+                     kvm=lambda h: KO.register_resampler(h, body.gsi))
 
 
 @router.post(
-    "/resamplers/{gsi}/irqfd", response_model=M.DeliveryResult, tags=["resamplers"],
+    "/resamplers/{gsi}/irqfd", response_model=M.IrqfdResult, tags=["resamplers"],
     summary="Fire the irqfd",
     description="The device signals its resampling irqfd: irqfd_inject -> kvm_set_irq("
                 "KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi, 1). The line stays asserted until the "
-                "EOI makes the resampler deassert it and signal the resamplefd.",
-    responses={**X.response("irqfd"), **problem_responses(404, 422)},
+                "EOI makes the resampler deassert it and signal the resamplefd. On the kvm "
+                "backend the device writes the eventfd and the call returns once KVM has "
+                "injected it; `status` and `delivered_to` are null (an eventfd write has no "
+                "answer).",
+    responses={**X.response("irqfd"), **problem_responses(400, 404, 422)},
 )
 async def fire_irqfd(
     vm: VmPath, request: Request,
     gsi: int = Path(ge=0, description="GSI of a registered resampler.", examples=[5]),
 ) -> Response:
-    return await act(request, vm, M.DeliveryResult, lambda v: ops.irqfd(v, gsi))
+    return await act(request, vm, M.IrqfdResult, lambda v: ops.irqfd(v, gsi),
+                     kvm=lambda h: KO.irqfd(h, gsi))
 
 
 @router.post(

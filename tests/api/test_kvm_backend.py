@@ -18,8 +18,10 @@ import pytest
 from fastapi import FastAPI
 
 from app.api import kvm_ops
+from app.engine.flags import PRESETS
 from app.kvm import detect
 from app.kvm import vm as kvm_vm
+from app.kvm.differential import host_profile
 from tests.api.conftest import assert_problem, client_for, make_app
 
 pytestmark = pytest.mark.anyio
@@ -231,9 +233,6 @@ UNSUPPORTED = [
     ("GET", "/routes", None),
     ("PUT", "/routes", {"entries": []}),
     ("POST", "/irq", {"gsi": 5, "level": 1}),
-    ("GET", "/resamplers", None),
-    ("POST", "/resamplers", {"gsi": 5}),
-    ("POST", "/resamplers/5/irqfd", None),
     ("POST", "/clock", {"advance_us": 10}),
     ("POST", "/vcpus/0/enter", None),
     ("POST", "/vcpus/0/exit", None),
@@ -647,3 +646,179 @@ async def test_lapic_apic_base_is_unsupported(kc: httpx.AsyncClient) -> None:
     assert "LAPIC mode" in body["detail"]
     assert (await kc.get("/v1/vms/k/vcpus/0")).json()["tpr"] == 0  # nothing written
     assert_problem(await kc.patch("/v1/vms/k/vcpus/2/lapic", json={"tpr": 1}), 404, "vcpu")
+
+
+# ---- irqfd resamplers (KVM_IRQFD with resampling; split: a plain irqfd + the VMM's resamplefd)
+
+RPIN, RVEC = 10, 0x5A  # an IOAPIC-only GSI (0..15 also reach the PIC, which the model lacks)
+
+# The unmask-resamples sequence (tests/kvm/test_irqfd.py's UNMASK_STEPS) as requests.
+RESAMPLE_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("PUT", f"/ioapic/pins/{RPIN}", {"vector": RVEC, "trigger": "level", "dest": 0}),
+    ("POST", "/resamplers", {"gsi": RPIN}),
+    ("POST", f"/resamplers/{RPIN}/irqfd", None),
+    ("POST", "/vcpus/0/ack", None),
+    ("PATCH", f"/ioapic/pins/{RPIN}", {"masked": True}),
+    ("POST", "/vcpus/0/eoi", None),
+    ("POST", f"/resamplers/{RPIN}/irqfd", None),
+    ("PATCH", f"/ioapic/pins/{RPIN}", {"masked": False}),
+    ("POST", "/vcpus/0/ack", None),
+    ("POST", "/vcpus/0/eoi", None),
+]
+
+
+async def _resample_pair(c: httpx.AsyncClient, irqchip: str) -> None:
+    """`k` on the kvm backend and `m` on the model with the preset of this host's kernel
+    (kvm-pvm here: the take's implicit EOI), which the kvm backend cannot be given."""
+    await create(c, id="k", vcpus=1, irqchip=irqchip)
+    r = await c.post("/v1/vms", json={"id": "m", "vcpus": 1, "irqchip": irqchip,
+                                      "profile": host_profile()})
+    assert r.status_code == 201, r.text
+
+
+async def _observed(c: httpx.AsyncClient, vm: str) -> dict[str, Any]:
+    """What both backends report after a step: the resample counts, the LAPIC's IRR/ISR, and
+    the pin's Remote IRR."""
+    vcpu = (await c.get(f"/v1/vms/{vm}/vcpus/0")).json()
+    pin = (await c.get(f"/v1/vms/{vm}/ioapic/pins/{RPIN}")).json()
+    return {"resamplers": (await c.get(f"/v1/vms/{vm}/resamplers")).json()["resamplers"],
+            "irr": vcpu["irr"]["vectors"], "isr": vcpu["isr"]["vectors"],
+            "remote_irr": pin["remote_irr"]}
+
+
+def _signals(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    return [(e["fields"]["gsi"], e["fields"]["count"]) for e in events
+            if e["kind"] == "resamplefd-signalled"]
+
+
+@needs_kvm
+@pytest.mark.parametrize("irqchip", ["kernel", "split"])
+async def test_resamplers_agree_with_the_model(kc: httpx.AsyncClient, irqchip: str) -> None:
+    """The same requests on both backends: after every step the same resample counts, IRR,
+    ISR and Remote IRR, and the step's events report the same resamplefd signals (in-kernel
+    read from the eventfd after the step, split logged by the VMM at the EOI exit)."""
+    await _resample_pair(kc, irqchip)
+    counts = []
+    for i, (method, path, body) in enumerate(RESAMPLE_STEPS):
+        answers = {}
+        for vm in ("k", "m"):
+            r = await kc.request(method, f"/v1/vms/{vm}{path}", json=body)
+            assert r.status_code in (200, 201), (i, vm, r.text)
+            answers[vm] = r.json()
+        k, m = answers["k"], answers["m"]
+        assert _signals(k["events"]) == _signals(m["events"]), (i, path)
+        if path.endswith("/ack"):
+            assert k["vector"] == m["vector"], i
+        observed = await _observed(kc, "k")
+        assert observed == await _observed(kc, "m"), (i, path)
+        counts.append(observed["resamplers"][0]["signalled"] if observed["resamplers"] else None)
+
+    # What this host did, not only that the model agrees with it.
+    unmask = PRESETS[host_profile()].flags.unmask_resamples
+    if ON_PVM:
+        # The take's implicit EOI resamples (step 3), the guest's EOIs signal nothing; the
+        # unmask (step 7) finds irr latched by the masked pin's irqfd write and resamples
+        # in-kernel (fef8f2b90edb). Split, the masked pin's irqfd write delivered the MSI route
+        # committed before the mask (the VMM's IOAPIC never sees it, nothing to resample at
+        # the unmask) and the next take resamples.
+        if irqchip == "kernel":
+            assert counts == [None, 0, 0, 1, 1, 1, 1, 2 if unmask else 1, 2, 2]
+        else:
+            assert counts == [None, 0, 0, 1, 1, 1, 1, 1, 2, 2]
+    assert counts[-1] == 2
+
+
+@needs_kvm
+@pytest.mark.parametrize("irqchip", ["kernel", "split"])
+async def test_resampler_answers_and_events(kc: httpx.AsyncClient, irqchip: str) -> None:
+    """Response shapes as the model's, with null where the kernel has no answer (an eventfd
+    write's status, who accepted); the events say what irqlab asked of KVM."""
+    await _resample_pair(kc, irqchip)
+    for vm in ("k", "m"):
+        await kc.put(f"/v1/vms/{vm}/ioapic/pins/{RPIN}",
+                     json={"vector": RVEC, "trigger": "level", "dest": 0})
+    r = await kc.post("/v1/vms/k/resamplers", json={"gsi": RPIN})
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert (created["gsi"], created["signalled"]) == (RPIN, 0)
+    root = created["events"][0]
+    assert root["kind"] == "KVM_IRQFD" and root["fields"]["gsi"] == RPIN
+    if irqchip == "kernel":
+        assert root["fields"]["flags"] == "KVM_IRQFD_FLAG_RESAMPLE"
+        assert root["fields"]["resamplefd"] == "kvm" and root["fields"]["anchor"] is True
+        assert _kinds(created["events"]) == ["KVM_IRQFD"]
+    else:  # KVM refuses the flag with a split irqchip: the VMM keeps the resamplefd
+        assert root["fields"]["flags"] is None and root["fields"]["resamplefd"] == "vmm"
+        assert _kinds(created["events"]) == ["KVM_IRQFD", "resampler-registered"]
+        assert created["events"][1]["cause"] == root["seq"]
+    m = (await kc.post("/v1/vms/m/resamplers", json={"gsi": RPIN})).json()
+    assert {f: created[f] for f in ("gsi", "signalled")} == {f: m[f] for f in ("gsi", "signalled")}
+
+    fired = (await kc.post(f"/v1/vms/k/resamplers/{RPIN}/irqfd")).json()
+    assert (fired["gsi"], fired["status"], fired["delivered_to"]) == (RPIN, None, None)
+    assert _kinds(fired["events"]) == ["irqfd"]
+    # In-kernel the resampler's source holds the level pin: Remote IRR set after the write.
+    # Split the irqfd delivers the pin's MSI route and the VMM's IOAPIC never sees it.
+    assert fired["events"][0]["fields"]["remote_irr"] is (True if irqchip == "kernel" else None)
+    m = (await kc.post(f"/v1/vms/m/resamplers/{RPIN}/irqfd")).json()
+    assert (m["gsi"], m["status"], m["delivered_to"]) == (RPIN, 1, [0])
+    assert set(fired) == set(m)
+
+    ack = (await kc.post("/v1/vms/k/vcpus/0/ack")).json()
+    assert ack["vector"] == RVEC
+    signalled = [e for e in ack["events"] if e["kind"] == "resamplefd-signalled"]
+    if ON_PVM:  # the take's implicit EOI resamples, within the ack
+        assert [(e["fields"]["gsi"], e["fields"]["count"]) for e in signalled] == [(RPIN, 1)]
+        # in-kernel: caused by the ack itself; split: by the VMM's KVM_EXIT_IOAPIC_EOI
+        cause = {e["seq"]: e for e in ack["events"]}[signalled[0]["cause"]]
+        assert cause["kind"] == ("ack" if irqchip == "kernel" else "KVM_EXIT_IOAPIC_EOI")
+    else:
+        assert signalled == []
+        await kc.post("/v1/vms/k/vcpus/0/eoi")
+    listed = (await kc.get("/v1/vms/k/resamplers")).json()
+    assert listed == {"resamplers": [{"gsi": RPIN, "signalled": 1}]}
+    assert (await kc.get("/v1/vms/k/state")).json()["resamplers"] == listed["resamplers"]
+    # A GET reads the eventfds; it neither logs nor re-reports a signal.
+    kinds = _kinds((await kc.get("/v1/vms/k/events")).json()["events"])
+    assert kinds.count("resamplefd-signalled") == 1
+    assert (await kc.post("/v1/vms/k/vcpus/0/eoi")).json()["events"][1:] == []
+
+
+@needs_kvm
+async def test_resampler_refusals_are_the_models(kc: httpx.AsyncClient) -> None:
+    """The model's 409 for a second resampler on a GSI and 400 outside 0..4095, and 404 for an
+    irqfd without one. The first two are irqlab's rules (KVM_IRQFD takes both), so the kvm
+    backend's problems carry no `kvm_errno`."""
+    await _resample_pair(kc, "kernel")
+    for vm in ("k", "m"):
+        assert (await kc.post(f"/v1/vms/{vm}/resamplers", json={"gsi": RPIN})).status_code == 201
+    problems = {}
+    for vm in ("k", "m"):
+        problems[vm] = [
+            assert_problem(await kc.post(f"/v1/vms/{vm}/resamplers", json={"gsi": RPIN}),
+                           409, "gsi", "already-exists"),
+            assert_problem(await kc.post(f"/v1/vms/{vm}/resamplers", json={"gsi": 4096}),
+                           400, "gsi", "invalid-operation"),
+            assert_problem(await kc.post(f"/v1/vms/{vm}/resamplers/{RPIN + 1}/irqfd"),
+                           404, "gsi")]
+    assert [p["kvm_errno"] for p in problems["m"][:2]] == ["EEXIST", "EINVAL"]
+    assert all("kvm_errno" not in p for p in problems["k"])
+    assert [p["detail"] for p in problems["k"][2:]] == [p["detail"] for p in problems["m"][2:]]
+    listed = (await kc.get("/v1/vms/k/resamplers")).json()
+    assert listed == {"resamplers": [{"gsi": RPIN, "signalled": 0}]}
+
+
+@needs_kvm
+@pytest.mark.parametrize(("irqchip", "per_resampler"), [("kernel", 4), ("split", 2)])
+async def test_delete_closes_the_resampler_fds(
+        kc: httpx.AsyncClient, irqchip: str, per_resampler: int) -> None:
+    """Each resampler's eventfds (the device's irqfd and resamplefd; in-kernel also the
+    anchor's pair) are closed with the VM."""
+    before = fds()
+    await create(kc, id="r", vcpus=2, irqchip=irqchip)
+    for gsi in (RPIN, RPIN + 1):
+        assert (await kc.post("/v1/vms/r/resamplers", json={"gsi": gsi})).status_code == 201
+    assert fds() == before + 4 + 2 * per_resampler
+    assert (await kc.post(f"/v1/vms/r/resamplers/{RPIN}/irqfd")).status_code == 200
+    assert (await kc.delete("/v1/vms/r")).status_code == 204
+    assert fds() == before
