@@ -42,7 +42,7 @@ from app.kvm.split_vmm import QEMU_IOAPIC_VERSIONS
 from app.kvm.vm import LAPIC_OFFSETS, KvmVm, KvmVmError, ensure_kick_handler
 
 from . import models as M
-from .problems import BackendRule, KvmFailure
+from .problems import KvmFailure
 
 log = logging.getLogger("irqlab.kvm")
 
@@ -623,14 +623,15 @@ def register_resampler(h: KvmHandle, gsi: int) -> dict[str, Any]:
         # KVM_IRQFD takes any GSI (measured up to 2^32-1), but no route can exist at 4096 or
         # above (KVM_MAX_IRQ_ROUTES), so such a resampler could never fire; the model refuses
         # it and so does this backend, without claiming a kernel errno.
-        raise BackendRule(ErrorKind.INVALID, f"gsi must be 0..{GSI_MAX} (irqlab's range, as "
+        raise EngineError(ErrorKind.INVALID, f"gsi must be 0..{GSI_MAX} (irqlab's range, as "
                           "the model's; KVM_IRQFD itself would accept it, but no GSI route can "
-                          "exist there)", "gsi")
+                          "exist there)", "gsi", irqlab_rule=True)
     if gsi in h.vm.irqfds:
         # irqlab attaches one irqfd per GSI so that a resampler's count is the GSI's; KVM
         # itself would accept another eventfd and share the GSI's resampler between them.
-        raise BackendRule(ErrorKind.EXISTS, f"a resampler is already registered for gsi {gsi} "
-                          "(irqlab's rule, as the model's: one per GSI)", "gsi")
+        raise EngineError(ErrorKind.EXISTS, f"a resampler is already registered for gsi {gsi} "
+                          "(irqlab's rule, as the model's: one per GSI)", "gsi",
+                          irqlab_rule=True)
     seq = _root(h)
     fd = h.vm.attach_irqfd(gsi, resample=True)
     flags = "KVM_IRQFD_FLAG_RESAMPLE" if fd.kernel_resample else None

@@ -122,13 +122,6 @@ class KvmFailure(EngineError):
         self.extra = extra
 
 
-class BackendRule(EngineError):
-    """A request the kvm backend refuses by irqlab's own rule, the model's, although the real
-    kernel would take it (e.g. a second resampler on a GSI: KVM shares the GSI's resampler
-    between irqfds). Both backends then accept the same requests; the problem is the model's
-    without the `kvm_errno` the model attributes to KVM, which here would be untrue."""
-
-
 class DocumentError(EngineError):
     """A scenario document that cannot run: malformed (the engine's EngineError(invalid),
     whose field is the element's path), unparsable, or over a service limit. It is a 422
@@ -190,7 +183,7 @@ def engine_problem(exc: EngineError, instance: str | None = None) -> JSONRespons
     extra: dict[str, Any] = {}
     if isinstance(exc, KvmFailure):
         extra.update(exc.extra)
-    elif isinstance(exc, BackendRule):
+    elif exc.irqlab_rule:
         pass
     elif exc.kind == ErrorKind.INVALID:
         if "#GP" in exc.detail:

@@ -14,13 +14,17 @@ class ErrorKind(StrEnum):
 
 
 class EngineError(Exception):
-    """An operation the modelled kernel would refuse. `field` names the offending input."""
+    """An operation the modelled kernel would refuse. `field` names the offending input.
+    `irqlab_rule` marks a refusal that is irqlab's own rule, not the kernel's (the service then
+    attributes no KVM errno to it)."""
 
-    def __init__(self, kind: ErrorKind, detail: str, field: str | None = None) -> None:
+    def __init__(self, kind: ErrorKind, detail: str, field: str | None = None,
+                 irqlab_rule: bool = False) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
         self.field = field
+        self.irqlab_rule = irqlab_rule
 
 
 def invalid(detail: str, field: str | None = None) -> EngineError:

@@ -287,12 +287,17 @@ class Vm:
     def register_resampler(self, gsi: int) -> None:
         """KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE (in-kernel), or a split-mode resamplefd
         registered with the VMM. Registering an ack notifier rescans every vCPU in-kernel."""
+        # Both refusals are irqlab's rules: KVM_IRQFD takes any GSI (no route can exist at
+        # 4096 or above, so such a resampler could never fire) and shares a GSI's resampler
+        # between irqfds, whereas irqlab keeps one per GSI so that its count is the GSI's.
         if not 0 <= gsi < 4096:
-            raise invalid("gsi must be 0..4095", "gsi")
+            raise EngineError(ErrorKind.INVALID, "gsi must be 0..4095 (irqlab's range; no GSI "
+                              "route can exist above KVM_MAX_IRQ_ROUTES)", "gsi",
+                              irqlab_rule=True)
         if gsi in self.resamplers:
             raise EngineError(
-                ErrorKind.EXISTS, f"a resampler is already registered for gsi {gsi}", "gsi"
-            )
+                ErrorKind.EXISTS, f"a resampler is already registered for gsi {gsi} (irqlab's "
+                "rule: one per GSI)", "gsi", irqlab_rule=True)
         self.resamplers[gsi] = 0
         seq = self.log.emit("device", "resampler-registered", None, "gsi", gsi)
         if self.config.irqchip == "kernel":
