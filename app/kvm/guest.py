@@ -50,9 +50,21 @@ Commands (CMD_PORT answer, low byte):
     RDMSR  ecx = in ARG; rdmsr; out RESULT eax; out RESULT edx.
     WRMSR  ecx, eax, edx = three ARGs; wrmsr.
     SPIN  jmp $ -- never exits again; only for testing the watchdog.
+    HALT  area, eoi, sti, takes = four ARGs. The kvm-unit-tests wait: `sti; hlt` (or `hlt` with
+          IF still clear when sti = 0) until `takes` interrupts were taken, with interrupts
+          that became pending while IF was clear taken at the first `sti; hlt`. EBP holds the
+          vCPU's HALT area while the command runs (EBP is 0 otherwise), which is how the
+          interrupt path tells a take inside HALT from an ACK window's: it records the vector
+          in the area *without any exit*, writes EOI if `eoi` (as kvm-unit-tests' handler
+          does: the LAPIC is in-kernel, so no userspace exit either) and goes back to
+          `sti; hlt`. After the last take, or when the host set the area's abort word and
+          woke the vCPU, the recorded vectors are reported on VECTOR_PORT (one OUT each) and
+          the command ends. With the in-kernel LAPIC KVM handles HLT itself (KVM_RUN blocks
+          while the vCPU is halted), so the host bounds the command in time and reads
+          KVM_GET_MP_STATE (app.kvm.vm.KvmVm.halt).
 
-The guest never halts and never waits on time: every command ends by returning to the command
-IN, which is how the host knows the command is complete.
+Apart from HALT the guest never halts and never waits on time: every command ends by returning
+to the command IN, which is how the host knows the command is complete.
 """
 
 from __future__ import annotations
@@ -68,6 +80,16 @@ STUB_SIZE = 8
 COMMON = 0x3800
 STACK_TOP = 0x8000
 SCRATCH = 0x9000  # 8 bytes of RAM where an 8-byte MMIO access is staged (MMX movq)
+# HALT areas, one per vCPU (HALT_AREA + HALT_AREA_SIZE * n): dwords at these offsets.
+HALT_AREA = 0xA000
+HALT_AREA_SIZE = 0x100
+HALT_LEFT = 0x00  # takes still awaited (the command ends when it reaches 0)
+HALT_EOI = 0x04  # non-zero: the handler writes EOI
+HALT_STI = 0x08  # non-zero: `sti; hlt`; zero: `hlt` with IF clear
+HALT_COUNT = 0x0C  # takes recorded so far
+HALT_ABORT = 0x10  # set by the host (guest memory) to end the command at the next wake-up
+HALT_VECS = 0x20  # the recorded vectors, one dword each
+HALT_MAX_TAKES = 16
 
 CODE_SEL = 0x08
 DATA_SEL = 0x10
@@ -92,6 +114,7 @@ CMD_MMIO_READ16 = 10
 CMD_MMIO_READ64 = 11
 CMD_RDMSR = 12
 CMD_WRMSR = 13
+CMD_HALT = 14
 
 LAPIC_BASE = 0xFEE00000
 LAPIC_EOI = LAPIC_BASE + 0xB0
@@ -176,7 +199,22 @@ def _addr_to_ebx(a: _Asm) -> None:
     a.emit(0x89, 0xC3)  # 89 C3    mov ebx, eax
 
 
+def _eoi(a: _Asm, x2apic: bool) -> None:
+    """The guest's LAPIC EOI (clobbers eax, and ecx/edx in x2APIC mode)."""
+    if x2apic:
+        # x2APIC EOI: wrmsr 0x80B with edx:eax = 0 (a non-zero value would #GP).
+        _wrmsr_imm(a, x2apic_msr(0xB0), 0)
+    else:
+        a.emit(0x31, 0xC0)  # 31 C0    xor eax, eax
+        a.emit(0xA3, _u32(LAPIC_EOI))  # A3 moffs32   mov [moffs32], eax
+
+
 def _main_code(x2apic: bool = False) -> bytes:
+    return _main_asm(x2apic)[0]
+
+
+def _main_asm(x2apic: bool = False) -> tuple[bytes, dict[str, int]]:
+    """The entry code and command loop, and the address of each label."""
     a = _Asm(ENTRY)
     if x2apic:
         # Switch to x2APIC: IA32_APIC_BASE |= EN | EXTD (xAPIC -> x2APIC is a legal transition;
@@ -213,12 +251,7 @@ def _main_code(x2apic: bool = False) -> bytes:
     a.jmp32("loop")
 
     a.label("eoi")
-    if x2apic:
-        # x2APIC EOI: wrmsr 0x80B with edx:eax = 0 (a non-zero value would #GP).
-        _wrmsr_imm(a, x2apic_msr(0xB0), 0)
-    else:
-        a.emit(0x31, 0xC0)  # 31 C0    xor eax, eax
-        a.emit(0xA3, _u32(LAPIC_EOI))  # A3 moffs32   mov [moffs32], eax
+    _eoi(a, x2apic)
     a.jmp32("loop")
 
     a.label("mmio_write")
@@ -302,7 +335,67 @@ def _main_code(x2apic: bool = False) -> bytes:
 
     a.label("spin")
     a.emit(0xEB, 0xFE)  # EB FE    jmp $
-    return a.finish()
+
+    _halt_code(a, x2apic)
+    code = a.finish()
+    return code, dict(a.labels)
+
+
+def _halt_code(a: _Asm, x2apic: bool) -> None:
+    """CMD_HALT and the interrupt path's HALT branch (`halt_irq`). Area fields are addressed
+    as [ebp + disp8] (ModRM mod=01, rm=101)."""
+    a.label("halt")
+    a.emit(0xE5, ARG_PORT)  # E5 ib    in eax, imm8 (the vCPU's HALT area)
+    a.emit(0x89, 0xC5)  # 89 C5    mov ebp, eax
+    a.emit(0xE5, ARG_PORT)  # in eax, ARG (eoi)
+    a.emit(0x89, 0x45, HALT_EOI)  # 89 45 db   mov [ebp+disp8], eax
+    a.emit(0xE5, ARG_PORT)  # in eax, ARG (sti)
+    a.emit(0x89, 0x45, HALT_STI)  # 89 45 db   mov [ebp+disp8], eax
+    a.emit(0xC7, 0x45, HALT_COUNT, _u32(0))  # C7 45 db id   mov dword [ebp+disp8], imm32
+    a.emit(0xC7, 0x45, HALT_ABORT, _u32(0))  # C7 45 db id   mov dword [ebp+disp8], imm32
+    a.emit(0xE5, ARG_PORT)  # in eax, ARG (takes; the last IN, so nothing exits after it)
+    a.emit(0x89, 0x45, HALT_LEFT)  # 89 45 db   mov [ebp+disp8], eax
+    a.label("halt_wait")
+    a.emit(0x83, 0x7D, HALT_ABORT, 0)  # 83 7D db ib   cmp dword [ebp+disp8], imm8
+    a.jcc8(0x75, "halt_done")  # 75 cb    jne rel8 (the host asked to end)
+    a.emit(0x83, 0x7D, HALT_STI, 0)  # 83 7D db ib   cmp dword [ebp+disp8], imm8
+    a.jcc8(0x74, "halt_if0")  # 74 cb    je rel8
+    a.emit(0xFB)  # FB       sti   (the STI shadow covers the hlt, as kvm-unit-tests' `sti; hlt`)
+    a.emit(0xF4)  # F4       hlt
+    a.emit(0xFA)  # FA       cli   (reached when hlt resumes without a take)
+    a.jcc8(0xEB, "halt_wait")  # EB cb    jmp rel8
+    a.label("halt_if0")
+    a.emit(0xF4)  # F4       hlt   (IF clear: a pending interrupt does not wake it)
+    a.jcc8(0xEB, "halt_wait")  # EB cb    jmp rel8
+
+    a.label("halt_irq")  # from the interrupt path: eax = the vector, IF clear (the gate)
+    a.emit(0xBC, _u32(STACK_TOP))  # BC id    mov esp, imm32 (drop the interrupt frame)
+    a.emit(0x0F, 0xB6, 0xC0)  # 0F B6 C0   movzx eax, al (the stub's push sign-extended it)
+    a.emit(0x8B, 0x4D, HALT_COUNT)  # 8B 4D db   mov ecx, [ebp+disp8]
+    a.emit(0x89, 0x44, 0x8D, HALT_VECS)  # 89 44 8D db   mov [ebp+ecx*4+disp8], eax
+    # (ModRM 44: mod=01 reg=eax rm=100 SIB; SIB 8D: scale 4, index ecx, base ebp)
+    a.emit(0x41)  # 41       inc ecx
+    a.emit(0x89, 0x4D, HALT_COUNT)  # 89 4D db   mov [ebp+disp8], ecx
+    a.emit(0x83, 0x7D, HALT_EOI, 0)  # 83 7D db ib   cmp dword [ebp+disp8], imm8
+    a.jcc8(0x74, "halt_no_eoi")  # 74 cb    je rel8
+    _eoi(a, x2apic)
+    a.label("halt_no_eoi")
+    a.emit(0xFF, 0x4D, HALT_LEFT)  # FF 4D db   dec dword [ebp+disp8]
+    a.emit(0x0F, 0x85, bytes(4))  # 0F 85 cd   jnz rel32 (back to `sti; hlt`)
+    a.fixups.append((len(a.buf) - 4, 4, "halt_wait"))
+
+    a.label("halt_done")  # IF clear: report the recorded vectors, then the command loop
+    a.emit(0x31, 0xC9)  # 31 C9    xor ecx, ecx
+    a.label("halt_report")
+    a.emit(0x3B, 0x4D, HALT_COUNT)  # 3B 4D db   cmp ecx, [ebp+disp8]
+    a.jcc8(0x73, "halt_end")  # 73 cb    jae rel8
+    a.emit(0x8B, 0x44, 0x8D, HALT_VECS)  # 8B 44 8D db   mov eax, [ebp+ecx*4+disp8]
+    a.emit(0xE6, VECTOR_PORT)  # E6 ib    out imm8, al
+    a.emit(0x41)  # 41       inc ecx
+    a.jcc8(0xEB, "halt_report")  # EB cb    jmp rel8
+    a.label("halt_end")
+    a.emit(0x31, 0xED)  # 31 ED    xor ebp, ebp (the interrupt path is the ACK window's again)
+    a.jmp32("loop")
 
 
 _DISPATCH = (
@@ -319,6 +412,7 @@ _DISPATCH = (
     (CMD_MMIO_READ64, "mmio_read64"),
     (CMD_RDMSR, "rdmsr"),
     (CMD_WRMSR, "wrmsr"),
+    (CMD_HALT, "halt"),
 )
 MMIO_WRITE_CMDS = {1: CMD_MMIO_WRITE8, 2: CMD_MMIO_WRITE16, 4: CMD_MMIO_WRITE,
                    8: CMD_MMIO_WRITE64}
@@ -332,9 +426,17 @@ def x2apic_msr(offset: int) -> int:
 
 def loop_address(x2apic: bool = False) -> int:
     """Where the command loop starts (the stubs jump back here)."""
-    a = _main_code(x2apic)
-    marker = bytes([0xE5, CMD_PORT, 0x3C, CMD_ACK])
-    return ENTRY + a.index(marker)
+    return _main_asm(x2apic)[1]["loop"]
+
+
+def halt_irq_address(x2apic: bool = False) -> int:
+    """Where the interrupt path goes for a take inside CMD_HALT (EBP non-zero)."""
+    return _main_asm(x2apic)[1]["halt_irq"]
+
+
+def halt_area(vcpu: int) -> int:
+    """The guest-physical address of vCPU `vcpu`'s CMD_HALT area."""
+    return HALT_AREA + HALT_AREA_SIZE * vcpu
 
 
 def _stubs() -> bytes:
@@ -358,6 +460,9 @@ def _common(x2apic: bool = False) -> bytes:
     irq_at = COMMON
     irq = (
         b"\x58"  # 58          pop eax                (the vector)
+        + b"\x85\xed"  # 85 ED       test ebp, ebp          (inside CMD_HALT?)
+        + b"\x0f\x85"  # 0F 85 cd    jnz rel32              (to halt_irq: no exit)
+        + _rel32(irq_at + 9, halt_irq_address(x2apic))
         + bytes([0xE6, VECTOR_PORT])  # E6 ib   out imm8, al
         + b"\xbc"  # BC id       mov esp, imm32         (drop the interrupt frame)
         + _u32(STACK_TOP)

@@ -160,6 +160,7 @@ class KvmMpState(ctypes.Structure):
 
 
 KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED = 0, 1
+KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_HALTED = 2, 3
 
 
 class KvmIrqLevel(ctypes.Structure):

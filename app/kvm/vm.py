@@ -130,6 +130,8 @@ class StepResult:
     ioapic_eois: list[int] = field(default_factory=list)  # KVM_EXIT_IOAPIC_EOI vectors
     mmio: list[tuple[int, bool, int, int]] = field(default_factory=list)  # (gpa, write, len, val)
     faults: list[int] = field(default_factory=list)  # exceptions a command may raise (#GP)
+    halted: bool = False  # a bounded CMD_HALT step: the vCPU was still halted at its deadline
+    taken: list[int] = field(default_factory=list)  # CMD_HALT: the area's takes after the step
 
 
 class Irqfd:
@@ -170,6 +172,7 @@ class KvmVcpu:
         self.idx = fd.vcpu_id
         self.dead: str | None = None
         self._parked = False
+        self.halted = False  # inside CMD_HALT, still halted at the last step's deadline
 
     def setup(self) -> None:
         """Flat 32-bit protected mode at the guest's entry point, then run to the first
@@ -223,9 +226,56 @@ class KvmVcpu:
             self.vm.vmm.run_timers()  # QEMU's throttled re-service, if due
         return self._step(cmd, list(args or []))
 
-    def _step(self, cmd: int | None, args: list[int]) -> StepResult:
-        """Answer the parked command IN with `cmd` (None: first entry) and run until the guest
-        is back on the command IN."""
+    def halt(self, takes: int, eoi: bool, sti: bool, wait: float) -> StepResult:
+        """CMD_HALT, bounded: run until the guest took `takes` interrupts and is back on the
+        command IN, or until `wait` seconds passed with the vCPU halted (`halted`)."""
+        if not 1 <= takes <= G.HALT_MAX_TAKES:
+            raise ValueError(f"takes must be 1..{G.HALT_MAX_TAKES}")
+        if self.dead is not None:
+            raise KvmVmError(f"vCPU {self.idx} is dead: {self.dead}")
+        if self.vm.vmm is not None:
+            self.vm.vmm.run_timers()
+        args = [G.halt_area(self.idx), int(eoi), int(sti), takes]
+        return self._finish_halt(self._step(G.CMD_HALT, args, halt_wait=wait))
+
+    def resume_halt(self, wake: str, wait: float) -> StepResult:
+        """Run a vCPU left halted by `halt` again, bounded as `halt`. `wake`: "none" (KVM_RUN
+        as it is: KVM blocks again unless something made the vCPU runnable), "runnable"
+        (KVM_SET_MP_STATE RUNNABLE first: the guest resumes after its hlt, as after any wake-up
+        that is not an interrupt), "abort" (also set the area's abort word: the command ends at
+        that wake-up and reports what it took)."""
+        if not self.halted:
+            raise KvmVmError(f"vCPU {self.idx} is not halted in a HALT command")
+        if wake not in ("none", "runnable", "abort"):
+            raise ValueError("wake must be none, runnable or abort")
+        if wake == "abort":
+            self.vm.guest_memory.write(G.halt_area(self.idx) + G.HALT_ABORT, (1).to_bytes(4,
+                                                                                       "little"))
+        if wake != "none":
+            self.fd.set_mp_state(K.KVM_MP_STATE_RUNNABLE)
+        return self._finish_halt(self._step(None, [], halt_wait=wait))
+
+    def halt_record(self) -> list[int]:
+        """The vectors the current (or last) HALT command recorded, from the guest's area."""
+        raw = self.vm.guest_memory.read(G.halt_area(self.idx), G.HALT_VECS + 4 * G.HALT_MAX_TAKES)
+        count = min(int.from_bytes(raw[G.HALT_COUNT:G.HALT_COUNT + 4], "little"),
+                    G.HALT_MAX_TAKES)
+        return [int.from_bytes(raw[G.HALT_VECS + 4 * i:G.HALT_VECS + 4 * i + 4], "little")
+                for i in range(count)]
+
+    def _finish_halt(self, res: StepResult) -> StepResult:
+        res.taken = self.halt_record()
+        if not res.halted and res.vectors != res.taken:
+            self._die(f"HALT reported {res.vectors} but recorded {res.taken}")
+        return res
+
+    def _step(self, cmd: int | None, args: list[int],
+              halt_wait: float | None = None) -> StepResult:
+        """Answer the parked command IN with `cmd` (None: first entry, or a halted vCPU
+        resumed) and run until the guest is back on the command IN. With `halt_wait` the step
+        is bounded by that many seconds instead of the step timeout, and a vCPU that
+        KVM_GET_MP_STATE reports HALTED at the deadline ends the step with `halted` set: an
+        answer, not a dead vCPU."""
         fd = self.fd
         res = StepResult()
         if cmd is not None:
@@ -233,8 +283,10 @@ class KvmVcpu:
                 raise KvmVmError(f"vCPU {self.idx} is not waiting for a command")
             _answer_in(fd, cmd)
         self._parked = False
+        self.halted = False
         ensure_kick_handler()
-        with _Watchdog(fd, self.vm.step_timeout) as wd:
+        timeout = self.vm.step_timeout if halt_wait is None else halt_wait
+        with _Watchdog(fd, timeout) as wd:
             for _ in range(self.vm.max_exits):
                 reason = fd.run_once()
                 res.exits.append(K.EXIT_NAMES.get(reason, str(reason)))
@@ -270,6 +322,12 @@ class KvmVcpu:
                     if self.vm.eoi_handler is not None:
                         self.vm.eoi_handler(self.idx, vec)
                 elif reason == K.KVM_EXIT_INTR:
+                    if (wd.fired and halt_wait is not None
+                            and fd.get_mp_state() == K.KVM_MP_STATE_HALTED):
+                        # KVM_RUN was blocked in the halted vCPU (vcpu_block) and the kick
+                        # ended it without changing the activity state: the step's result.
+                        res.halted = self.halted = True
+                        return res
                     if wd.fired:
                         self._die(
                             f"watchdog: the command did not finish in {self.vm.step_timeout}s",
@@ -444,6 +502,12 @@ class KvmVm(K.Closing):
                K.KvmCpuidEntry2(function=1, eax=leaf1.eax, ebx=(vcpu_id & 0xFF) << 24,
                                 ecx=CPUID1_ECX_X2APIC, edx=leaf1.edx & CPUID1_EDX_KEEP)]
         return out
+
+    @property
+    def guest_memory(self) -> K.GuestMemory:
+        if self._mem is None:
+            raise KvmVmError("the VM is closed")
+        return self._mem
 
     @property
     def vmfd(self) -> K.VmFd:
@@ -677,6 +741,24 @@ class KvmVm(K.Closing):
         for h in halves:
             self.mmio(n, "write", 0x00, 0x10 + 2 * pin + (1 if h == "high" else 0))
             self.mmio(n, "write", 0x10, (entry >> 32) if h == "high" else entry & 0xFFFFFFFF)
+
+    def halt(self, n: int, takes: int = 1, eoi: bool = True, sti: bool = True,
+             wait: float = 0.3) -> StepResult:
+        """The guest waits as kvm-unit-tests does: `sti; hlt` (or `hlt` with IF clear) until it
+        has taken `takes` interrupts, each recorded without an exit and EOIed by the guest if
+        `eoi`. KVM handles the HLT in the kernel; after `wait` seconds a vCPU still halted
+        ends the step with `halted` set (see KvmVcpu.resume_halt to go on). `vectors` are the
+        takes the guest reported when it finished, `taken` the area's record either way, and
+        `ioapic_eois` the KVM_EXIT_IOAPIC_EOI exits of the step."""
+        return self.vcpu(n).halt(takes, eoi, sti, wait)
+
+    def resume_halt(self, n: int, wake: str = "runnable", wait: float = 0.3) -> StepResult:
+        """Go on with a HALT step that ended halted (KvmVcpu.resume_halt)."""
+        return self.vcpu(n).resume_halt(wake, wait)
+
+    def mp_state(self, n: int) -> int:
+        """KVM_GET_MP_STATE (0 runnable, 3 halted, ...)."""
+        return self.vcpu(n).fd.get_mp_state()
 
     def spin(self, n: int) -> None:
         """Send the guest into `jmp $`: only the watchdog ends this step (test aid)."""

@@ -34,12 +34,23 @@ def test_stubs_push_their_vector_and_jump_to_the_right_path() -> None:
         assert target == (G.COMMON + 0x40 if v < 32 else G.COMMON)
 
 
+IRQ_HEAD = 9  # pop eax; test ebp, ebp; jnz rel32 (to halt_irq)
+
+
+def _irq_branch(x2apic: bool) -> int:
+    """Where the interrupt path's `jnz rel32` goes (checked to be the HALT branch)."""
+    irq = G.image(x2apic)[G.COMMON]
+    assert irq[:5] == b"\x58\x85\xed\x0f\x85"  # pop eax; test ebp, ebp; jnz rel32
+    return G.COMMON + IRQ_HEAD + struct.unpack("<i", irq[5:9])[0]
+
+
 def test_irq_path_returns_to_the_command_loop_without_iret() -> None:
     common = G.image()[G.COMMON]
     irq = common[:0x40]
     assert b"\xcf" not in irq.rstrip(b"\x90")  # no IRET (see the module docstring)
-    assert irq[:3] == bytes([0x58, 0xE6, G.VECTOR_PORT])
-    jmp_at = irq.index(b"\xe9", 3)
+    assert _irq_branch(False) == G.halt_irq_address(False)
+    assert irq[IRQ_HEAD : IRQ_HEAD + 2] == bytes([0xE6, G.VECTOR_PORT])
+    jmp_at = irq.index(b"\xe9", IRQ_HEAD)
     target = G.COMMON + jmp_at + 5 + struct.unpack("<i", irq[jmp_at + 1 : jmp_at + 5])[0]
     assert target == G.loop_address()
     assert G.image()[G.ENTRY][G.loop_address() - G.ENTRY :][:2] == bytes([0xE5, G.CMD_PORT])
@@ -125,13 +136,94 @@ def test_x2apic_image_enables_x2apic_and_never_touches_the_xapic_page() -> None:
 def test_both_paths_of_each_image_return_to_its_command_loop(x2apic: bool) -> None:
     common = G.image(x2apic)[G.COMMON]
     loop = G.loop_address(x2apic)
-    for base, port in ((0, G.VECTOR_PORT), (0x40, G.FAULT_PORT)):
+    for base, port, head in ((0, G.VECTOR_PORT, IRQ_HEAD), (0x40, G.FAULT_PORT, 1)):
         path = common[base : base + 0x40]
-        assert path[:3] == bytes([0x58, 0xE6, port])
-        jmp_at = path.index(b"\xe9", 3)
+        assert path[0] == 0x58 and path[head : head + 2] == bytes([0xE6, port])
+        jmp_at = path.index(b"\xe9", head)
         rel = struct.unpack("<i", path[jmp_at + 1 : jmp_at + 5])[0]
         assert G.COMMON + base + jmp_at + 5 + rel == loop
     spans = sorted((a, a + len(b)) for a, b in G.image(x2apic).items())
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start
     assert G.STACK_TOP <= G.SCRATCH and G.SCRATCH + 8 <= G.MEM_SIZE
+
+
+# ---- CMD_HALT (kvm-unit-tests' `sti; hlt` wait)
+
+def _labels(x2apic: bool) -> dict[str, int]:
+    return G._main_asm(x2apic)[1]
+
+
+def _at(x2apic: bool, start: str, end: str) -> bytes:
+    code = G.image(x2apic)[G.ENTRY]
+    labels = _labels(x2apic)
+    return code[labels[start] - G.ENTRY : labels[end] - G.ENTRY]
+
+
+@pytest.mark.parametrize("x2apic", [False, True])
+def test_halt_command_takes_area_eoi_sti_takes_and_arms_last(x2apic: bool) -> None:
+    d = _dispatch(x2apic)
+    assert d[G.CMD_HALT].startswith(
+        ARG + b"\x89\xc5"  # mov ebp, eax (the area)
+        + ARG + bytes([0x89, 0x45, G.HALT_EOI])  # mov [ebp+4], eax
+        + ARG + bytes([0x89, 0x45, G.HALT_STI])  # mov [ebp+8], eax
+        + bytes([0xC7, 0x45, G.HALT_COUNT]) + bytes(4)  # mov dword [ebp+0x0c], 0
+        + bytes([0xC7, 0x45, G.HALT_ABORT]) + bytes(4)  # mov dword [ebp+0x10], 0
+        + ARG + bytes([0x89, 0x45, G.HALT_LEFT]))  # takes: the last IN
+    assert G.CMD_HALT == 14 and (G.CMD_HALT, "halt") in G._DISPATCH
+
+
+@pytest.mark.parametrize("x2apic", [False, True])
+def test_halt_wait_is_sti_hlt_or_hlt_with_if_clear(x2apic: bool) -> None:
+    wait = _at(x2apic, "halt_wait", "halt_irq")
+    # abort check, sti check, then `sti; hlt; cli` and the IF-clear `hlt`
+    assert wait.startswith(bytes([0x83, 0x7D, G.HALT_ABORT, 0, 0x75]))
+    assert wait[6:10] == bytes([0x83, 0x7D, G.HALT_STI, 0]) and wait[10] == 0x74
+    # sti; hlt; cli; jmp halt_wait, then the IF-clear hlt; jmp halt_wait: nothing else (no
+    # port I/O, so no userspace exit between two halts)
+    assert wait[12:] == b"\xfb\xf4\xfa\xeb" + bytes([(-17) & 0xFF]) + b"\xf4\xeb" + bytes(
+        [(-20) & 0xFF])
+
+
+@pytest.mark.parametrize("x2apic", [False, True])
+def test_a_take_inside_halt_is_recorded_and_eoied_without_any_exit(x2apic: bool) -> None:
+    """kvm-unit-tests' handler between the take and the next `sti; hlt` has no userspace exit:
+    neither has irqlab's (the EOI is the in-kernel LAPIC's), and it returns to halt_wait."""
+    assert _irq_branch(x2apic) == G.halt_irq_address(x2apic)
+    body = _at(x2apic, "halt_irq", "halt_done")
+    eoi = (b"\xb9\x0b\x08\x00\x00\xb8\x00\x00\x00\x00\xba\x00\x00\x00\x00\x0f\x30"
+           if x2apic else b"\x31\xc0\xa3" + struct.pack("<I", G.LAPIC_EOI))
+    assert body == (
+        b"\xbc" + struct.pack("<I", G.STACK_TOP)  # mov esp, STACK_TOP
+        + b"\x0f\xb6\xc0"  # movzx eax, al
+        + bytes([0x8B, 0x4D, G.HALT_COUNT])  # mov ecx, [ebp+0x0c]
+        + bytes([0x89, 0x44, 0x8D, G.HALT_VECS])  # mov [ebp+ecx*4+0x20], eax
+        + b"\x41" + bytes([0x89, 0x4D, G.HALT_COUNT])  # inc ecx; mov [ebp+0x0c], ecx
+        + bytes([0x83, 0x7D, G.HALT_EOI, 0, 0x74, len(eoi)])  # cmp [ebp+4], 0; je past EOI
+        + eoi
+        + bytes([0xFF, 0x4D, G.HALT_LEFT])  # dec dword [ebp]
+        + b"\x0f\x85" + body[-4:])  # jnz rel32
+    jnz_next = G.halt_irq_address(x2apic) + len(body)
+    assert jnz_next + struct.unpack("<i", body[-4:])[0] == _labels(x2apic)["halt_wait"]
+
+
+@pytest.mark.parametrize("x2apic", [False, True])
+def test_halt_reports_each_take_and_clears_ebp(x2apic: bool) -> None:
+    done = _at(x2apic, "halt_done", "halt_end")
+    assert done == (b"\x31\xc9" + bytes([0x3B, 0x4D, G.HALT_COUNT, 0x73, 0x09])
+                    + bytes([0x8B, 0x44, 0x8D, G.HALT_VECS, 0xE6, G.VECTOR_PORT])
+                    + b"\x41\xeb" + bytes([(-14) & 0xFF]))
+    code = G.image(x2apic)[G.ENTRY]
+    end = _labels(x2apic)["halt_end"] - G.ENTRY
+    assert code[end : end + 3] == b"\x31\xed\xe9"  # xor ebp, ebp; jmp loop
+    rel = struct.unpack("<i", code[end + 3 : end + 7])[0]
+    assert G.ENTRY + end + 7 + rel == G.loop_address(x2apic)
+    # EBP is set only by the HALT command (mov ebp, eax), so an ACK window's take reports
+    assert code.count(b"\x89\xc5") == 1
+
+
+def test_halt_areas_fit_after_the_image_for_64_vcpus() -> None:
+    assert G.halt_area(0) == G.HALT_AREA >= G.SCRATCH + 8
+    assert G.halt_area(63) + G.HALT_AREA_SIZE <= G.MEM_SIZE
+    assert G.HALT_VECS + 4 * G.HALT_MAX_TAKES <= G.HALT_AREA_SIZE
+    assert max(G.HALT_LEFT, G.HALT_EOI, G.HALT_STI, G.HALT_COUNT, G.HALT_ABORT) < G.HALT_VECS
