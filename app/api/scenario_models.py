@@ -271,15 +271,21 @@ class IoapicExpectation(DocModel):
     flavour: Literal["kvm", "qemu"] = _absent("kvm (in-kernel) or qemu (split).")
 
 
+class CountAtLeast(DocModel):
+    """A lower bound on a counter, for guest checks such as `report(counter, ...)`."""
+
+    at_least: U64 = Field(description="The counter must be at least this.")
+
+
 class Expectations(DocModel):
     """What must hold at this point. Each check is reported with path, expected, actual."""
 
     remote_irr: list[Pin] = _absent("Exactly the pins with Remote IRR set.")
     pins: dict[PinKey, PinExpectation] = _absent("Pin -> fields.")
     vcpus: dict[VcpuKey, VcpuExpectation] = _absent("vCPU index -> fields.")
-    counters: dict[str, Count] = _absent(
+    counters: dict[str, Count | CountAtLeast] = _absent(
         "Counter -> value (`count` steps; `unhandled:0x..` counts vectors taken without a "
-        "handler). An absent counter is 0.")
+        "handler), or {at_least: n}. An absent counter is 0.")
     events: list[EventPattern] = _absent("Each pattern matches some event.")
     no_events: list[EventPattern] = _absent("No event matches any pattern.")
     event_counts: dict[str, Count] = _absent("Event kind -> how many were logged so far.")

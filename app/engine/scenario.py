@@ -457,7 +457,18 @@ class Runner:
             elif key == "counters":
                 _need_dict(value, w)
                 for name, exp in value.items():
-                    check(f"counters.{name}", exp, self.counters.get(name, 0))
+                    actual = self.counters.get(name, 0)
+                    if isinstance(exp, dict):
+                        # {at_least: n}: a guest test that checks only that a counter is
+                        # non-zero (kvm-unit-tests' report(g_isr_64, ...)) or at least n.
+                        if set(exp) != {"at_least"}:
+                            raise invalid("a counter bound is {at_least: n}", f"{w}.{name}")
+                        bound = parse_int(exp["at_least"], f"{w}.{name}.at_least")
+                        checks.append({"path": f"counters.{name}",
+                                       "expected": {"at_least": bound}, "actual": actual,
+                                       "ok": actual >= bound})
+                    else:
+                        check(f"counters.{name}", exp, actual)
             elif key == "events":
                 for i, pattern in enumerate(_need_list(value, w)):
                     _need_dict(pattern, f"{w}[{i}]")

@@ -326,3 +326,31 @@ async def test_run_is_off_the_event_loop_and_takes_no_vm_lock(
                     await anyio.sleep(0.01)
         assert results["run"].status_code == 200
         assert [v["id"] for v in (await c.get("/v1/vms")).json()["vms"]] == ["a"]
+
+
+async def test_counter_at_least(client: httpx.AsyncClient) -> None:
+    """`counters: {name: {at_least: n}}`: a lower bound, as a guest test's report(counter)."""
+    doc = {"steps": [{"op": "count", "name": "n"}, {"op": "count", "name": "n"},
+                     {"op": "expect", "counters": {"n": {"at_least": 1}}},
+                     {"op": "expect", "counters": {"n": {"at_least": "0x3"}, "m": 0}}]}
+    r = await client.post("/v1/scenarios/run", json=doc)
+    assert r.status_code == 200
+    steps = r.json()["variants"][0]["steps"]
+    assert steps[2]["result"]["checks"] == [
+        {"path": "counters.n", "expected": {"at_least": 1}, "actual": 2, "ok": True}]
+    assert steps[3]["result"]["checks"][0] == {
+        "path": "counters.n", "expected": {"at_least": 3}, "actual": 2, "ok": False}
+    assert steps[3]["result"]["checks"][1]["ok"] is True
+    assert r.json()["passed"] is False
+
+
+@pytest.mark.parametrize(("bound", "field"), [
+    ({"at_most": 1}, "steps[0].counters.n"),
+    ({"at_least": 1, "equals": 2}, "steps[0].counters.n"),
+    ({"at_least": -1}, "steps[0].counters.n.at_least"),
+])
+async def test_malformed_counter_bound_is_422(client: httpx.AsyncClient, bound: Any,
+                                              field: str) -> None:
+    doc = {"steps": [{"op": "expect", "counters": {"n": bound}}]}
+    assert_problem(await client.post("/v1/scenarios/run", json=doc), 422, field,
+                   "validation-error")
