@@ -403,10 +403,6 @@ def _eoi_exit_fields(h: KvmHandle) -> tuple[Any, ...]:
                                       if e["reason"] == "KVM_EXIT_IOAPIC_EOI"))
 
 
-_LOW_FIELDS = {"vector", "delivery_mode", "dest_mode", "trigger", "polarity", "masked",
-               "remote_irr", "delivery_status"}
-
-
 def _write_rte(h: KvmHandle, n: int, pin: int, entry: int, halves: tuple[str, ...]
                ) -> dict[str, Any]:
     _vcpu(h, n)
@@ -425,7 +421,7 @@ def _write_rte(h: KvmHandle, n: int, pin: int, entry: int, halves: tuple[str, ..
 def write_pin(h: KvmHandle, pin: int, body: M.PinPut) -> dict[str, Any]:
     """The guest on `vcpu` writes the whole RTE by MMIO (IOREGSEL then IOWIN per dword)."""
     entry = body.raw if body.raw is not None else R.encode(**body.changes())
-    halves = ("high", "low") if body.order == "high-first" else ("low", "high")
+    halves = R.entry_halves(body.order)
     return _write_rte(h, body.vcpu, pin, entry, halves)
 
 
@@ -435,14 +431,7 @@ def patch_pin(h: KvmHandle, pin: int, body: M.PinPatch) -> dict[str, Any]:
     _vcpu(h, body.vcpu)
     changes = body.changes()
     entry = R.patch(h.vm.redirection_table()[pin], changes)
-    halves = []
-    if _LOW_FIELDS & changes.keys():
-        halves.append("low")
-    if {"dest", "extended_dest"} & changes.keys():
-        halves.append("high")
-    if body.order == "high-first":
-        halves.reverse()
-    return _write_rte(h, body.vcpu, pin, entry, tuple(halves))
+    return _write_rte(h, body.vcpu, pin, entry, R.patch_halves(changes, body.order))
 
 
 _ACTIONS = {"assert": (1,), "deassert": (0,), "pulse": (1, 0)}

@@ -86,14 +86,10 @@ def vcpu_set(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _halves(order: str) -> tuple[str, str]:
-    return ("high", "low") if order == "high-first" else ("low", "high")
-
-
 def write_pin(vm: Vm, pin: int, body: M.PinPut) -> dict[str, Any]:
     """The guest writes a whole RTE through IOREGSEL/IOWIN, one dword at a time."""
     entry = body.raw if body.raw is not None else R.encode(**body.changes())
-    return vm.write_rte(body.vcpu, pin, entry, _halves(body.order))
+    return vm.write_rte(body.vcpu, pin, entry, R.entry_halves(body.order))
 
 
 def patch_pin(vm: Vm, pin: int, body: M.PinPatch) -> dict[str, Any]:

@@ -3,6 +3,7 @@ QEMU's ioredtbl[] share it)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 from .errors import invalid
@@ -136,6 +137,26 @@ FIELD_NAMES = (
     "remote_irr",
     "delivery_status",
 )
+
+
+HIGH_DWORD_FIELDS: Final = frozenset({"dest", "extended_dest"})  # bits 63:48
+LOW_DWORD_FIELDS: Final = frozenset(FIELD_NAMES) - HIGH_DWORD_FIELDS
+
+
+def patch_halves(changed: Iterable[str], order: str = "low-first") -> tuple[str, ...]:
+    """The dwords a field patch writes (only those holding a changed field), in `order`
+    ("low-first" or "high-first"), as ioapic_write_entry-style guest code would."""
+    names = set(changed)
+    halves = [h for h, fields in (("low", LOW_DWORD_FIELDS), ("high", HIGH_DWORD_FIELDS))
+              if fields & names]
+    if order == "high-first":
+        halves.reverse()
+    return tuple(halves)
+
+
+def entry_halves(order: str = "low-first") -> tuple[str, ...]:
+    """Both dwords of a whole-entry write, in `order`."""
+    return patch_halves(FIELD_NAMES, order)
 
 
 _FIELD_KINDS: dict[str, tuple[type, ...]] = {

@@ -228,7 +228,7 @@ class Runner:
         if op == "write_rte":
             pin = parse_int(_require(step, "pin", where), f"{where}.pin", 0, R.NUM_PINS - 1)
             entry = entry_from(_require(step, "entry", where), f"{where}.entry")
-            halves = ("high", "low") if step.get("order") == "high-first" else ("low", "high")
+            halves = R.entry_halves(step.get("order", "low-first"))
             return vm.write_rte(cpu(), pin, entry, halves)
         if op == "patch_rte":
             pin = parse_int(_require(step, "pin", where), f"{where}.pin", 0, R.NUM_PINS - 1)

@@ -472,24 +472,7 @@ class Vm:
         """Write only the dwords that hold the changed fields."""
         _check_pin(pin)
         entry = R.patch(self.ioapic.redir[pin], changes)
-        low_fields = {
-            "vector",
-            "delivery_mode",
-            "dest_mode",
-            "trigger",
-            "polarity",
-            "masked",
-            "remote_irr",
-            "delivery_status",
-        }
-        halves = []
-        if low_fields & changes.keys():
-            halves.append("low")
-        if {"dest", "extended_dest"} & changes.keys():
-            halves.append("high")
-        if order == "high-first":
-            halves.reverse()
-        return self.write_rte(n, pin, entry, tuple(halves))
+        return self.write_rte(n, pin, entry, R.patch_halves(changes, order))
 
     # ---- views ----
 

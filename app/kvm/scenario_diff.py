@@ -59,6 +59,7 @@ from app.engine.scenario import (
 from app.engine.vm import Vm
 
 from . import detect
+from .differential import RAW_MASK  # pins.N.raw leaves Remote IRR to pins.N.remote_irr
 from .vm import KvmVm, KvmVmError
 
 DEFAULT_PROFILE = "linux-latest"
@@ -73,11 +74,6 @@ GSI_MAX = 4095  # the engine's range for resampler/irqfd GSIs
 # The engine's Runner refuses deeper nesting (scenario.MAX_HANDLER_DEPTH) before KVM runs.
 MMIO_OFFSETS = (0x00, 0x10, 0x20, 0x40)
 PIN_COUNT = R.NUM_PINS
-# Remote IRR is compared on its own (pins.N.remote_irr); the raw RTE is compared without it so
-# that one difference is reported once.
-RAW_MASK = ~R.REMOTE_IRR_BIT & ((1 << 64) - 1)
-LOW_FIELDS = {"vector", "delivery_mode", "dest_mode", "trigger", "polarity", "masked",
-              "remote_irr", "delivery_status"}
 
 
 class Unsupported(Exception):
@@ -213,7 +209,7 @@ class KvmSide:
         if op == "write_rte":
             pin = parse_int(step["pin"], f"{where}.pin", 0, PIN_COUNT - 1)
             entry = entry_from(step["entry"], f"{where}.entry")
-            order = ("high", "low") if step.get("order") == "high-first" else ("low", "high")
+            order = R.entry_halves(step.get("order", "low-first"))
             vm.write_rte(cpu(), pin, entry, order)
             return {}
         if op == "patch_rte":
@@ -224,14 +220,8 @@ class KvmSide:
                           if k in ("vector", "dest", "extended_dest") else v)
                       for k, v in step["fields"].items()}
             entry = R.patch(vm.redirection_table()[pin], fields)
-            halves: list[str] = []
-            if LOW_FIELDS & fields.keys():
-                halves.append("low")
-            if {"dest", "extended_dest"} & fields.keys():
-                halves.append("high")
-            if step.get("order", "low-first") == "high-first":
-                halves.reverse()
-            vm.write_rte(cpu(), pin, entry, tuple(halves))
+            vm.write_rte(cpu(), pin, entry,
+                         R.patch_halves(fields, step.get("order", "low-first")))
             return {}
         if op == "mmio":
             _check_step(step, where)
