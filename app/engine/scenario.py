@@ -149,6 +149,15 @@ def msi_from_decoded(d: Any, where: str, x2apic_format: bool) -> tuple[int, int,
     return irq_to_msi(irq, x2apic_format)
 
 
+def _order(step: dict[str, Any], where: str) -> str:
+    """A write step's dword order, checked here: the compiled engine's typed parameters would
+    otherwise meet a document's raw value."""
+    order = step.get("order", "low-first")
+    if order not in ("low-first", "high-first"):
+        raise invalid("order must be low-first or high-first", f"{where}.order")
+    return str(order)
+
+
 class Runner:
     """Runs the steps of one variant against one VM."""
 
@@ -228,7 +237,7 @@ class Runner:
         if op == "write_rte":
             pin = parse_int(_require(step, "pin", where), f"{where}.pin", 0, R.NUM_PINS - 1)
             entry = entry_from(_require(step, "entry", where), f"{where}.entry")
-            halves = R.entry_halves(step.get("order", "low-first"))
+            halves = R.entry_halves(_order(step, where))
             return vm.write_rte(cpu(), pin, entry, halves)
         if op == "patch_rte":
             pin = parse_int(_require(step, "pin", where), f"{where}.pin", 0, R.NUM_PINS - 1)
@@ -242,7 +251,7 @@ class Runner:
                 R.patch(0, fields)  # the fields themselves, before any guest write
             except EngineError as exc:
                 raise invalid(exc.detail, f"{where}.fields.{exc.field}") from None
-            return vm.patch_rte(cpu(), pin, fields, step.get("order", "low-first"))
+            return vm.patch_rte(cpu(), pin, fields, _order(step, where))
         if op == "mmio":
             access = step.get("access", "read")
             if access not in ("read", "write"):

@@ -59,6 +59,11 @@ MALFORMED = [
     ({"steps": [{"op": "mmio", "offset": 0, "access": "poke"}]}, "steps[0].access"),
     ({"steps": [{"op": "patch_rte", "pin": 1, "fields": {"trigger": 5}}]},
      "steps[0].fields.trigger"),
+    # A non-string order reached the compiled engine's typed parameters (TypeError).
+    ({"steps": [{"op": "patch_rte", "pin": 1, "fields": {"vector": 3}, "order": 5}]},
+     "steps[0].order"),
+    ({"steps": [{"op": "write_rte", "pin": 1, "entry": {"vector": 3}, "order": "up"}]},
+     "steps[0].order"),
     ({"matrix": [{"vm": {"vcpus": 0}}, {"vm": {}}], "steps": []}, "matrix[0].vm.vcpus"),
     ({"vm": {"vcpus": 0}, "steps": []}, "vm.vcpus"),
 ]
