@@ -12,10 +12,11 @@ edited source file is never shadowed by a stale extension.
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from setuptools import setup
@@ -23,23 +24,20 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 ENGINE = Path("app", "engine")
-# Not compiled: __init__ (it chooses between compiled and pure), errors (EngineError is
-# subclassed outside the engine, which compiled classes forbid), and the modules off the hot
-# path whose inputs are untyped documents (scenario, invariants).
-NOT_COMPILED = {"__init__.py", "errors.py", "scenario.py", "invariants.py"}
-COMPILED = sorted(
-    str(p) for p in (ROOT / ENGINE).glob("*.py") if p.name not in NOT_COMPILED
-)
-STAMP = "_native.stamp"
 
 
-def sources_digest(files: list[str]) -> str:
-    """What app/engine/__init__.py recomputes at import: sha256 over each module's name and
-    bytes, in name order."""
-    h = hashlib.sha256()
-    for f in sorted(files, key=lambda p: Path(p).name):
-        h.update(Path(f).name.encode() + b"\0" + Path(f).read_bytes() + b"\0")
-    return h.hexdigest()
+def _native_build() -> ModuleType:
+    # By path: the package is not importable while it is being built.
+    spec = importlib.util.spec_from_file_location("irqlab_native_build",
+                                                  ROOT / ENGINE / "native_build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+NB = _native_build()
+COMPILED = [str(p) for p in NB.compiled_sources(ROOT / ENGINE)]
 
 
 class BuildExtWithStamp(build_ext):
@@ -53,12 +51,12 @@ class BuildExtWithStamp(build_ext):
                   file=sys.stderr)
             return
         out = Path(self.build_lib) if not self.inplace else ROOT
-        stamp = out / ENGINE / STAMP
+        stamp = out / ENGINE / NB.STAMP
         stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(sources_digest(COMPILED) + "\n")
+        stamp.write_text(NB.sources_digest(ROOT / ENGINE) + "\n")
 
     def get_outputs(self) -> list[str]:
-        return [*super().get_outputs(), str(Path(self.build_lib) / ENGINE / STAMP)]
+        return [*super().get_outputs(), str(Path(self.build_lib) / ENGINE / NB.STAMP)]
 
 
 def ext_modules() -> list[Any]:

@@ -9,33 +9,24 @@ the two copies' event logs byte for byte).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from importlib.machinery import SOURCE_SUFFIXES, FileFinder, SourceFileLoader
 from pathlib import Path
 
+from .native_build import STAMP, sources_digest
+
 _DIR = Path(__path__[0])
-_NOT_COMPILED = {"__init__.py", "errors.py", "scenario.py", "invariants.py"}
-
-
-def _sources_digest() -> str:
-    # Same recipe as setup.py's sources_digest.
-    h = hashlib.sha256()
-    for p in sorted(_DIR.glob("*.py"), key=lambda p: p.name):
-        if p.name not in _NOT_COMPILED:
-            h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 def _choose() -> str:
     if os.environ.get("IRQLAB_ENGINE", "").lower() == "python":
         return "python (IRQLAB_ENGINE=python)"
     try:
-        stamp = (_DIR / "_native.stamp").read_text().strip()
+        stamp = (_DIR / STAMP).read_text().strip()
     except OSError:
         return "python (not compiled)"
-    if stamp != _sources_digest():
+    if stamp != sources_digest(_DIR):
         return "python (the compiled build is stale: reinstall to recompile)"
     return "compiled (mypyc)"
 
