@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from app.settings import Settings
 
@@ -42,18 +42,21 @@ PinPath = Annotated[int, Path(ge=0, le=23, description="IOAPIC input pin, 0..23.
 # `manual_path_openapi` declares the parameters in the OpenAPI document exactly as FastAPI
 # would have.
 
-_PIN_SCHEMA: dict[str, Any] = {"description": "IOAPIC input pin, 0..23.", "examples": [5],
-                               "maximum": 23, "minimum": 0, "title": "Pin", "type": "integer"}
-_VM_SCHEMA: dict[str, Any] = {"description": "The VM's id.", "examples": ["race"], "title": "Vm",
-              "type": "string"}
-_PIN_ADAPTER: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=0, le=23)])
+# The same annotated types FastAPI validates elsewhere, so constraints, descriptions and
+# examples have one definition.
+_PATH_TYPES: dict[str, Any] = {"vm": VmPath, "pin": PinPath}
+_PIN_ADAPTER: TypeAdapter[int] = TypeAdapter(PinPath)
 
 
 def manual_path_openapi(*names: str) -> dict[str, Any]:
-    """`openapi_extra` parameters for a route that reads `names` with the functions below."""
-    schemas: dict[str, dict[str, Any]] = {"vm": _VM_SCHEMA, "pin": _PIN_SCHEMA}
-    return {"parameters": [{"description": schemas[n]["description"], "in": "path", "name": n,
-                            "required": True, "schema": dict(schemas[n])} for n in names]}
+    """`openapi_extra` parameters for a route that reads `names` with the functions below,
+    as FastAPI would declare them (its schema title is the parameter's name)."""
+    params = []
+    for n in names:
+        schema = {**TypeAdapter(_PATH_TYPES[n]).json_schema(), "title": n.title()}
+        params.append({"description": schema["description"], "in": "path", "name": n,
+                       "required": True, "schema": schema})
+    return {"parameters": params}
 
 
 def path_vm(request: Request) -> str:
