@@ -698,37 +698,27 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+_KIND_WORDS: dict[type, str] = {int: "an integer", bool: "true or false", str: "a string",
+                                dict: "an object", type(None): "null"}
+
+
+def _check_config_types(values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        kinds = _CONFIG_TYPES.get(name)
+        if kinds is not None and type(value) not in kinds:
+            raise invalid(f"{name} must be {' or '.join(_KIND_WORDS[k] for k in kinds)}", name)
+
+
 def config_from_dict(d: dict[str, Any]) -> VmConfig:
     """A VmConfig from untrusted data (a scenario's vm block, a snapshot): a field of the wrong
     type is an EngineError naming it, before the compiled dataclass would raise TypeError.
     Unknown fields still raise TypeError, as the constructor does."""
-    for name, value in d.items():
-        kinds = _CONFIG_TYPES.get(name)
-        if kinds is not None and (type(value) not in kinds):
-            expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-            raise invalid(f"{name} must be {expected}", name)
+    _check_config_types(d)
     return VmConfig(**d)
 
 
 def _validate_config(c: VmConfig) -> None:
-    for name, kind in (("vcpus", int), ("nr_reserved_ioapic_pins", int)):
-        if type(getattr(c, name)) is not kind:
-            raise invalid(f"{name} must be an integer", name)
-    for name in (
-        "apicv",
-        "x2apic",
-        "x2apic_cpuid",
-        "x2apic_format",
-        "broadcast_quirk_disabled",
-        "vector_hashing",
-        "event_log",
-    ):
-        if type(getattr(c, name)) is not bool:
-            raise invalid(f"{name} must be true or false", name)
-    if c.ioapic_version is not None and type(c.ioapic_version) is not int:
-        raise invalid("ioapic_version must be an integer", "ioapic_version")
-    if not isinstance(c.profile, str) or not isinstance(c.overrides, dict):
-        raise invalid("profile is a name and overrides an object", "profile")
+    _check_config_types(c.to_dict())  # a VmConfig built directly by pure-Python callers
     if c.irqchip not in ("kernel", "split"):
         raise invalid("irqchip must be kernel or split", "irqchip")
     if not 1 <= c.vcpus <= KVM_MAX_VCPUS:
