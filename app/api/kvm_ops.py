@@ -136,16 +136,22 @@ def check_create(body: M.VmCreate) -> None:
         raise unsupported("x2apic: true needs x2apic_cpuid: true on the kvm backend (KVM "
                           "refuses IA32_APIC_BASE.EXTD unless CPUID.1:ECX.x2APIC is set)",
                           "x2apic_cpuid")
+    require_kvm("backend 'kvm'")
+
+
+def require_kvm(subject: str) -> None:
+    """409 `unsupported` (field backend) when /dev/kvm is unusable here or the KVM_RUN
+    watchdog cannot work; `subject` names what needed it."""
     ok, reason = detect.kvm_available()
     if not ok:
-        raise unsupported(f"backend 'kvm' is not available on this host: {reason}", "backend")
+        raise unsupported(f"{subject} is not available on this host: {reason}", "backend")
     # The watchdog's signal handler can only be installed from the main thread, which is the
     # event loop's thread under uvicorn and in the tests (the lifespan also installs it).
     if threading.current_thread() is threading.main_thread():
         try:
             ensure_kick_handler()
         except KvmVmError as exc:
-            raise unsupported(f"backend 'kvm' is not available: {exc}", "backend") from exc
+            raise unsupported(f"{subject} is not available: {exc}", "backend") from exc
 
 
 def install_kick_handler() -> None:

@@ -10,8 +10,6 @@ The variants run one after the other in a worker thread, one KVM VM at a time.
 
 from __future__ import annotations
 
-import errno
-import threading
 from typing import Any, Literal
 
 from fastapi import Response
@@ -19,14 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.engine.scenario import variants
-from app.kvm import detect
 from app.kvm.scenario_diff import diff_scenario
-from app.kvm.vm import KvmVmError, ensure_kick_handler
 from app.settings import Settings
 
-from . import ops
-from .kvm_ops import unsupported
-from .problems import KvmFailure
+from . import kvm_ops, ops
 from .registry import Registry
 from .scenarios import check_limits, execute
 
@@ -163,27 +157,12 @@ def _max_kvm_vcpus(doc: Any) -> int:
 
 
 def _diff_and_render(doc: Any) -> Response:
-    try:
-        result = diff_scenario(doc)
-    except KvmVmError as exc:
-        raise KvmFailure(str(exc), {"kvm_failure": type(exc).__name__}) from exc
-    except OSError as exc:
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        raise KvmFailure(f"KVM ioctl: the kernel returned -{name} ({exc.strerror or exc})",
-                         {"kvm_errno": name}) from exc
-    return ops.render(ScenarioDiff, result)
+    return ops.render(ScenarioDiff, kvm_ops.guarded(lambda: diff_scenario(doc)))
 
 
 def check_kvm() -> None:
     """409 unsupported when /dev/kvm is unusable here (or the watchdog cannot work)."""
-    ok, reason = detect.kvm_available()
-    if not ok:
-        raise unsupported(f"real KVM is not available on this host: {reason}", "backend")
-    if threading.current_thread() is threading.main_thread():
-        try:
-            ensure_kick_handler()
-        except KvmVmError as exc:
-            raise unsupported(f"real KVM is not usable: {exc}", "backend") from exc
+    kvm_ops.require_kvm("real KVM")
 
 
 async def diff(doc: Any, settings: Settings, registry: Registry) -> Response:
