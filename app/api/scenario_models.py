@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -531,40 +531,33 @@ class StepSettle(_Step):
 _WHEN_ONE = _one_of(("equals",), ("at_least",))
 
 
-class StepWhen(_Step):
+class _When(_Step):
+    """The fields and rule both `when` steps share; only what `steps` may hold differs."""
+
+    model_config = ConfigDict(json_schema_extra=_WHEN_ONE)
+
+    op: Literal["when"]
+    counter: str
+    equals: U64 = _absent()
+    at_least: U64 = _absent()
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if ("equals" in self.model_fields_set) == ("at_least" in self.model_fields_set):
+            raise _conflict("give exactly one of equals and at_least", "equals")
+        return self
+
+
+class StepWhen(_When):
     """Run `steps` only if counter `counter` equals `equals` (or is at least `at_least`)."""
 
-    model_config = ConfigDict(json_schema_extra=_WHEN_ONE)
-
-    op: Literal["when"]
-    counter: str
-    equals: U64 = _absent()
-    at_least: U64 = _absent()
     steps: list[Step]
 
-    @model_validator(mode="after")
-    def _one(self) -> StepWhen:
-        if ("equals" in self.model_fields_set) == ("at_least" in self.model_fields_set):
-            raise _conflict("give exactly one of equals and at_least", "equals")
-        return self
 
-
-class StepHandlerWhen(_Step):
+class StepHandlerWhen(_When):
     """`when` inside a handler: its steps are handler steps (no settle)."""
 
-    model_config = ConfigDict(json_schema_extra=_WHEN_ONE)
-
-    op: Literal["when"]
-    counter: str
-    equals: U64 = _absent()
-    at_least: U64 = _absent()
     steps: list[HandlerStep]
-
-    @model_validator(mode="after")
-    def _one(self) -> StepHandlerWhen:
-        if ("equals" in self.model_fields_set) == ("at_least" in self.model_fields_set):
-            raise _conflict("give exactly one of equals and at_least", "equals")
-        return self
 
 
 _COMMON_STEPS = (StepLine, StepIrq, StepMsi, StepRoutes, StepWriteRte, StepPatchRte, StepMmio,
