@@ -5,6 +5,12 @@
     irqlab library [--server URL | --local] [--json]
     irqlab library run NAME... [--profile P] [--irqchip M] [--server URL | --local] [--json]
     irqlab diff FILE... [--profile P] [--server URL | --local] [--json]
+    irqlab suite DIR|FILE|NAME... [--profile P,Q] [--irqchip kernel,split] [--workers N] ...
+    irqlab --version
+
+`run`, `library run` and `suite` also write CI results: --junit FILE (JUnit XML, one testcase
+per variant) and --report DIR (the JSON results and an index); see app/reporting and
+app/suite.py.
 
 `run` and `library` talk to an irqlab server (POST /v1/scenarios/run, GET /v1/scenarios, POST
 /v1/scenarios/{name}/run) or, with --local, run the engine in this process. Results are printed
@@ -156,6 +162,13 @@ class Remote:
 
     def run(self, source: Source, profile: str | None = None,
             irqchip: str | None = None) -> dict[str, Any]:
+        if source.library_name is None and (profile or irqchip) \
+                and isinstance(source.doc, dict):
+            # A file with overrides (irqlab suite's matrix): send it with them applied.
+            from app.api import scenarios as S
+
+            doc = S.override_vm(source.doc, profile, irqchip)
+            source = Source(source.label, doc, json.dumps(doc).encode())
         if source.library_name is not None:
             params = {k: v for k, v in (("profile", profile), ("irqchip", irqchip)) if v}
             result: dict[str, Any] = self._call(
@@ -462,14 +475,27 @@ def _error(message: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """irqlab run / library run: exit 1 when an expectation fails."""
-    return _each_source(
+    """irqlab run / library run: exit 1 when an expectation fails; --junit / --report write
+    the CI results of every source (errors included) afterwards."""
+    from app.reporting.records import RunRecord
+
+    profile, irqchip = getattr(args, "profile", None), getattr(args, "irqchip", None)
+    cell = {k: v for k, v in (("profile", profile), ("irqchip", irqchip)) if v}
+    records: list[RunRecord] = []
+    status = _each_source(
         args,
-        lambda target, source: target.run(source, getattr(args, "profile", None),
-                                          getattr(args, "irqchip", None)),
+        lambda target, source: target.run(source, profile, irqchip),
         lambda result: not result.get("passed"),
         print_result,
+        lambda label, result, error, seconds: records.append(
+            RunRecord(label, cell, result=result, error=error, seconds=seconds)),
     )
+    if getattr(args, "junit", None) or getattr(args, "report", None):
+        from app.suite import write_outputs
+
+        if write_outputs(args, records, {"command": args.cmd}) != EXIT_OK:
+            return EXIT_ERROR
+    return status
 
 
 def _diff(args: argparse.Namespace) -> int:
@@ -487,10 +513,14 @@ def _each_source(
     act: Callable[[Any, Source], dict[str, Any]],
     flagged: Callable[[dict[str, Any]], bool],
     show: Callable[[Any, dict[str, Any], Any], None],
+    record: Callable[[str, dict[str, Any] | None, str | None, float], None] | None = None,
 ) -> int:
     """Run `act` on every file or library scenario named on the command line, printing each
-    result (or collecting them for --json). Exit 2 when any source could not be run, else 1
+    result (or collecting them for --json) and passing each outcome to `record` (label, result
+    or error message, seconds). Exit 2 when any source could not be run, else 1
     when `flagged` holds for any result, else 0."""
+    import time
+
     from rich.console import Console
 
     console = Console(highlight=False)
@@ -504,18 +534,23 @@ def _each_source(
     any_flagged = False
     try:
         for source in _sources(args, target):
+            start = time.perf_counter()
             try:
                 result = act(target, source)
             except Unreachable:
                 raise
-            except CliError as exc:
-                _error(str(exc))
+            except Exception as exc:
+                # CliError: a malformed document or a refusal; anything else is an irqlab bug,
+                # not a failed expectation or a difference.
+                message = str(exc) if isinstance(exc, CliError) else \
+                    f"{source.label}: internal error: {type(exc).__name__}: {exc}"
+                _error(message)
                 args.errors += 1
+                if record is not None:
+                    record(source.label, None, message, time.perf_counter() - start)
                 continue
-            except Exception as exc:  # an irqlab bug, not a failed expectation or a difference
-                _error(f"{source.label}: internal error: {type(exc).__name__}: {exc}")
-                args.errors += 1
-                continue
+            if record is not None:
+                record(source.label, result, None, time.perf_counter() - start)
             any_flagged = any_flagged or flagged(result)
             if getattr(args, "json", False):
                 results.append(result)
@@ -559,12 +594,14 @@ def _library(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from app import __version__
     from app.engine import flags as F
 
     settings = get_settings()
     parser = argparse.ArgumentParser(
         prog="irqlab", description="irqlab: KVM's x86 IOAPIC/LAPIC model as a service, and "
                                    "its scenario runner.")
+    parser.add_argument("--version", action="version", version=f"irqlab {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     serve = sub.add_parser(
         "serve", help="run the HTTP service",
@@ -588,10 +625,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="run in this process instead of on a server")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the raw JSON instead of tables")
+    # CI results, for run, library run and suite.
+    outputs = argparse.ArgumentParser(add_help=False)
+    outputs.add_argument("--junit", metavar="FILE",
+                         help="also write JUnit XML: a testsuite per document, a testcase per "
+                              "variant ('-' for standard output)")
+    outputs.add_argument("--report", metavar="DIR",
+                         help="also write the JSON results (DIR/index.json, one folder per "
+                              "document run, one file per variant)")
     epilog = ("exit status: 0 every expectation held, 1 an expectation failed, 2 a malformed "
               "document, an unknown scenario or an unreachable server")
     run = sub.add_parser(
-        "run", parents=[common], help="run scenario files (YAML or JSON)", epilog=epilog,
+        "run", parents=[common, outputs], help="run scenario files (YAML or JSON)", epilog=epilog,
         description="Run scenario documents (YAML, or JSON for *.json; '-' reads standard "
                     "input) on an irqlab server or, with --local, in this process, and print "
                     "a step table per variant, the failed checks and the findings.")
@@ -615,7 +660,7 @@ def _parser() -> argparse.ArgumentParser:
                     "(`irqlab library run NAME...`).")
     library_sub = library.add_subparsers(dest="library_cmd")
     library_run = library_sub.add_parser(
-        "run", parents=[common], help="run built-in scenarios", epilog=epilog,
+        "run", parents=[common, outputs], help="run built-in scenarios", epilog=epilog,
         description="Run built-in scenarios. --profile / --irqchip replace vm.profile / "
                     "vm.irqchip in every variant (names and expectations are kept).")
     library_run.add_argument("names", nargs="+", metavar="NAME")
@@ -623,6 +668,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="run every variant on this behaviour preset")
     library_run.add_argument("--irqchip", choices=["kernel", "split"],
                              help="run every variant with this irqchip mode")
+    from app import suite
+
+    suite.add_parser(sub, common, outputs)
     return parser
 
 
@@ -638,6 +686,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.cmd == "diff":
         return _diff(args)
+    if args.cmd == "suite":
+        from app import suite
+
+        return suite.command(args)
     if args.cmd == "run" or getattr(args, "library_cmd", None) == "run":
         return _run(args)
     return _library(args)

@@ -8,7 +8,7 @@
 #
 # The Debian mirror is never written down in this repository: it is taken, at run time, from
 # IRQLAB_DEBIAN_MIRROR if set, else from the machine's own apt configuration
-# (/etc/apt/sources.list and /etc/apt/sources.list.d/*.list|*.sources). The security archive
+# (as `apt-get indextargets` reports it). The security archive
 # likewise comes from IRQLAB_DEBIAN_SECURITY_MIRROR or apt's configuration; if one is found,
 # the pending security updates are applied to the root filesystem before it is imported.
 #
@@ -45,50 +45,16 @@ if [[ $force -eq 0 ]] && podman image exists "$image"; then
     exit 0
 fi
 
-# Print the first archive URI of the apt configuration that serves suite $1 (e.g. "bookworm" or
-# "bookworm-security"). Handles one-line (.list) and deb822 (.sources) formats; ignores
-# disabled files, deb-src entries and [options].
+# Print the archive URI that apt's own configuration uses for suite $1 (e.g. "bookworm" or
+# "bookworm-security"). `apt-get indextargets` lists every index apt is configured to fetch,
+# whatever the format of the source files (one-line .list or deb822 .sources, [options],
+# Enabled: no and deb-src entries already resolved by apt); $(RELEASE) is the suite as the
+# source entry spells it and $(REPO_URI) its archive root.
+# shellcheck disable=SC2016  # $(REPO_URI) is apt's format placeholder, not a shell expansion
 apt_uri_for_suite() {
-    local want="$1" f
-    local files=()
-    [[ -f /etc/apt/sources.list ]] && files+=(/etc/apt/sources.list)
-    for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-        [[ -f "$f" ]] && files+=("$f")
-    done
-    for f in "${files[@]}"; do
-        if [[ "$f" == *.sources ]]; then
-            # deb822: blank-line separated stanzas with Types/URIs/Suites/Enabled fields.
-            awk -v want="$want" '
-                function flush() {
-                    if (types ~ /(^| )deb( |$)/ && enabled !~ /^[Nn][Oo]$/ && uris != "") {
-                        n = split(suites, s, " ")
-                        for (i = 1; i <= n; i++) if (s[i] == want) { split(uris, u, " "); print u[1]; exit }
-                    }
-                    types = ""; uris = ""; suites = ""; enabled = ""
-                }
-                /^[ \t]*#/ { next }
-                /^[ \t]*$/ { flush(); next }
-                {
-                    key = tolower($1); sub(/:$/, "", key); val = $0; sub(/^[^:]*:[ \t]*/, "", val)
-                    if (key == "types") types = val
-                    else if (key == "uris") uris = val
-                    else if (key == "suites") suites = val
-                    else if (key == "enabled") enabled = val
-                }
-                END { flush() }
-            ' "$f"
-        else
-            # one-line: deb [opts] URI suite component...
-            awk -v want="$want" '
-                $1 != "deb" { next }
-                {
-                    i = 2
-                    if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-                    if ($(i + 1) == want) { print $i; exit }
-                }
-            ' "$f"
-        fi
-    done | head -n 1
+    apt-get indextargets --format '$(REPO_URI)' \
+        "Release: $1" 'Target-Of: deb' 'Identifier: Packages' 2>/dev/null \
+        | head -n 1 | sed 's:/*$::'
 }
 
 mirror="${IRQLAB_DEBIAN_MIRROR:-$(apt_uri_for_suite "$suite")}"

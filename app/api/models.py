@@ -641,3 +641,5 @@ class Ready(OpenModel):
     max_vms: int
     engine: str = Field(description="Which build of the engine this process runs: "
                         "\"compiled (mypyc)\" or \"python (why)\".")
+    version: str = Field(description="irqlab's version (the installed package's, as "
+                         "`irqlab --version` prints it).")

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Path
 
+from app import __version__
 from app.api import models as M
 from app.api.deps import RegistryDep
 from app.api.problems import PROBLEM_TYPES, ProblemType, problem_responses
@@ -30,14 +31,15 @@ async def healthz() -> dict[str, Any]:
     "/readyz", response_model=M.Ready, tags=["health"], summary="Readiness",
     description="The service accepts requests: the VM registry answers. Mirrors no "
                 "KVM/QEMU operation (readiness probe); reports how many VMs exist and which "
-                "build of the engine runs (compiled by mypyc, or pure Python and why).",
+                "build of the engine runs (compiled by mypyc, or pure Python and why) and "
+                "irqlab's version.",
     responses={200: {"description": "Ready", "content": {"application/json": {
         "example": {"status": "ready", "vms": 1, "max_vms": 64,
-                    "engine": "compiled (mypyc)"}}}}},
+                    "engine": "compiled (mypyc)", "version": "0.1.0"}}}}},
 )
 async def readyz(registry: RegistryDep) -> dict[str, Any]:
     return {"status": "ready", "vms": len(registry), "max_vms": registry.max_vms,
-            "engine": ENGINE_BUILD}
+            "engine": ENGINE_BUILD, "version": __version__}
 
 
 @router.get(

@@ -132,7 +132,7 @@ async def test_vm_count_limit() -> None:
         import app.engine
 
         assert ready == {"status": "ready", "vms": 2, "max_vms": 2,
-                         "engine": app.engine.ENGINE_BUILD}
+                         "engine": app.engine.ENGINE_BUILD, "version": app.__version__}
 
 
 async def test_vcpu_limit() -> None:
