@@ -5,31 +5,43 @@
 #            with mypyc (the wheel carries the .so files and app/engine/_native.stamp), and the
 #            build fails if the installed engine is not the compiled one;
 #   runtime  copies only /opt/venv onto the same base (no compiler, no headers) and runs
-#            `irqlab serve` as a non-root user. GET /readyz reports "engine": "compiled (mypyc)".
+#            `irqlab serve` as a non-root user. GET /readyz reports "engine": "compiled (mypyc)"
+#            and the version.
 #
 # BASE: the Debian bookworm + python3 (3.11) image both stages start from. No container registry
 #   is reachable from our machines, so the default is the local image that
 #   scripts/build-base-image.sh makes with debootstrap and `podman import`
 #   (localhost/irqlab-base:bookworm). Any other Debian-based image that has python3 >= 3.11,
-#   python3-venv and useradd works too: --build-arg BASE=<image>.
+#   python3-venv, python3-pip and useradd works too: --build-arg BASE=<image>.
 #
-# Build (what scripts/container-smoke.sh does; it works out the pip settings for you):
-#   podman build --format docker --pull=never --network host \
-#       --runtime runc --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
-#       [--build-arg PIP_INDEX_URL=...] [--build-arg PIP_EXTRA_INDEX_URL=...] \
-#       [--secret id=pip_cert,src=<CA bundle the host's pip uses>] -t irqlab:dev .
-#   --format docker keeps the HEALTHCHECK (the OCI image format has no field for it).
-#   --network host lets pip reach the package index the way the host does; the pip_cert
-#   secret is mounted only while pip runs and never lands in a layer.
+# Build: scripts/container-smoke.sh (or scripts/rig.sh) builds, labels and checks the image; it
+#   passes the host's pip settings and the label values. By hand, as root, from the checkout:
+#     podman build --format docker --pull=never --network host \
+#         --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 -t localhost/irqlab:dev .
+#     podman image prune -f --filter label=io.irqlab.stage=builder
+#   --format docker keeps the HEALTHCHECK (the OCI image format has no field for it);
+#   --network host lets pip reach the package index the way the host does; the ulimits are
+#   needed where podman's defaults (nofile 1048576, nproc 4194304) exceed the machine's hard
+#   limits ("error setting rlimit type 7"); the prune drops the builder stage's image (about
+#   600 MB, untagged) and nothing else. Optional: --build-arg PIP_INDEX_URL=... /
+#   PIP_EXTRA_INDEX_URL=..., --secret id=pip_cert,src=<CA bundle> (mounted only while pip runs),
+#   and the label values --build-arg VERSION=... REVISION=... SOURCE=....
 #
-# Run (the container shares the host network, so keep the default 127.0.0.1):
-#   podman run -d --network host -e IRQLAB_PORT=18080 irqlab:dev
-# Extra arguments are passed on to `irqlab serve`.
+# Run (the container shares the host network, so the service keeps the default 127.0.0.1):
+#     podman run -d --name irqlab --network host --read-only \
+#         --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
+#         -e IRQLAB_PORT=18080 localhost/irqlab:dev
+#   Settings are IRQLAB_* environment variables (README, Settings); arguments after the image
+#   name go to `irqlab serve` (e.g. --log-level debug). The image's /var/lib/irqlab (owned by
+#   the service user) is where a state volume goes.
 
 ARG BASE=localhost/irqlab-base:bookworm
 
 # --------------------------------------------------------------------------------------------
 FROM ${BASE} AS builder
+
+# Marks this stage's (untagged) image so the build scripts can prune it and nothing else.
+LABEL io.irqlab.stage=builder
 
 # Pip settings from the host, passed by scripts/container-smoke.sh; empty means pip's default
 # (pip ignores empty PIP_* variables). They exist only in this stage, never in the final image.
@@ -79,16 +91,35 @@ RUN --mount=type=secret,id=pip_cert,required=false \
 # --------------------------------------------------------------------------------------------
 FROM ${BASE} AS runtime
 
+# OCI annotations as labels. VERSION is pyproject.toml's version (the build scripts read it;
+# the installed package reports the same through `irqlab --version` and GET /readyz), REVISION
+# the git commit and SOURCE where the code lives; all three are empty when not passed.
+ARG VERSION=""
+ARG REVISION=""
+ARG SOURCE=""
 LABEL org.opencontainers.image.title="irqlab" \
       org.opencontainers.image.description="Deterministic, inspectable KVM x86 irqchips (IOAPIC + local APICs) behind a REST API" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}"
 
+# The service user, and its state directory (root of the state volume; a fresh named volume
+# mounted here takes this owner and mode).
 RUN groupadd --gid 10001 irqlab \
     && useradd --uid 10001 --gid irqlab --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin irqlab
+       --shell /usr/sbin/nologin irqlab \
+    && install -d -o irqlab -g irqlab -m 0700 /var/lib/irqlab
 
 # Root-owned and read-only for the service user.
 COPY --from=builder /opt/venv /opt/venv
+
+# What exactly is installed: the pinned list of the runtime venv's distributions (pip freeze,
+# by the base's own pip since the venv has none), kept in the image for audits and rebuilds.
+RUN mkdir -p /usr/share/doc/irqlab \
+    && python3 -m pip freeze --path /opt/venv/lib/python3.11/site-packages \
+       >/usr/share/doc/irqlab/requirements.lock \
+    && grep -q '^fastapi==' /usr/share/doc/irqlab/requirements.lock
 
 # IRQLAB_HOST / IRQLAB_PORT choose the listening address. 127.0.0.1 by default because our
 # containers run with --network host; use 0.0.0.0 with a published port on a bridge network.
@@ -107,8 +138,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request as u; h = os.environ.get('IRQLAB_HOST') or '127.0.0.1'; h = {'0.0.0.0': '127.0.0.1', '::': '::1'}.get(h, h); h = '[' + h + ']' if ':' in h else h; r = u.build_opener(u.ProxyHandler({})).open('http://' + h + ':' + (os.environ.get('IRQLAB_PORT') or '8000') + '/healthz', timeout=4); raise SystemExit(0 if r.status == 200 else 1)"]
 
-# Exec form without a shell: Python reads IRQLAB_HOST/IRQLAB_PORT and exec()s
-# `irqlab serve --host H --port P [extra args]`, so irqlab is PID 1 and gets SIGTERM directly.
-# Once the service reads IRQLAB_HOST/IRQLAB_PORT itself this can become ["irqlab", "serve"].
-ENTRYPOINT ["python3", "-c", "import os, sys; os.execvp('irqlab', ['irqlab', 'serve', '--host', os.environ.get('IRQLAB_HOST') or '127.0.0.1', '--port', os.environ.get('IRQLAB_PORT') or '8000', *sys.argv[1:]])"]
+# Exec form, no shell, no wrapper: `irqlab serve` reads IRQLAB_HOST / IRQLAB_PORT (and every
+# other IRQLAB_* setting) itself, is PID 1 and gets SIGTERM directly.
+ENTRYPOINT ["irqlab", "serve"]
 CMD []

@@ -170,6 +170,27 @@ def run_jobs(jobs: list[Job], server: str | None, workers: int) -> Iterator[RunR
                 f.cancel()
 
 
+def wait_ready(server: str, seconds: float) -> None:
+    """Poll GET /readyz until the server says ready (a service starting next to the runner, as
+    in the container rig); CliError when it has not within `seconds`."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    last = "no answer"
+    url = server.rstrip("/") + "/readyz"
+    while True:
+        try:
+            r = httpx.get(url, timeout=2.0)
+            if r.status_code == 200 and r.json().get("status") == "ready":
+                return
+            last = f"{r.status_code} {r.text[:200]}"
+        except (httpx.HTTPError, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            raise CliError(f"--wait: {url} was not ready within {seconds:g} s ({last})")
+        time.sleep(0.5)
+
+
 def _line(rec: RunRecord) -> str:
     if rec.error is not None:
         return f"ERROR {rec.label} [{cell_text(rec.cell)}]: {rec.error}"
@@ -204,6 +225,12 @@ def command(args: argparse.Namespace) -> int:
         _error(p)
     jobs = make_jobs(docs, profiles, irqchips)
     server = None if getattr(args, "local", False) else getattr(args, "server", DEFAULT_SERVER)
+    if server is not None and args.wait > 0:
+        try:
+            wait_ready(server, args.wait)
+        except CliError as exc:
+            _error(str(exc))
+            return EXIT_ERROR
     if server is not None:
         try:  # a bad URL or a server that is down: say so once, before forking workers
             probe = Remote(server)
@@ -303,4 +330,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser,
                        help="irqchip modes to run every document with (default: as written)")
     suite.add_argument("--workers", type=int, default=0, metavar="N",
                        help="worker processes (default: the CPUs this process may use)")
+    suite.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                       help="first wait up to SECONDS for the server's GET /readyz (a service "
+                            "starting next to the runner)")
 

@@ -1,23 +1,20 @@
 #!/usr/bin/env bash
 # End-to-end smoke test of the irqlab container image, with Podman (no Docker engine here).
 #
-#   1. builds the local base image if missing      (scripts/build-base-image.sh)
-#   2. builds the image from ./Dockerfile           (--format docker keeps HEALTHCHECK)
-#   3. runs it detached, --network host, bound to 127.0.0.1:$PORT
+#   1. builds the local base image if missing      (scripts/build-base-image.sh, by
+#   2. builds the image from ./Dockerfile            scripts/build-image.sh: labels, no
+#                                                    dangling builder image)
+#   3. runs it detached, --network host, --read-only root filesystem, bound to 127.0.0.1:$PORT
 #   4. polls http://127.0.0.1:$PORT/healthz until it answers (bounded)
 #   5. checks GET /readyz reports "engine": "compiled (mypyc)" (the image runs the engine
 #      mypyc compiled in the builder stage, not the pure-Python fallback), that the service
-#      logged the same at start, and that the runtime image has no C compiler
+#      logged the same at start, and that the runtime image has no C compiler; that /readyz,
+#      `irqlab --version` and the org.opencontainers.image.version label agree with
+#      pyproject.toml, and the pinned dependency list is in the image
 #   6. runs the image's HEALTHCHECK and checks it passes
 #   7. checks the service process (PID 1) is not root
 #   8. stops (SIGTERM) and removes the container
 # Exits non-zero with a clear message on the first failure. Only 127.0.0.1 is ever contacted.
-#
-# pip inside the build reaches the package index the way the host's pip does: index URLs,
-# trusted hosts and the CA bundle are read at run time from the host's pip configuration
-# (PIP_* env vars, then `pip config list`) and passed as build args / a build secret, and the
-# build runs with --network host. Local file:// indexes of the host are not visible in the
-# build and are skipped. Nothing host-specific is written into any file.
 #
 # Env:  IRQLAB_IMAGE        image tag to build          (default localhost/irqlab:dev)
 #       IRQLAB_SMOKE_PORT   port to bind on 127.0.0.1   (default 18080, else a free one)
@@ -46,83 +43,12 @@ fail() { printf '[container-smoke] FAIL: %s\n' "$*" >&2; exit 1; }
 command -v podman >/dev/null || fail "podman not found: apt-get install -y podman debootstrap runc"
 command -v python3 >/dev/null || fail "python3 not found on the host"
 
-# ---- 1. base image -------------------------------------------------------------------------
-base="$(sed -n 's/^ARG BASE=//p' "$root/Dockerfile" | head -n 1)"
-base="${IRQLAB_BASE_IMAGE:-$base}"
-if ! podman image exists "$base"; then
-    log "base image $base missing: building it (debootstrap, takes a minute or two)"
-    IRQLAB_BASE_IMAGE="$base" "$here/build-base-image.sh" || fail "could not build base image $base"
-fi
-
-# ---- 2. image ------------------------------------------------------------------------------
-# The host pip's settings, as KEY=VALUE lines (empty values omitted).
-host_pip_settings() {
-    local pip_list=""
-    if python3 -m pip --version >/dev/null 2>&1; then
-        pip_list="$(python3 -m pip config list 2>/dev/null || true)"
-    elif command -v pip3 >/dev/null; then
-        pip_list="$(pip3 config list 2>/dev/null || true)"
-    fi
-    PIP_LIST="$pip_list" python3 - <<'PY'
-import os, re
-
-# `pip config list` prints  section.key='value'  for every file, and :env:.key for PIP_* vars.
-cfg = {}
-for line in os.environ.get("PIP_LIST", "").splitlines():
-    m = re.match(r"^([^.=]*)\.([A-Za-z0-9_-]+)='(.*)'$", line.strip())
-    if m:
-        cfg.setdefault(m.group(2), {})[m.group(1)] = m.group(3)
-
-def get(key):
-    env = os.environ.get("PIP_" + key.upper().replace("-", "_"))
-    if env:
-        return env
-    per = cfg.get(key, {})
-    for section in (":env:", "install", "download", "global"):
-        if per.get(section):
-            return per[section]
-    return ""
-
-def remote(urls):  # the build cannot see the host's file:// indexes
-    return " ".join(u for u in urls.split() if re.match(r"^https?://", u))
-
-out = {
-    "PIP_INDEX_URL": remote(get("index-url")),
-    "PIP_EXTRA_INDEX_URL": remote(get("extra-index-url")),
-    "PIP_TRUSTED_HOST": get("trusted-host"),
-    "PIP_DEFAULT_TIMEOUT": get("default-timeout") or get("timeout"),
-}
-cert = (get("cert") or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
-        or "/etc/ssl/certs/ca-certificates.crt")
-out["CERT_FILE"] = cert if os.path.isfile(cert) else ""
-for k, v in out.items():
-    if v:
-        print(f"{k}={v}")
-PY
-}
-
+# ---- 1-2. base image and image -------------------------------------------------------------
 if [[ "${IRQLAB_SKIP_BUILD:-0}" == 1 ]] && podman image exists "$image"; then
     log "IRQLAB_SKIP_BUILD=1: reusing $image"
 else
-    build_opts=()
-    while IFS='=' read -r key value; do
-        case "$key" in
-            CERT_FILE) build_opts+=(--secret "id=pip_cert,src=$value"); log "pip CA bundle: $value" ;;
-            PIP_*) build_opts+=(--build-arg "$key=$value"); log "pip setting passed: $key" ;;
-        esac
-    done < <(host_pip_settings)
-
-    log "building $image"
-    start=$SECONDS
-    podman build --format docker --pull=never --layers \
-        --runtime runc --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 --network host \
-        "${build_opts[@]}" -t "$image" -f "$root/Dockerfile" "$root" \
-        || fail "podman build failed"
-    log "built $image in $((SECONDS - start)) s"
+    IRQLAB_IMAGE="$image" "$here/build-image.sh" || fail "could not build $image"
 fi
-
-podman image inspect --format '{{json .HealthCheck}}' "$image" | grep -q healthz \
-    || fail "image $image has no HEALTHCHECK (built without --format docker?)"
 
 # ---- 3. run --------------------------------------------------------------------------------
 port_free() {
@@ -152,7 +78,7 @@ trap cleanup EXIT
 
 log "starting $name on 127.0.0.1:$port"
 pm run --detach --name "$name" "${podman_run_opts[@]}" \
-    -e IRQLAB_HOST=127.0.0.1 -e IRQLAB_PORT="$port" "$image" >/dev/null \
+    --read-only -e IRQLAB_HOST=127.0.0.1 -e IRQLAB_PORT="$port" "$image" >/dev/null \
     || fail "podman run failed"
 
 # ---- 4. /healthz ---------------------------------------------------------------------------
@@ -194,6 +120,17 @@ grep -qF "irqlab: engine $want_engine" <<<"$start_log" \
 cc_found="$(pm exec "$name" sh -c 'for c in gcc cc x86_64-linux-gnu-gcc; do command -v "$c"; done; true')"
 [[ -z "$cc_found" ]] || fail "the runtime image contains a C compiler: $cc_found"
 log "engine: $engine (also in the start log); no C compiler in the runtime image"
+
+want_version="$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$root/pyproject.toml")"
+ready_version="$(python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get("version", "<missing>"))' "$ready")"
+cli_version="$(pm exec "$name" irqlab --version)"
+label_version="$(podman image inspect --format '{{index .Labels "org.opencontainers.image.version"}}' "$image")"
+[[ "$ready_version" == "$want_version" && "$cli_version" == "irqlab $want_version" \
+    && "$label_version" == "$want_version" ]] \
+    || fail "versions disagree: pyproject $want_version, /readyz $ready_version, '$cli_version', label '$label_version'"
+pm exec "$name" grep -q '^fastapi==' /usr/share/doc/irqlab/requirements.lock \
+    || fail "no pinned dependency list at /usr/share/doc/irqlab/requirements.lock"
+log "version $want_version everywhere (/readyz, irqlab --version, image label); requirements.lock present"
 
 # ---- 6. HEALTHCHECK ------------------------------------------------------------------------
 hc="$(pm healthcheck run "$name" 2>&1)" || fail "HEALTHCHECK failed: ${hc:-unhealthy}"
