@@ -139,7 +139,7 @@ svc="$pod-service"
 uids="$(pm exec "$svc" sh -c 'sed -n "s/^Uid:[[:space:]]*//p" /proc/1/status')"
 read -r ruid euid _ <<<"$uids"
 [[ "$ruid" == 10001 && "$euid" == 10001 ]] || fail "the service runs as uid $uids, want 10001"
-root_opts="$(pm exec "$svc" sh -c 'while read -r _ m _ o _; do [ "$m" = / ] && echo "$o"; done </proc/mounts')"
+root_opts="$(pm exec "$svc" sh -c 'while read -r _ m _ o _; do [ "$m" = / ] && echo "$o"; done </proc/mounts; true')"
 [[ "$root_opts" == ro,* || "$root_opts" == ro ]] || fail "the service's / is mounted '$root_opts', want ro"
 pm exec "$svc" sh -c 'touch /var/lib/irqlab/.probe && rm /var/lib/irqlab/.probe' \
     || fail "the service cannot write to its state directory /var/lib/irqlab"

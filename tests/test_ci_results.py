@@ -222,6 +222,14 @@ def test_suite_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
     assert "cannot reach the irqlab server" in capsys.readouterr().err
 
 
+def test_suite_wait_for_a_server_that_never_comes(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.uvicorn_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    assert cli.main(["suite", SEED, "--server", url, "--wait", "1"]) == 2
+    assert f"--wait: {url}/readyz was not ready within 1 s" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     with irqlab_server() as base:
@@ -247,7 +255,8 @@ def test_suite_against_a_server_equals_local(server: str, docs: Path, tmp_path: 
 def test_suite_real_process(server: str, docs: Path, tmp_path: Path, schema: object) -> None:
     junit = tmp_path / "p.xml"
     p = subprocess.run([sys.executable, "-m", "app.cli", "suite", str(docs), "--server",
-                        server, "--junit", str(junit)], cwd=ROOT, capture_output=True,
+                        server, "--wait", "30", "--junit", str(junit)], cwd=ROOT,
+                       capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert validate(schema, junit).get("failures") == "0"
