@@ -114,12 +114,17 @@ RUN groupadd --gid 10001 irqlab \
 # Root-owned and read-only for the service user.
 COPY --from=builder /opt/venv /opt/venv
 
-# What exactly is installed: the pinned list of the runtime venv's distributions (pip freeze,
-# by the base's own pip since the venv has none), kept in the image for audits and rebuilds.
-RUN mkdir -p /usr/share/doc/irqlab \
+# What exactly is installed, kept in the image for audits and rebuilds: the pinned list of the
+# runtime venv's distributions (pip freeze, by the base's own pip since the venv has none) and
+# a CycloneDX SBOM of those and the Debian packages (scripts/sbom.py, standard library only,
+# bind-mounted for this step alone).
+RUN --mount=type=bind,source=scripts/sbom.py,target=/tmp/sbom.py \
+    mkdir -p /usr/share/doc/irqlab \
     && python3 -m pip freeze --path /opt/venv/lib/python3.11/site-packages \
        >/usr/share/doc/irqlab/requirements.lock \
-    && grep -q '^fastapi==' /usr/share/doc/irqlab/requirements.lock
+    && grep -q '^fastapi==' /usr/share/doc/irqlab/requirements.lock \
+    && python3 /tmp/sbom.py /opt/venv/lib/python3.11/site-packages \
+       >/usr/share/doc/irqlab/sbom.cdx.json
 
 # IRQLAB_HOST / IRQLAB_PORT choose the listening address. 127.0.0.1 by default because our
 # containers run with --network host; use 0.0.0.0 with a published port on a bridge network.

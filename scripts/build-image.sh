@@ -4,9 +4,10 @@
 #   1. builds the local base image if missing (scripts/build-base-image.sh)
 #   2. podman build with the host's pip settings, the label values (VERSION from pyproject.toml,
 #      REVISION from git, SOURCE from git's origin URL if any) and the project's ulimits
-#   3. removes the builder stage's untagged image (label io.irqlab.stage=builder, ~600 MB), so
-#      no dangling image is left; IRQLAB_KEEP_BUILDER=1 keeps it, tagged
-#      localhost/irqlab-builder:cache, for fast rebuilds while developing
+#   3. removes the builder stage's untagged image (label io.irqlab.stage=builder, ~600 MB) and
+#      the image the tag pointed to before, so no dangling image is left; IRQLAB_KEEP_BUILDER=1
+#      keeps the builder, tagged localhost/irqlab-builder:cache, for fast rebuilds while
+#      developing
 #
 # pip inside the build reaches the package index the way the host's pip does: index URLs,
 # trusted hosts and the CA bundle are read at run time from the host's pip configuration
@@ -110,6 +111,7 @@ source_url="$(git -C "$root" remote get-url origin 2>/dev/null || true)"
 build_opts+=(--build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "SOURCE=$source_url")
 log "labels: version=$version revision=${revision:-<none>} source=${source_url:-<none>}"
 
+previous="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
 log "building $image"
 start=$SECONDS
 podman build --format docker --pull=never --layers \
@@ -128,6 +130,10 @@ else
     left="$(podman images --quiet --filter dangling=true --filter label=io.irqlab.stage=builder)"
     [[ -z "$left" ]] || fail "builder images left behind: $left"
     log "removed the builder stage's image (IRQLAB_KEEP_BUILDER=1 keeps it)"
+fi
+# The image the tag pointed to before is now untagged: remove it unless a container uses it.
+if [[ -n "$previous" && "$previous" != "$(podman image inspect --format '{{.Id}}' "$image")" ]]; then
+    podman rmi "$previous" >/dev/null 2>&1 && log "removed the previous $image (${previous:0:12})" || true
 fi
 size="$(podman image inspect --format '{{.Size}}' "$image")"
 log "$image: $((size / 1000 / 1000)) MB"

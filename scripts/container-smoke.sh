@@ -130,7 +130,9 @@ label_version="$(podman image inspect --format '{{index .Labels "org.opencontain
     || fail "versions disagree: pyproject $want_version, /readyz $ready_version, '$cli_version', label '$label_version'"
 pm exec "$name" grep -q '^fastapi==' /usr/share/doc/irqlab/requirements.lock \
     || fail "no pinned dependency list at /usr/share/doc/irqlab/requirements.lock"
-log "version $want_version everywhere (/readyz, irqlab --version, image label); requirements.lock present"
+pm exec "$name" python3 -c 'import json, sys; b = json.load(open("/usr/share/doc/irqlab/sbom.cdx.json")); p = {c["purl"].split("@")[0] for c in b["components"]}; sys.exit(not (b["bomFormat"] == "CycloneDX" and {"pkg:pypi/fastapi", "pkg:pypi/irqlab", "pkg:deb/debian/python3.11"} <= p))' \
+    || fail "no usable CycloneDX SBOM at /usr/share/doc/irqlab/sbom.cdx.json"
+log "version $want_version everywhere (/readyz, irqlab --version, image label); requirements.lock and SBOM present"
 
 # ---- 6. HEALTHCHECK ------------------------------------------------------------------------
 hc="$(pm healthcheck run "$name" 2>&1)" || fail "HEALTHCHECK failed: ${hc:-unhealthy}"
