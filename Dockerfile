@@ -14,18 +14,22 @@
 #   (localhost/irqlab-base:bookworm). Any other Debian-based image that has python3 >= 3.11,
 #   python3-venv, python3-pip and useradd works too: --build-arg BASE=<image>.
 #
-# Build: scripts/container-smoke.sh (or scripts/rig.sh) builds, labels and checks the image; it
-#   passes the host's pip settings and the label values. By hand, as root, from the checkout:
-#     podman build --format docker --pull=never --network host \
-#         --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 -t localhost/irqlab:dev .
+# Build, as root, from the checkout:  scripts/build-image.sh  (scripts/container-smoke.sh and
+#   scripts/rig.sh call it). It runs, with the bracketed parts filled in from the host's pip
+#   configuration and git:
+#     podman build --format docker --pull=never --layers --network host \
+#         --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
+#         [--build-arg PIP_INDEX_URL=...] [--build-arg PIP_EXTRA_INDEX_URL=...] \
+#         [--secret id=pip_cert,src=<CA bundle the host's pip uses>] \
+#         --build-arg VERSION=<pyproject version> --build-arg REVISION=<git commit> \
+#         [--build-arg SOURCE=<git origin URL>] -t localhost/irqlab:dev .
 #     podman image prune -f --filter label=io.irqlab.stage=builder
 #   --format docker keeps the HEALTHCHECK (the OCI image format has no field for it);
-#   --network host lets pip reach the package index the way the host does; the ulimits are
-#   needed where podman's defaults (nofile 1048576, nproc 4194304) exceed the machine's hard
-#   limits ("error setting rlimit type 7"); the prune drops the builder stage's image (about
-#   600 MB, untagged) and nothing else. Optional: --build-arg PIP_INDEX_URL=... /
-#   PIP_EXTRA_INDEX_URL=..., --secret id=pip_cert,src=<CA bundle> (mounted only while pip runs),
-#   and the label values --build-arg VERSION=... REVISION=... SOURCE=....
+#   --network host lets pip reach the package index the way the host does, and the pip_cert
+#   secret is mounted only while pip runs (never in a layer); the ulimits are needed where
+#   podman's defaults (nofile 1048576, nproc 4194304) exceed the machine's hard limits
+#   ("error setting rlimit type 7"); the prune drops the builder stage's untagged image (about
+#   600 MB) and nothing else.
 #
 # Run (the container shares the host network, so the service keeps the default 127.0.0.1):
 #     podman run -d --name irqlab --network host --read-only \
@@ -43,7 +47,7 @@ FROM ${BASE} AS builder
 # Marks this stage's (untagged) image so the build scripts can prune it and nothing else.
 LABEL io.irqlab.stage=builder
 
-# Pip settings from the host, passed by scripts/container-smoke.sh; empty means pip's default
+# Pip settings from the host, passed by scripts/build-image.sh; empty means pip's default
 # (pip ignores empty PIP_* variables). They exist only in this stage, never in the final image.
 ARG PIP_INDEX_URL=""
 ARG PIP_EXTRA_INDEX_URL=""
