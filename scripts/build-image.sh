@@ -133,7 +133,9 @@ else
 fi
 # The image the tag pointed to before is now untagged: remove it unless a container uses it.
 if [[ -n "$previous" && "$previous" != "$(podman image inspect --format '{{.Id}}' "$image")" ]]; then
-    podman rmi "$previous" >/dev/null 2>&1 && log "removed the previous $image (${previous:0:12})" || true
+    if podman rmi "$previous" >/dev/null 2>&1; then
+        log "removed the previous $image (${previous:0:12})"
+    fi
 fi
 size="$(podman image inspect --format '{{.Size}}' "$image")"
 log "$image: $((size / 1000 / 1000)) MB"

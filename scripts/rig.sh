@@ -74,6 +74,7 @@ work="$(mktemp -d /tmp/irqlab-rig.XXXXXX)"
 manifest="$work/pod.yaml"
 owner="$(stat -c %u:%g "$(dirname "$results")")"
 
+# shellcheck disable=SC2317  # called by the EXIT trap
 teardown() {
     local rc=$?
     if pm pod exists "$pod" 2>/dev/null; then
@@ -139,6 +140,7 @@ svc="$pod-service"
 uids="$(pm exec "$svc" sh -c 'sed -n "s/^Uid:[[:space:]]*//p" /proc/1/status')"
 read -r ruid euid _ <<<"$uids"
 [[ "$ruid" == 10001 && "$euid" == 10001 ]] || fail "the service runs as uid $uids, want 10001"
+# shellcheck disable=SC2016  # $m and $o belong to the container's shell
 root_opts="$(pm exec "$svc" sh -c 'while read -r _ m _ o _; do [ "$m" = / ] && echo "$o"; done </proc/mounts; true')"
 [[ "$root_opts" == ro,* || "$root_opts" == ro ]] || fail "the service's / is mounted '$root_opts', want ro"
 pm exec "$svc" sh -c 'touch /var/lib/irqlab/.probe && rm /var/lib/irqlab/.probe' \

