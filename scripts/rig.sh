@@ -78,7 +78,7 @@ owner="$(stat -c %u:%g "$(dirname "$results")")"
 teardown() {
     local rc=$?
     if pm pod exists "$pod" 2>/dev/null; then
-        if [[ $rc -ne 0 ]] && pm container exists "$pod-service" 2>/dev/null; then
+        if [[ $rc -ge 2 ]] && pm container exists "$pod-service" 2>/dev/null; then
             log "service logs:"
             podman logs --tail 30 "$pod-service" >&2 || true
         fi
