@@ -62,6 +62,17 @@ def test_dockerfile_has_no_entrypoint_shim() -> None:
     assert json.loads(entry) == ["irqlab", "serve"]
 
 
+def test_dockerfile_header_run_command_is_readmes() -> None:
+    """The run command in the Dockerfile's header is the one README shows (and the podman
+    tests run as written)."""
+    text = (ROOT / "Dockerfile").read_text()
+    header = re.search(r"^#\s+(podman run .*?)\n#\s+Settings", text, re.MULTILINE | re.DOTALL)
+    assert header is not None
+    command = " ".join(header.group(1).replace("\\\n#", " ").split())
+    readme = [" ".join(c.split()) for c in _readme_block("#### Run the image")]
+    assert command in readme
+
+
 def test_base_image_archive_lookup() -> None:
     """build-base-image.sh asks apt (apt-get indextargets) for the archive of a suite."""
     if shutil.which("apt-get") is None:
