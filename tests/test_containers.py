@@ -5,7 +5,7 @@ lookup of scripts/build-base-image.sh. Where podman works here (root, rootful po
 installs it from .ci/apt-packages.txt): build the image once, run scripts/container-smoke.sh
 on it, the README's container commands exactly as written, and scripts/rig.sh twice (a suite
 that passes: exit 0, a suite with a failing expectation: exit 1), checking the JUnit file
-against tests/data/junit-10.xsd and the report. Measured on 2 shared cores: about 3.7 minutes
+against tests/data/junit-10.xsd and the report. Measured on 2 shared cores: 3.7-5.8 minutes
 when the image is built (1-3 more for the base image on a fresh machine), 46 s when reused;
 IRQLAB_CONTAINER_TESTS=0 skips the podman part.
 """
