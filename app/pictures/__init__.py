@@ -3,14 +3,27 @@ HTML report of a scenario run. No web imports: the API, the CLI and the explorer
 
 from __future__ import annotations
 
+from .html_report import render_html
+from .perfetto import dumps as perfetto_json
+from .perfetto import trace_events
 from .recording import Recording, from_events, from_variant, from_vm
 from .svg import render_svg
 from .timeline import Timeline, build
+from .vcd_trace import write_vcd
 
 
 def timeline_svg(rec: Recording) -> str:
     return render_svg(build(rec))
 
 
+def perfetto(recs: list[Recording]) -> str:
+    return perfetto_json([build(r) for r in recs])
+
+
+def vcd(recs: list[Recording]) -> str:
+    return write_vcd([build(r) for r in recs])
+
+
 __all__ = ["Recording", "Timeline", "build", "from_events", "from_variant", "from_vm",
-           "render_svg", "timeline_svg"]
+           "perfetto", "perfetto_json", "render_html", "render_svg", "timeline_svg",
+           "trace_events", "vcd", "write_vcd"]
