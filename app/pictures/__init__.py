@@ -7,13 +7,20 @@ from .html_report import render_html
 from .perfetto import dumps as perfetto_json
 from .perfetto import trace_events
 from .recording import Recording, from_events, from_variant, from_vm
-from .svg import render_svg
+from .svg import render_svg, render_svgs
 from .timeline import Timeline, build
 from .vcd_trace import write_vcd
 
 
 def timeline_svg(rec: Recording) -> str:
     return render_svg(build(rec))
+
+
+def timelines_svg(recs: list[Recording]) -> str:
+    """One recording's timeline, or several stacked."""
+    if len(recs) == 1:
+        return timeline_svg(recs[0])
+    return render_svgs([build(r) for r in recs])
 
 
 def perfetto(recs: list[Recording]) -> str:
@@ -25,5 +32,6 @@ def vcd(recs: list[Recording]) -> str:
 
 
 __all__ = ["Recording", "Timeline", "build", "from_events", "from_variant", "from_vm",
-           "perfetto", "perfetto_json", "render_html", "render_svg", "timeline_svg",
+           "perfetto", "perfetto_json", "render_html", "render_svg", "render_svgs",
+           "timeline_svg", "timelines_svg",
            "trace_events", "vcd", "write_vcd"]

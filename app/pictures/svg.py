@@ -95,7 +95,12 @@ def _life_x(li: int) -> float:
     return _lane_x(li) + BAR_AREA + 6
 
 
-def render_svg(tl: Timeline) -> str:
+def render_svg(tl: Timeline, ids: str = "") -> str:
+    """One timeline; `ids` prefixes the element ids (unique when several share a page)."""
+    return _render(tl, ids)[0]
+
+
+def _render(tl: Timeline, ids: str) -> tuple[str, float, float]:
     slots, row_y, bottom = _layout(tl)
     n_lanes = len(tl.lanes)
     width = LEFT + n_lanes * LANE_W + 12
@@ -105,10 +110,10 @@ def render_svg(tl: Timeline) -> str:
     w(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
       f'viewBox="0 0 {width:.0f} {height:.0f}" style="{FONT}" font-size="10">')
     w(f"<title>{esc(tl.rec.title)}</title>")
-    w("<defs><marker id='ah' viewBox='0 0 10 10' refX='9' refY='5' markerWidth='7' "
+    w(f"<defs><marker id='{ids}ah' viewBox='0 0 10 10' refX='9' refY='5' markerWidth='7' "
       "markerHeight='7' orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' "
       "fill='#555'/></marker>"
-      "<marker id='ahr' viewBox='0 0 10 10' refX='9' refY='5' markerWidth='8' "
+      f"<marker id='{ids}ahr' viewBox='0 0 10 10' refX='9' refY='5' markerWidth='8' "
       "markerHeight='8' orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' "
       "fill='#d62728'/></marker></defs>")
     w("<style>.t{paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}"
@@ -139,13 +144,13 @@ def render_svg(tl: Timeline) -> str:
         elif slot.kind == "finding":
             _finding_band(w, texts.append, tl, slot, width)
     _spans(w, tl, row_y, body_top, bottom)
-    _arrows(w, tl, row_y)
+    _arrows(w, tl, row_y, ids)
     for i in range(len(tl.rows)):
         _event(w, tl, i, row_y[i])
     out.extend(texts)
     _end(w, tl, bottom, width)
     w("</svg>")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n", width, height
 
 
 def _title_and_legend(w: Out, tl: Timeline, width: float) -> None:
@@ -257,7 +262,7 @@ def _span_name(sp: Span) -> str:
     return f"{who}{SPAN_NAMES[sp.kind]} {sp.name}"
 
 
-def _arrows(w: Out, tl: Timeline, row_y: list[float]) -> None:
+def _arrows(w: Out, tl: Timeline, row_y: list[float], ids: str) -> None:
     w('<g class="arrows" fill="none">')
     for a in tl.arrows:
         src, dst = tl.rows[a.src], tl.rows[a.dst]
@@ -265,7 +270,7 @@ def _arrows(w: Out, tl: Timeline, row_y: list[float]) -> None:
         x1, y1 = _life_x(dst.lane), row_y[a.dst]
         lost = dst.lost and src.lost
         colour = "#d62728" if lost else "#555"
-        marker = "ahr" if lost else "ah"
+        marker = f"{ids}ahr" if lost else f"{ids}ah"
         if src.lane == dst.lane:
             if a.dst == a.src + 1 and not lost:
                 continue  # the next row on the same lifeline: the order says it
@@ -326,3 +331,18 @@ def _end(w: Out, tl: Timeline, bottom: float, width: float) -> None:
     colour = "#b71c1c" if stuck else "#555"
     w(f'<text x="10" y="{bottom + END_H - 6:.0f}" fill="{colour}" font-weight="bold">'
       f"{esc(clip(text, int(width / 6)))}</text>")
+
+
+def render_svgs(timelines: list[Timeline]) -> str:
+    """Several timelines (a run's variants) stacked in one SVG, 24 px apart."""
+    width = height = 0.0
+    placed: list[str] = []
+    for i, tl in enumerate(timelines):
+        part, w, h = _render(tl, f"t{i}-")
+        placed.append(part.replace("<svg ", f'<svg x="0" y="{height:.0f}" ', 1))
+        width = max(width, w)
+        height += h + 24
+    height = max(0.0, height - 24)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
+            f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}">\n'
+            + "".join(placed) + "</svg>\n")

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from app.api import examples as X
 from app.api import ops
+from app.api import pictures as PIC
 from app.api import scenario_diff as D
 from app.api import scenario_models as SM
 from app.api import scenarios as S
@@ -50,9 +51,12 @@ def _document_problems() -> dict[int | str, dict[str, Any]]:
     return out
 
 
-def _result_response(key: str, description: str) -> dict[int | str, dict[str, Any]]:
-    return {200: {"description": description,
-                  "content": {"application/json": {"example": X.RESPONSES[key]}}}}
+def _result_response(key: str, description: str,
+                     pictures: bool = False) -> dict[int | str, dict[str, Any]]:
+    content: dict[str, Any] = {"application/json": {"example": X.RESPONSES[key]}}
+    if pictures:  # ?format=svg|html|perfetto|vcd
+        content.update(PIC.picture_content("svg", "html", "vcd"))
+    return {200: {"description": description, "content": content}}
 
 
 _VMS = (
@@ -70,7 +74,10 @@ _RUN_DESC = _VMS + (
     "element (`steps[3].pin`). More than IRQLAB_MAX_SCENARIO_STEPS steps (top level, "
     "handlers, when blocks), a settle budget over IRQLAB_MAX_SETTLE_BUDGET or more vCPUs "
     "than IRQLAB_MAX_VCPUS is 422 naming the field, with `limit` and `max`. Deterministic: "
-    "the same document always gives the same result."
+    "the same document always gives the same result. `format` (or an Accept header naming "
+    "text/html, image/svg+xml or text/x-vcd) answers with a picture of the run instead: the "
+    "timelines as SVG, an HTML report, a Perfetto trace or a VCD; a variant that logged more "
+    "than IRQLAB_MAX_PICTURE_EVENTS events is 422 (field `format`)."
 )
 
 
@@ -79,7 +86,8 @@ _RUN_DESC = _VMS + (
     description="Run a scenario document (JSON, or YAML with Content-Type application/yaml "
                 "or text/yaml; its JSON Schema is openapi/scenario.schema.json)." + _RUN_DESC,
     responses={**_result_response("scenario_run", "The result (also when expectations "
-                                                  "fail)"),
+                                                  "fail), or its picture (`format`)",
+                                  pictures=True),
                **_document_problems()},
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": _DOC, "examples": X.SCENARIO_REQUESTS},
@@ -87,9 +95,12 @@ _RUN_DESC = _VMS + (
         "text/yaml": {"schema": _DOC, "example": X.SCENARIO_YAML},
     }}},
 )
-async def run_document(request: Request, settings: SettingsDep) -> Response:
+async def run_document(request: Request, settings: SettingsDep,
+                       fmt: PIC.FormatQuery = None,
+                       variant: PIC.VariantQuery = None) -> Response:
     doc = S.parse_document(await request.body(), request.headers.get("content-type"))
-    return await S.run(doc, settings)
+    fmt_ = PIC.negotiate(fmt, request.headers.get("accept"))
+    return await S.run(doc, settings, fmt_, variant)
 
 
 @router.post(
@@ -150,17 +161,21 @@ async def get_scenario(name: Annotated[str, Path(examples=["seed-race-split"])])
                 + _VMS,
     responses={**_result_response("scenario_library_run", "The result (example: "
                                   "seed-race-split with profile=linux-6.1, cut to one "
-                                  "variant)"),
+                                  "variant), or its picture (`format`)", pictures=True),
                **problem_responses(404, 422)},
 )
 async def run_library_scenario(
     name: Annotated[str, Path(examples=["seed-race-split"])],
+    request: Request,
     settings: SettingsDep,
     profile: Annotated[T.ProfileName | None, Query(
         description="Replace every variant's vm.profile (GET /v1/profiles).",
         examples=["linux-6.1"])] = None,
     irqchip: Annotated[Literal["kernel", "split"] | None, Query(
         description="Replace every variant's vm.irqchip.")] = None,
+    fmt: PIC.FormatQuery = None,
+    variant: PIC.VariantQuery = None,
 ) -> Response:
     doc = S.override_vm(S.document(name), profile, irqchip)
-    return await S.run(doc, settings)
+    fmt_ = PIC.negotiate(fmt, request.headers.get("accept"))
+    return await S.run(doc, settings, fmt_, variant)
