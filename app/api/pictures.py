@@ -108,12 +108,13 @@ def _pick_variants(result: dict[str, Any], variant: str | None) -> list[dict[str
                         "an index from 0)", "variant")
 
 
-def render_run(doc: Any, fmt: str, variant: str | None, settings: Settings) -> Response:
+def render_run(doc: Any, fmt: str, variant: str | None, settings: Settings,
+               observe: bool = False) -> Response:
     """Run the document observed and answer in `fmt` (in a worker thread: CPU-bound)."""
     from .scenarios import execute
 
     if fmt == "json":
-        result = execute(doc)
+        result = execute(doc, observe)
         result = {**result, "variants": _pick_variants(result, variant)}
         SM.ScenarioResult.model_validate(result)
         return ops.render(None, result)
@@ -146,6 +147,10 @@ FormatQuery = Annotated[RunFormat | None, Query(
                 "(Chrome trace-event JSON, a process per variant) or vcd (a scope per "
                 "variant). Without it, an Accept header naming text/html, image/svg+xml or "
                 "text/x-vcd picks that picture.")]
+ObserveQuery = Annotated[bool, Query(
+    description="json: add to every step its `last_seq` (the log's last seq after it) and "
+                "`state` (Remote IRR pins; each vCPU's IRR, ISR, handled vectors, pending "
+                "requests), what the pictures are drawn from.")]
 VariantQuery = Annotated[str | None, Query(
     description="Only this variant (its name, or its index from 0).",
     examples=["linux-6.1 (before fceb3a36c29a)"])]

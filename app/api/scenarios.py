@@ -265,15 +265,15 @@ def _run_and_render(doc: Any) -> Response:
 
 
 async def run(doc: Any, settings: Settings, fmt: str = "json",
-              variant: str | None = None) -> Response:
+              variant: str | None = None, observe: bool = False) -> Response:
     """Check the limits, then run in a worker thread (no VM lock: the run has its own VMs).
     A `fmt` other than json answers with a picture of the run (app.api.pictures)."""
     doc = check_limits(doc, settings)
-    if fmt == "json" and variant is None:
+    if fmt == "json" and variant is None and not observe:
         return await run_in_threadpool(_run_and_render, doc)
     from .pictures import render_run
 
-    return await run_in_threadpool(render_run, doc, fmt, variant, settings)
+    return await run_in_threadpool(render_run, doc, fmt, variant, settings, observe)
 
 
 # ---- the library

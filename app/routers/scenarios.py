@@ -96,11 +96,11 @@ _RUN_DESC = _VMS + (
     }}},
 )
 async def run_document(request: Request, settings: SettingsDep,
-                       fmt: PIC.FormatQuery = None,
-                       variant: PIC.VariantQuery = None) -> Response:
+                       fmt: PIC.FormatQuery = None, variant: PIC.VariantQuery = None,
+                       observe: PIC.ObserveQuery = False) -> Response:
     doc = S.parse_document(await request.body(), request.headers.get("content-type"))
     fmt_ = PIC.negotiate(fmt, request.headers.get("accept"))
-    return await S.run(doc, settings, fmt_, variant)
+    return await S.run(doc, settings, fmt_, variant, observe)
 
 
 @router.post(
@@ -175,7 +175,8 @@ async def run_library_scenario(
         description="Replace every variant's vm.irqchip.")] = None,
     fmt: PIC.FormatQuery = None,
     variant: PIC.VariantQuery = None,
+    observe: PIC.ObserveQuery = False,
 ) -> Response:
     doc = S.override_vm(S.document(name), profile, irqchip)
     fmt_ = PIC.negotiate(fmt, request.headers.get("accept"))
-    return await S.run(doc, settings, fmt_, variant)
+    return await S.run(doc, settings, fmt_, variant, observe)
