@@ -16,8 +16,9 @@ Spans come from the events that set and clear each signal:
 In a window that starts after the log's first event, a clear with no set in the window means
 the signal was set before the window: the span starts
 at the window's top. A span still open at the end is drawn to the bottom; when the recording
-has the end state, a span the state does not confirm is closed there, and one the state has
-but the events never opened is drawn from the top.
+has the end state, a span the state does not confirm is closed there, and (in a window that
+starts after the log's first event) one the state has but the events never opened is drawn
+from the top.
 """
 
 from __future__ import annotations
@@ -395,7 +396,9 @@ def _reconcile(tl: Timeline, rp: _Replay) -> None:
             span.end = last  # the state says it is clear: closed by an event not modelled here
             del rp.open[key]
     for key, (kind, actor, name) in want.items():
-        if key not in rp.open and key not in rp.touched:
+        # A whole log saw everything that was set (a request raised without an event, e.g.
+        # KVM_REQ_EVENT, is not drawn); a window may have missed the set.
+        if key not in rp.open and key not in rp.touched and not tl.rec.complete:
             span = Span(kind, rp.lane_of.get(actor, 0), actor, name, key, None, None)
             tl.spans.append(span)
             rp.open[key] = span
