@@ -159,11 +159,37 @@ LimitQuery = Annotated[int | None, Query(
     ge=1, description="Most events drawn (default and maximum IRQLAB_MAX_PICTURE_EVENTS).")]
 
 
+_EXAMPLES: dict[str, Any] = {
+    "svg": '<svg xmlns="http://www.w3.org/2000/svg" width="1236" height="1512" ...>'
+           "<title>seed-race-split — linux-6.1 (before fceb3a36c29a)</title>…</svg>",
+    "html": "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>irqlab "
+            "report: seed-race-split</title>…</html>",
+    "perfetto": {"traceEvents": [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "vm-1"}},
+        {"ph": "M", "pid": 1, "tid": 2, "name": "thread_name", "args": {"name": "ioapic"}},
+        {"ph": "M", "pid": 1, "tid": 1, "name": "thread_name", "args": {"name": "device"}},
+        {"ph": "X", "name": "line", "cat": "device", "pid": 1, "tid": 1, "ts": 25, "dur": 1,
+         "args": {"seq": 25, "pin": 5, "level": 1, "source": 0}},
+        {"ph": "X", "name": "deliver", "cat": "ioapic", "pid": 1, "tid": 2, "ts": 26,
+         "dur": 1, "args": {"seq": 26, "pin": 5, "vector": 64, "cause": 25}},
+        {"ph": "s", "name": "cause", "cat": "cause", "id": 4294967322, "pid": 1, "tid": 1,
+         "ts": 25},
+        {"ph": "f", "bp": "e", "name": "cause", "cat": "cause", "id": 4294967322, "pid": 1,
+         "tid": 2, "ts": 26}],
+        "displayTimeUnit": "ns", "otherData": {"generator": "irqlab",
+                                               "time": "1 µs = 1 event seq"}},
+    "vcd": "$timescale 1 us $end\n$scope module irqlab $end\n$scope module vm_1 $end\n"
+           "$scope module ioapic $end\n$var wire 1 ! pin5_line $end\n"
+           "$var wire 1 \" pin5_remote_irr $end\n$upscope $end\n…\n#25\n1!\n#26\n1\"\n",
+}
+
+
 def picture_content(*formats: str) -> dict[str, Any]:
-    """OpenAPI `content` entries of the picture media types."""
+    """OpenAPI `content` entries of the picture media types, with examples."""
     schemas = {"svg": {"type": "string", "description": "An SVG document."},
                "html": {"type": "string", "description": "A self-contained HTML page."},
                "perfetto": {"type": "object", "description": "Chrome trace-event JSON "
                             "({traceEvents: [...]}); open it in Perfetto's UI."},
                "vcd": {"type": "string", "description": "A Value Change Dump."}}
-    return {MEDIA[f].split(";")[0]: {"schema": schemas[f]} for f in formats}
+    return {MEDIA[f].split(";")[0]: {"schema": schemas[f], "example": _EXAMPLES[f]}
+            for f in formats}

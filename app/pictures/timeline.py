@@ -327,18 +327,11 @@ def build(rec: Recording) -> Timeline:
                 tl.rows[row_of[cause]].lost = True
         n = _vcpu_index(actor)
         v = f.get("vector")
-        if kind == "line" and isinstance(f.get("pin"), int):
-            pin = f["pin"]
-            if f.get("level"):
-                rp.set(("line", pin), "line", "device", f"pin {pin}", i)
-            else:
-                rp.clear(("line", pin), "line", "device", f"pin {pin}", i)
-        elif kind == "irq-line" and isinstance(f.get("gsi"), int) and f["gsi"] < 24:
-            pin = f["gsi"]
-            if f.get("level"):
-                rp.set(("line", pin), "line", "device", f"pin {pin}", i)
-            else:
-                rp.clear(("line", pin), "line", "device", f"pin {pin}", i)
+        line_pin = f.get("pin") if kind == "line" else f.get("gsi") if kind == "irq-line" \
+            else None
+        if isinstance(line_pin, int) and line_pin < 24:
+            change = rp.set if f.get("level") else rp.clear
+            change(("line", line_pin), "line", "device", f"pin {line_pin}", i)
         elif kind == "deliver" and f.get("remote_irr_set"):
             pin = f["pin"]
             rp.set(("remote-irr", pin), "remote-irr", "ioapic", f"pin {pin}", i)

@@ -41,7 +41,8 @@ async def timeline_svg(vm: VmPath, request: Request, after: PIC.AfterQuery = 0,
 
 @router.get(
     "/trace", summary="The event log as a Perfetto trace or a VCD",
-    description="`format=perfetto`: Chrome trace-event JSON for Perfetto's UI or "
+    description="The log of KVM and VMM work as a trace. `format=perfetto`: Chrome "
+                "trace-event JSON for Perfetto's UI or "
                 "chrome://tracing (a track per actor, an X slice per event, flow arrows for "
                 "causes, slices for Remote IRR / IRR / ISR / pending-request spans on their "
                 "own tracks, instants for findings, counters for IRR/ISR population); time is "
