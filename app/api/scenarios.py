@@ -206,7 +206,7 @@ def execute(doc: Any, observe: bool = False) -> dict[str, Any]:
     another way, the path the document models find. `observe`: per-step last_seq and state
     (run_variant)."""
     try:
-        return run_scenario(doc, observe)
+        return run_scenario(doc, observe=True) if observe else run_scenario(doc)
     except DocumentError:
         raise
     except EngineError as exc:

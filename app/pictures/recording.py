@@ -78,8 +78,10 @@ def from_vm(vm: Vm, title: str, after: int = 0, limit: int | None = None) -> Rec
     the log's end, the current state and the invariant findings are drawn too."""
     events = vm.log.since(after, limit)
     reaches_end = not events or events[-1]["seq"] == vm.log.next_seq - 1
+    # Complete: the window holds every event from the VM's creation (a VM without an event
+    # log has none, so its state is drawn as set before the window).
     rec = Recording(title, len(vm.vcpus), events,
-                    complete=after < vm.log.base and vm.log.base == 1)
+                    complete=vm.log.enabled and after < vm.log.base and vm.log.base == 1)
     if reaches_end:
         rec.end = end_state_of_vm(vm)
         last = rec.last_seq

@@ -321,3 +321,14 @@ def test_html_report_shows_failed_checks() -> None:
     html = render_html(run_scenario(doc, observe=True), doc)
     assert "✗ failed" in html
     assert "<code>remote_irr</code>: expected <code>[3]</code>, got <code>[]</code>" in html
+
+
+def test_a_vm_without_an_event_log_is_drawn_from_its_state() -> None:
+    vm = Vm(config_from_dict({"vcpus": 1, "irqchip": "kernel", "event_log": False}))
+    vm.write_rte(0, 3, 0x8041)
+    vm.set_line(3, level=1)
+    tl = build(from_vm(vm, "vm"))
+    assert tl.rows == []
+    spans = {(sp.kind, sp.name, sp.start, sp.end) for sp in tl.spans}
+    assert {("remote-irr", "pin 3", None, None), ("irr", "0x41", None, None)} <= spans
+    ET.fromstring(timeline_svg(from_vm(vm, "vm")))
