@@ -190,6 +190,7 @@ def render_html(result: dict[str, Any], doc: Any = None) -> str:
             out.append(f"<div>handler expect {esc(h.get('where'))} (step {esc(h.get('step'))})"
                        f": {_verdict(h.get('passed'))}{_checks(h)}</div>")
         out.append("<h3>Timeline</h3>")
-        out.append(f'<div class="tl">{render_svg(build(from_variant(v, name, doc)))}</div>')
+        svg = render_svg(build(from_variant(v, name, doc)), f"v{i}-")  # ids unique per page
+        out.append(f'<div class="tl">{svg}</div>')
     out.append("</body></html>")
     return "\n".join(out) + "\n"

@@ -24,6 +24,8 @@ STEP_H = 22
 FINDING_H = 20
 END_H = 30
 LEGEND_H = 22
+TITLES_H = 20
+REPEAT_TITLES_EVERY = 60  # rows
 Out = Callable[[str], None]
 FONT = "font-family:DejaVu Sans,Verdana,sans-serif"
 LABEL_CHARS = 26
@@ -44,7 +46,7 @@ LANE_FILL = {"device": "#f3faf1", "ioapic": "#fff6ec", "vmm": "#f4f4f4", "vcpu":
 
 @dataclass
 class _Slot:
-    kind: str  # row, step, finding
+    kind: str  # row, step, finding, titles
     y: float  # centre
     index: int  # row index / step position / mark index
 
@@ -64,6 +66,8 @@ def _layout(tl: Timeline) -> tuple[list[_Slot], list[float], float]:
         y += h
 
     def row(i: int) -> None:
+        if i and i % REPEAT_TITLES_EVERY == 0:
+            put("titles", TITLES_H, i)  # a long picture names its lanes again
         put("row", ROW_H, i)
         row_y[i] = slots[-1].y
         for m_i in marks_after.get(i, ()):
@@ -143,6 +147,11 @@ def _render(tl: Timeline, ids: str) -> tuple[str, float, float]:
             _step_band(w, texts.append, tl, slot, width)
         elif slot.kind == "finding":
             _finding_band(w, texts.append, tl, slot, width)
+        elif slot.kind == "titles":
+            for li, lane in enumerate(tl.lanes):
+                texts.append(f'<text class="t" x="{_lane_x(li) + LANE_W / 2:.0f}" '
+                             f'y="{slot.y + 4:.1f}" text-anchor="middle" fill="#888" '
+                             f'font-weight="bold">{esc(clip(lane.title, 30))}</text>')
     _spans(w, tl, row_y, body_top, bottom)
     _arrows(w, tl, row_y, ids)
     for i in range(len(tl.rows)):
@@ -158,9 +167,9 @@ def _title_and_legend(w: Out, tl: Timeline, width: float) -> None:
     rec = tl.rec
     window = (f"events #{rec.first_seq}–#{rec.last_seq}" if rec.events else "no events")
     put(f'<text class="h" x="10" y="18" font-size="14">{esc(rec.title)}</text>')
-    put(f'<text x="10" y="34" fill="#555">{esc(window)} · {len(rec.steps)} steps · '
-        f'{rec.vcpus} vCPUs · {len(rec.findings)} findings · time runs down, arrows are '
-        "causes</text>")
+    steps = f" · {len(rec.steps)} steps" if rec.steps else ""
+    put(f'<text x="10" y="34" fill="#555">{esc(window)}{steps} · {rec.vcpus} vCPUs · '
+        f"{len(rec.findings)} findings · time runs down, arrows are causes</text>")
     x = 10.0
     y = HEADER_H + 4
     for kind in ("line", "remote-irr", "irr", "isr", "request", "stuck"):
