@@ -6,7 +6,7 @@ from __future__ import annotations
 from .html_report import render_html
 from .perfetto import dumps as perfetto_json
 from .perfetto import trace_events
-from .recording import Recording, from_events, from_variant, from_vm
+from .recording import Recording, from_events, from_variant, from_vm, from_vm_steps
 from .svg import render_svg, render_svgs
 from .timeline import Timeline, build
 from .vcd_trace import write_vcd
@@ -32,6 +32,5 @@ def vcd(recs: list[Recording]) -> str:
 
 
 __all__ = ["Recording", "Timeline", "build", "from_events", "from_variant", "from_vm",
-           "perfetto", "perfetto_json", "render_html", "render_svg", "render_svgs",
-           "timeline_svg", "timelines_svg",
-           "trace_events", "vcd", "write_vcd"]
+           "from_vm_steps", "perfetto", "perfetto_json", "render_html", "render_svg",
+           "render_svgs", "timeline_svg", "timelines_svg", "trace_events", "vcd", "write_vcd"]

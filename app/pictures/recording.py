@@ -91,6 +91,18 @@ def from_vm(vm: Vm, title: str, after: int = 0, limit: int | None = None) -> Rec
     return rec
 
 
+def from_vm_steps(vm: Vm, title: str, steps: list[tuple[str, int]]) -> Recording:
+    """A VM's whole log with step bands: `steps` is (text, last seq after the step) per step,
+    e.g. the actions of an explorer's counterexample replayed on a fresh VM."""
+    rec = from_vm(vm, title)
+    prev = rec.first_seq - 1 if rec.events else 0
+    for i, (text, last) in enumerate(steps):
+        rec.steps.append(StepMark(index=i, op=None, label=None, first_seq=prev + 1,
+                                  last_seq=last, text=text))
+        prev = last
+    return rec
+
+
 def from_events(events: list[dict[str, Any]], title: str, vcpus: int,
                 complete: bool = False) -> Recording:
     """Events alone (e.g. a real-KVM VM's log): no state, no findings."""

@@ -20,6 +20,7 @@ from app.pictures import (
     build,
     from_variant,
     from_vm,
+    from_vm_steps,
     perfetto,
     render_html,
     timeline_svg,
@@ -332,3 +333,18 @@ def test_a_vm_without_an_event_log_is_drawn_from_its_state() -> None:
     spans = {(sp.kind, sp.name, sp.start, sp.end) for sp in tl.spans}
     assert {("remote-irr", "pin 3", None, None), ("irr", "0x41", None, None)} <= spans
     ET.fromstring(timeline_svg(from_vm(vm, "vm")))
+
+
+def test_steps_of_a_replayed_trace_become_bands() -> None:
+    """An explorer's counterexample: actions replayed on a VM, each with its last seq."""
+    vm = Vm(config_from_dict({"vcpus": 1, "irqchip": "kernel"}))
+    steps = []
+    vm.write_rte(0, 3, 0x8041)
+    steps.append(("program pin 3", vm.log.next_seq - 1))
+    vm.set_line(3, level=1)
+    steps.append(("line 3 up", vm.log.next_seq - 1))
+    rec = from_vm_steps(vm, "cex", steps)
+    svg = ET.fromstring(timeline_svg(rec))
+    bands = [g for g in svg.iter(f"{SVG}g") if g.get("class") == "step"]
+    assert len(bands) == 2
+    assert "step 1: line 3 up" in "".join(svg.itertext())
