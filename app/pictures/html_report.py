@@ -30,7 +30,7 @@ vertical-align:top;text-align:left}th{background:#f3f3f3}
 tr.failed td{background:#fdecea}tr.diverge td{background:#fff3cd}
 td.diff{background:#ffe0b2 !important;font-weight:bold}
 code{font-family:DejaVu Sans Mono,monospace;font-size:12px}
-.tl{overflow:auto;max-height:900px;border:1px solid #ddd;margin:8px 0}
+.tl{overflow-x:auto;border:1px solid #ddd;margin:8px 0}
 .note{background:#fff3cd;border:1px solid #e0c36c;padding:6px 8px;margin:6px 0}
 ul.checks{margin:0;padding-left:16px}
 """
