@@ -86,13 +86,18 @@ async def vm_picture(request: Request, vm_id: str, fmt: str, after: int,
 
 
 def negotiate(fmt: str | None, accept: str | None) -> str:
-    """`format` when given; else the first picture media type the Accept header names; else
+    """`format` when given; else the first media type of the Accept header that names a
+    picture (text/html, image/svg+xml, text/x-vcd) or JSON, in the order listed; else
     json."""
     if fmt is not None:
         return fmt
-    for media, name in ACCEPT_FORMATS:
-        if media in (accept or ""):
-            return name
+    for item in (accept or "").split(","):
+        media = item.split(";")[0].strip().lower()
+        if media in ("application/json", "application/problem+json"):
+            return "json"
+        for known, name in ACCEPT_FORMATS:
+            if media == known:
+                return name
     return "json"
 
 

@@ -163,3 +163,14 @@ async def test_kvm_backend_vm_is_drawn_from_its_log() -> None:
             assert check_trace((await c.get(f"/v1/vms/{vm}/trace")).json()) == []
         finally:
             await c.delete(f"/v1/vms/{vm}")
+
+
+def test_accept_negotiation() -> None:
+    from app.api.pictures import negotiate
+
+    assert negotiate(None, None) == "json"
+    assert negotiate(None, "*/*") == "json"
+    assert negotiate(None, "text/html,application/xhtml+xml;q=0.9") == "html"
+    assert negotiate(None, "application/json, text/html") == "json"
+    assert negotiate(None, "image/svg+xml") == "svg"
+    assert negotiate("vcd", "text/html") == "vcd"
