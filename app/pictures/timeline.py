@@ -303,8 +303,7 @@ def build(rec: Recording) -> Timeline:
         prev = tl.rows[-1] if tl.rows else None
         if quiet and prev is not None and prev.merged and prev.step == step_of.get(seq):
             # Housekeeping of quiet vCPUs (and acks that found nothing) in a row: one row.
-            prev.merged.append((seq, actor, kind))
-            prev.label = _merged_label(prev)
+            prev.merged.append((seq, actor, kind))  # labelled after the loop
             i = len(tl.rows) - 1
         else:
             lost = kind in LOST_KINDS and (
@@ -315,7 +314,6 @@ def build(rec: Recording) -> Timeline:
             if quiet:
                 row.lane = group if group is not None else lane
                 row.merged.append((seq, actor, kind))
-                row.label = _merged_label(row)
             tl.rows.append(row)
             i = len(tl.rows) - 1
         row_of[seq] = i
@@ -361,6 +359,9 @@ def build(rec: Recording) -> Timeline:
             r = root[seq]
             if r is None or enters.get(r) != actor:  # not consumed by the enter that raised it
                 rp.set(("request", n, name), "request", actor, name, i)
+    for row in tl.rows:
+        if row.merged:
+            row.label = _merged_label(row)
     _reconcile(tl, rp)
     _mark(tl, rp)
     return tl

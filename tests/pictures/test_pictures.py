@@ -348,3 +348,16 @@ def test_steps_of_a_replayed_trace_become_bands() -> None:
     bands = [g for g in svg.iter(f"{SVG}g") if g.get("class") == "step"]
     assert len(bands) == 2
     assert "step 1: line 3 up" in "".join(svg.itertext())
+
+
+def test_a_broadcast_to_thousands_of_vcpus_folds_into_few_rows() -> None:
+    vm = Vm(config_from_dict({"vcpus": 512, "irqchip": "split", "x2apic": True}))
+    vm.write_rte(0, 5, 0x8040 | (7 << 56))  # the RTE write asks every vCPU to rescan
+    vm.set_line(5, level=1)
+    tl = build(from_vm(vm, "big"))
+    assert [la.title for la in tl.lanes][-3:] == ["vCPU 0", "vCPU 7", "vCPUs 1–6,8–511"]
+    assert len(tl.rows) < 40 < len(tl.rec.events)
+    folded = [r for r in tl.rows if r.merged]
+    assert sum(len(r.merged) for r in folded) + len(tl.rows) - len(folded) == len(
+        tl.rec.events)
+    assert [r.label for r in folded] == ["vcpu1–6: request×6", "vcpu8–511: request×504"]
