@@ -23,6 +23,7 @@ from the top.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,13 +107,8 @@ class Timeline:
 
     def row_of_seq(self, seq: int) -> int | None:
         """The last row with seq <= `seq` (findings name a seq; it may be a step's end)."""
-        best = None
-        for i, r in enumerate(self.rows):
-            if r.seq <= seq:
-                best = i
-            else:
-                break
-        return best
+        i = bisect.bisect_right([r.seq for r in self.rows], seq)
+        return i - 1 if i else None
 
 
 def vec(v: Any) -> str:
