@@ -104,10 +104,13 @@ class Timeline:
     spans: list[Span]
     arrows: list[Arrow]
     marks: list[Mark]
+    _seqs: list[int] = field(default_factory=list, repr=False)
 
     def row_of_seq(self, seq: int) -> int | None:
         """The last row with seq <= `seq` (findings name a seq; it may be a step's end)."""
-        i = bisect.bisect_right([r.seq for r in self.rows], seq)
+        if len(self._seqs) != len(self.rows):  # rows are only ever appended
+            self._seqs = [r.seq for r in self.rows]
+        i = bisect.bisect_right(self._seqs, seq)
         return i - 1 if i else None
 
 
