@@ -181,8 +181,7 @@ _EXAMPLES: dict[str, Any] = {
          "ts": 25},
         {"ph": "f", "bp": "e", "name": "cause", "cat": "cause", "id": 4294967322, "pid": 1,
          "tid": 2, "ts": 26}],
-        "displayTimeUnit": "ns", "otherData": {"generator": "irqlab",
-                                               "time": "1 µs = 1 event seq"}},
+        "otherData": {"generator": "irqlab", "time": "1 µs = 1 event seq"}},
     "vcd": "$timescale 1 us $end\n$scope module irqlab $end\n$scope module vm_1 $end\n"
            "$scope module ioapic $end\n$var wire 1 ! pin5_line $end\n"
            "$var wire 1 \" pin5_remote_irr $end\n$upscope $end\n…\n#25\n1!\n#26\n1\"\n",

@@ -46,7 +46,7 @@ def trace_events(timelines: list[Timeline]) -> dict[str, Any]:
     out: list[dict[str, Any]] = []
     for p_i, tl in enumerate(timelines):
         _process(out, tl, p_i + 1)
-    return {"traceEvents": out, "displayTimeUnit": "ns",
+    return {"traceEvents": out,
             "otherData": {"generator": "irqlab", "time": "1 µs = 1 event seq"}}
 
 
