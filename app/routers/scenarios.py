@@ -180,3 +180,53 @@ async def run_library_scenario(
     doc = S.override_vm(S.document(name), profile, irqchip)
     fmt_ = PIC.negotiate(fmt, request.headers.get("accept"))
     return await S.run(doc, settings, fmt_, variant, observe)
+
+
+_GET_PICTURE = (
+    " A library scenario is deterministic, so this GET runs it and draws the same picture "
+    "every time: a URL to link to or put in an `<img>` (POST …/run with `format` does the "
+    "same for any document). `profile` / `irqchip` override every variant's vm as in POST "
+    "…/{name}/run; `variant` (a name or an index from 0) picks one. The run builds its own "
+    "VMs (KVM_CREATE_VM + irqchip + vCPUs per variant) in a worker thread."
+)
+_Profile = Annotated[T.ProfileName | None, Query(
+    description="Replace every variant's vm.profile (GET /v1/profiles).",
+    examples=["linux-6.1"])]
+_Irqchip = Annotated[Literal["kernel", "split"] | None, Query(
+    description="Replace every variant's vm.irqchip.")]
+
+
+@router.get(
+    "/{name}/timeline.svg", summary="A built-in scenario's timeline (SVG)",
+    description="The timelines of a library scenario's variants, stacked (or one, with "
+                "`variant`): lanes for the device, the IOAPIC, the VMM/KVM and each vCPU, "
+                "cause arrows, Remote IRR / IRR / ISR / request spans and the findings."
+                + _GET_PICTURE,
+    response_class=Response,
+    responses={200: {"description": "The SVG", "content": PIC.picture_content("svg")},
+               **problem_responses(404, 422)},
+)
+async def scenario_timeline(name: Annotated[str, Path(examples=["seed-race-split"])],
+                            settings: SettingsDep, profile: _Profile = None,
+                            irqchip: _Irqchip = None,
+                            variant: PIC.VariantQuery = None) -> Response:
+    doc = S.override_vm(S.document(name), profile, irqchip)
+    return await S.run(doc, settings, "svg", variant)
+
+
+@router.get(
+    "/{name}/report.html", summary="A built-in scenario's HTML report",
+    description="The self-contained HTML report of a library scenario's run: per variant the "
+                "steps, expect checks, findings and timeline; neighbouring variants side by "
+                "side with the first divergence of Remote IRR or handled vectors (KVM's EOI "
+                "exit bitmap) highlighted." + _GET_PICTURE,
+    response_class=Response,
+    responses={200: {"description": "The report", "content": PIC.picture_content("html")},
+               **problem_responses(404, 422)},
+)
+async def scenario_report(name: Annotated[str, Path(examples=["seed-race-split"])],
+                          settings: SettingsDep, profile: _Profile = None,
+                          irqchip: _Irqchip = None,
+                          variant: PIC.VariantQuery = None) -> Response:
+    doc = S.override_vm(S.document(name), profile, irqchip)
+    return await S.run(doc, settings, "html", variant)

@@ -174,3 +174,19 @@ def test_accept_negotiation() -> None:
     assert negotiate(None, "application/json, text/html") == "json"
     assert negotiate(None, "image/svg+xml") == "svg"
     assert negotiate("vcd", "text/html") == "vcd"
+
+
+async def test_library_pictures_by_get(client: httpx.AsyncClient) -> None:
+    r = await client.get("/v1/scenarios/seed-race-split/timeline.svg",
+                         params={"variant": "0", "irqchip": "split"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/svg+xml"
+    again = await client.get("/v1/scenarios/seed-race-split/timeline.svg",
+                             params={"variant": "0", "irqchip": "split"})
+    assert again.content == r.content  # deterministic: a stable URL for a picture
+    assert "never cleared: Remote IRR pin 5" in r.text
+    r = await client.get("/v1/scenarios/seed-race-split/report.html",
+                         params={"profile": "linux-6.1"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert_problem(await client.get("/v1/scenarios/nope/timeline.svg"), 404, field="name")
+    assert_problem(await client.get("/v1/scenarios/seed-race-split/report.html",
+                                    params={"variant": "9"}), 422, field="variant")
