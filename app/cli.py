@@ -1,9 +1,10 @@
 """The `irqlab` command line.
 
     irqlab serve [--host H] [--port P] [--log-level L]
-    irqlab run FILE... [--server URL | --local] [--json]
+    irqlab run FILE... [--server URL | --local] [--json] [--svg DIR] [--trace DIR] [--html F]
     irqlab library [--server URL | --local] [--json]
     irqlab library run NAME... [--profile P] [--irqchip M] [--server URL | --local] [--json]
+                               [--svg DIR] [--trace DIR] [--html FILE]
     irqlab diff FILE... [--profile P] [--server URL | --local] [--json]
     irqlab suite DIR|FILE|NAME... [--profile P,Q] [--irqchip kernel,split] [--workers N] ...
     irqlab --version
@@ -16,9 +17,10 @@ app/suite.py.
 /v1/scenarios/{name}/run) or, with --local, run the engine in this process. Results are printed
 as one step table per variant (rich), each failed expectation's checks and the findings; --json
 prints the raw result JSON instead (one document: the result, or a list of results when several
-files or names are given). Exit status: 0 every expectation held, 1 some expectation failed,
-2 a malformed document, an unknown scenario or an unreachable server (with a message on
-standard error).
+files or names are given). --svg DIR, --trace DIR and --html FILE also write the run's pictures
+(app.pictures: a timeline SVG per variant; a Perfetto trace and a VCD; an HTML report). Exit
+status: 0 every expectation held, 1 some expectation failed, 2 a malformed document, an unknown
+scenario or an unreachable server (with a message on standard error).
 
 `diff` runs documents on the engine model and on this host's real KVM side by side (POST
 /v1/scenarios/diff, or --local: app.kvm.scenario_diff in this process) and prints a table of
@@ -69,14 +71,14 @@ class Local:
     """Runs in this process: app.engine.scenario.run_scenario, no service limits."""
 
     def run(self, source: Source, profile: str | None = None,
-            irqchip: str | None = None) -> dict[str, Any]:
+            irqchip: str | None = None, observe: bool = False) -> dict[str, Any]:
         from app.api import scenarios as S
         from app.api.problems import DocumentError
 
         doc = S.override_vm(source.doc, profile, irqchip) if isinstance(source.doc, dict) \
             else source.doc
         try:
-            return S.execute(doc)
+            return S.execute(doc, observe)
         except DocumentError as exc:
             raise CliError(f"{source.label}: malformed scenario document: "
                            f"{exc.field}: {exc.detail}") from None
@@ -161,7 +163,8 @@ class Remote:
         raise CliError(f"{label}: the server answered {r.status_code}: {detail}")
 
     def run(self, source: Source, profile: str | None = None,
-            irqchip: str | None = None) -> dict[str, Any]:
+            irqchip: str | None = None, observe: bool = False) -> dict[str, Any]:
+        extra = {"observe": "true"} if observe else {}
         if source.library_name is None and (profile or irqchip) \
                 and isinstance(source.doc, dict):
             # A file with overrides (irqlab suite's matrix): send it with them applied.
@@ -173,10 +176,10 @@ class Remote:
             params = {k: v for k, v in (("profile", profile), ("irqchip", irqchip)) if v}
             result: dict[str, Any] = self._call(
                 source.label, "POST", f"/v1/scenarios/{source.library_name}/run",
-                params=params)
+                params={**params, **extra})
             return result
         result = self._call(source.label, "POST", "/v1/scenarios/run", content=source.raw,
-                            headers={"content-type": source.media_type})
+                            headers={"content-type": source.media_type}, params=extra)
         return result
 
     def diff(self, source: Source, profile: str | None = None) -> dict[str, Any]:
@@ -476,19 +479,35 @@ def _error(message: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     """irqlab run / library run: exit 1 when an expectation fails; --junit / --report write
-    the CI results of every source (errors included) afterwards."""
+    the CI results of every source (errors included) afterwards. With --svg / --trace / --html
+    the run is observed and its pictures are written (app.pictures.files)."""
     from app.reporting.records import RunRecord
 
     profile, irqchip = getattr(args, "profile", None), getattr(args, "irqchip", None)
     cell = {k: v for k, v in (("profile", profile), ("irqchip", irqchip)) if v}
     records: list[RunRecord] = []
+    wanted = {k: getattr(args, k, None) for k in ("svg", "trace", "html")}
+    # Pictures and --report want step bands: observe the run.
+    observe = any(v is not None for v in wanted.values()) or bool(getattr(args, "report", None))
+    several = len(getattr(args, "files", None) or getattr(args, "names", None) or ()) > 1
+
+    def act(target: Local | Remote, source: Source) -> dict[str, Any]:
+        result = target.run(source, profile, irqchip, observe)
+        if observe:
+            _write_pictures(result, source, wanted, several)
+        return result
+
+    docs: dict[str, Any] = {}
+
+    def act_and_keep(target: Local | Remote, source: Source) -> dict[str, Any]:
+        docs[source.label] = source.doc
+        return act(target, source)
+
     status = _each_source(
-        args,
-        lambda target, source: target.run(source, profile, irqchip),
-        lambda result: not result.get("passed"),
-        print_result,
+        args, act_and_keep, lambda result: not result.get("passed"), print_result,
         lambda label, result, error, seconds: records.append(
-            RunRecord(label, cell, result=result, error=error, seconds=seconds)),
+            RunRecord(label, cell, result=result, error=error, seconds=seconds,
+                      doc=docs.get(label))),
     )
     if getattr(args, "junit", None) or getattr(args, "report", None):
         from app.suite import write_outputs
@@ -496,6 +515,22 @@ def _run(args: argparse.Namespace) -> int:
         if write_outputs(args, records, {"command": args.cmd}) != EXIT_OK:
             return EXIT_ERROR
     return status
+
+
+def _write_pictures(result: dict[str, Any], source: Source, wanted: dict[str, str | None],
+                    several: bool) -> None:
+    from app.pictures.files import html_path_for, write_run_pictures
+
+    html = wanted["html"]
+    if html is not None:
+        html = html_path_for(html, str(result.get("name") or source.label), several)
+    try:
+        paths = write_run_pictures(result, source.doc, svg_dir=wanted["svg"],
+                                   trace_dir=wanted["trace"], html=html)
+    except OSError as exc:
+        raise CliError(f"{source.label}: cannot write pictures: {exc}") from None
+    for path in paths:
+        print(f"irqlab: wrote {path}", file=sys.stderr)
 
 
 def _diff(args: argparse.Namespace) -> int:
@@ -633,10 +668,21 @@ def _parser() -> argparse.ArgumentParser:
     outputs.add_argument("--report", metavar="DIR",
                          help="also write the JSON results (DIR/index.json, one folder per "
                               "document run, one file per variant)")
+    # Pictures of a run (run, library run).
+    pics = argparse.ArgumentParser(add_help=False)
+    pics.add_argument("--svg", metavar="DIR", default=argparse.SUPPRESS,
+                      help="write each variant's timeline to DIR/<scenario>--<variant>.svg")
+    pics.add_argument("--trace", metavar="DIR", default=argparse.SUPPRESS,
+                      help="write DIR/<scenario>.perfetto.json (Perfetto / chrome://tracing) "
+                           "and DIR/<scenario>.vcd (GTKWave, Surfer)")
+    pics.add_argument("--html", metavar="FILE", default=argparse.SUPPRESS,
+                      help="write a self-contained HTML report (with several scenarios: "
+                           "FILE with each one's name before the suffix)")
     epilog = ("exit status: 0 every expectation held, 1 an expectation failed, 2 a malformed "
               "document, an unknown scenario or an unreachable server")
     run = sub.add_parser(
-        "run", parents=[common, outputs], help="run scenario files (YAML or JSON)", epilog=epilog,
+        "run", parents=[common, outputs, pics], help="run scenario files (YAML or JSON)",
+        epilog=epilog,
         description="Run scenario documents (YAML, or JSON for *.json; '-' reads standard "
                     "input) on an irqlab server or, with --local, in this process, and print "
                     "a step table per variant, the failed checks and the findings.")
@@ -660,7 +706,7 @@ def _parser() -> argparse.ArgumentParser:
                     "(`irqlab library run NAME...`).")
     library_sub = library.add_subparsers(dest="library_cmd")
     library_run = library_sub.add_parser(
-        "run", parents=[common, outputs], help="run built-in scenarios", epilog=epilog,
+        "run", parents=[common, outputs, pics], help="run built-in scenarios", epilog=epilog,
         description="Run built-in scenarios. --profile / --irqchip replace vm.profile / "
                     "vm.irqchip in every variant (names and expectations are kept).")
     library_run.add_argument("names", nargs="+", metavar="NAME")

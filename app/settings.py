@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         default=1000, ge=1,
         description="Most events returned by one call (events pages, op responses).",
     )
+    max_picture_events: int = Field(
+        default=5000, ge=1,
+        description="Most events one timeline SVG, trace or report draws (GET …/timeline.svg "
+                    "and …/trace `limit`; a scenario run asked for a picture); more: 422.",
+    )
     max_scenario_steps: int = Field(
         default=10_000, ge=1,
         description="Most steps one scenario document may have (top level, in handlers and "

@@ -81,8 +81,9 @@ def run_job(job: Job, server: str | None) -> RunRecord:
         else:
             assert job.name is not None
             source = Source(job.name, target.document(job.name), library_name=job.name)
-        result = target.run(source, cell.get("profile"), cell.get("irqchip"))
-        return RunRecord(job.label, cell, result=result, seconds=time.perf_counter() - start)
+        result = target.run(source, cell.get("profile"), cell.get("irqchip"), observe=True)
+        return RunRecord(job.label, cell, result=result, seconds=time.perf_counter() - start,
+                         doc=source.doc)
     except Unreachable:
         raise
     except CliError as exc:

@@ -728,6 +728,19 @@ class Finding(_Open):
     step: int = Field(description="The step after which it was found.")
 
 
+class VcpuStepState(_Open):
+    vcpu: int
+    irr: list[int] = Field(description="IRR (with PIR) vectors.")
+    isr: list[int]
+    handled_vectors: list[int]
+    pending_requests: list[str]
+
+
+class StepState(_Open):
+    remote_irr: list[int] = Field(description="Pins with Remote IRR set.")
+    vcpus: list[VcpuStepState]
+
+
 class StepOutcome(_Open):
     index: int
     op: str | None
@@ -739,6 +752,10 @@ class StepOutcome(_Open):
     error: StepError | None = _absent("Present when refused.")
     passed: bool | None = _absent("expect steps: all checks held.")
     findings: list[Finding] = Field(description="Invariant findings new after this step.")
+    last_seq: int | None = _absent("observe=true: the log's last seq after this step (its "
+                                   "events are those after the previous step's last_seq).")
+    state: StepState | None = _absent("observe=true: Remote IRR and each vCPU's IRR, ISR, "
+                                      "handled vectors and pending requests after the step.")
 
 
 class VariantResult(_Open):

@@ -200,12 +200,13 @@ def override_vm(doc: dict[str, Any], profile: str | None = None,
 # ---- running
 
 
-def execute(doc: Any) -> dict[str, Any]:
+def execute(doc: Any, observe: bool = False) -> dict[str, Any]:
     """run_scenario(doc), with every way the engine refuses the document as DocumentError:
     its EngineError (the path it names), or, where a malformed element makes it fail in
-    another way, the path the document models find."""
+    another way, the path the document models find. `observe`: per-step last_seq and state
+    (run_variant)."""
     try:
-        return run_scenario(doc)
+        return run_scenario(doc, observe=True) if observe else run_scenario(doc)
     except DocumentError:
         raise
     except EngineError as exc:
@@ -263,10 +264,16 @@ def _run_and_render(doc: Any) -> Response:
     return ops.render(None, result)
 
 
-async def run(doc: Any, settings: Settings) -> Response:
-    """Check the limits, then run in a worker thread (no VM lock: the run has its own VMs)."""
+async def run(doc: Any, settings: Settings, fmt: str = "json",
+              variant: str | None = None, observe: bool = False) -> Response:
+    """Check the limits, then run in a worker thread (no VM lock: the run has its own VMs).
+    A `fmt` other than json answers with a picture of the run (app.api.pictures)."""
     doc = check_limits(doc, settings)
-    return await run_in_threadpool(_run_and_render, doc)
+    if fmt == "json" and variant is None and not observe:
+        return await run_in_threadpool(_run_and_render, doc)
+    from .pictures import render_run
+
+    return await run_in_threadpool(render_run, doc, fmt, variant, settings, observe)
 
 
 # ---- the library

@@ -28,10 +28,11 @@ from typing import Any
 
 from . import invariants
 from . import rte as R
+from .bitmap import vectors
 from .errors import EngineError, invalid
 from .events import event_dict
 from .msi import LapicIrq, irq_to_msi
-from .state import VmConfig
+from .state import VmConfig, requests_list
 from .vm import Vm, config_from_dict
 
 DEFAULT_SETTLE_BUDGET = 10_000
@@ -617,9 +618,21 @@ def variants(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, A
     return out
 
 
+def step_state(vm: Vm) -> dict[str, Any]:
+    """What the pictures compare between steps (Remote IRR and each vCPU's IRR, ISR, handled
+    vectors and pending requests): small, so an observed run stays cheap."""
+    return {"remote_irr": vm.bitmaps()["remote_irr"]["pins"],
+            "vcpus": [{"vcpu": v.idx, "irr": vectors(v.irr | v.pir), "isr": vectors(v.isr),
+                       "handled_vectors": vectors(v.handled),
+                       "pending_requests": requests_list(v.requests)} for v in vm.vcpus]}
+
+
 def run_variant(doc: dict[str, Any], name: str, vm_cfg: dict[str, Any],
                 expect_extra: dict[str, Any],
-                on_step: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                on_step: Callable[[int, dict[str, Any]], None] | None = None,
+                observe: bool = False) -> dict[str, Any]:
+    """Run one variant. `observe` adds to every step its `last_seq` (the log's last seq after
+    it) and a `state` summary (step_state), which the timeline and report pictures use."""
     try:
         runner = Runner(doc, vm_cfg, expect_extra)
     except EngineError as exc:
@@ -652,6 +665,9 @@ def run_variant(doc: dict[str, Any], name: str, vm_cfg: dict[str, Any],
             entry["passed"] = entry["result"]["passed"]
             passed = passed and entry["passed"]
         entry["findings"] = runner.collect_findings()
+        if observe:
+            entry["last_seq"] = runner.vm.log.next_seq - 1
+            entry["state"] = step_state(runner.vm)
         results.append(entry)
         if on_step is not None:
             on_step(i, entry)
@@ -670,8 +686,9 @@ def run_variant(doc: dict[str, Any], name: str, vm_cfg: dict[str, Any],
     }
 
 
-def run_scenario(doc: dict[str, Any]) -> dict[str, Any]:
-    """Run every variant of a scenario document; deterministic for a given document."""
+def run_scenario(doc: dict[str, Any], observe: bool = False) -> dict[str, Any]:
+    """Run every variant of a scenario document; deterministic for a given document.
+    `observe`: see run_variant."""
     if not isinstance(doc, dict):
         raise invalid("a scenario is an object", "")
     for key in doc:
@@ -681,7 +698,7 @@ def run_scenario(doc: dict[str, Any]) -> dict[str, Any]:
     runs = []
     for i, (name, cfg, extra) in enumerate(variants(doc)):
         try:
-            runs.append(run_variant(doc, name, cfg, extra))
+            runs.append(run_variant(doc, name, cfg, extra, observe=observe))
         except EngineError as exc:
             # A bad vm value that came from a matrix entry is that entry's fault.
             key = (exc.field or "").removeprefix("vm.").split(".")[0]

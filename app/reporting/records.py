@@ -19,6 +19,7 @@ class RunRecord:
     result: dict[str, Any] | None = None
     error: str | None = None
     seconds: float = 0.0
+    doc: Any = None  # the document as run (for the pictures' step texts), when known
 
     @property
     def document(self) -> str:

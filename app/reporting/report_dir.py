@@ -7,17 +7,18 @@ from.
     DIR/NNN-DOC[--CELL]/error.txt       instead, when the document could not be run
 
 NNN numbers the runs in command-line order (document, then cell), so names never collide.
-Pictures: when the optional `app.pictures` module is importable and offers them,
-`report_html(result) -> str` is written as report.html next to result.json and
-`timeline_svg(variant) -> str` as variants/MM-VARIANT.svg; without it only JSON is written.
+    DIR/NNN-DOC[--CELL]/report.html     the HTML report of the run (app.pictures)
+    DIR/NNN-DOC[--CELL]/variants/MM-VARIANT.svg    that variant's timeline
+
+The pictures are drawn from the result's event logs (with step bands where the run was
+observed, which `run`/`suite` do when --report is given) and the document's steps.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,18 +34,6 @@ def slug(text: str, limit: int = 60) -> str:
     return s[:limit].rstrip("-.") or "unnamed"
 
 
-def _pictures_hooks() -> tuple[Callable[[dict[str, Any]], str] | None,
-                               Callable[[dict[str, Any]], str] | None]:
-    """(report_html, timeline_svg) from app.pictures where that module and function exist."""
-    try:
-        pictures = importlib.import_module("app.pictures")
-    except ImportError:
-        return None, None
-    html = getattr(pictures, "report_html", None)
-    svg = getattr(pictures, "timeline_svg", None)
-    return (html if callable(html) else None), (svg if callable(svg) else None)
-
-
 def _dump(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -57,7 +46,8 @@ def write_report(directory: str | Path, records: Sequence[RunRecord],
 
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    report_html, timeline_svg = _pictures_hooks()
+    from app.pictures import build, from_variant, render_html, render_svg
+
     runs = []
     for i, rec in enumerate(records, 1):
         cell = "--".join(slug(v) for v in rec.cell.values())
@@ -74,18 +64,16 @@ def write_report(directory: str | Path, records: Sequence[RunRecord],
             continue
         _dump(folder / "result.json", rec.result)
         files: dict[str, Any] = {"result": f"{base}/result.json"}
-        if report_html is not None:
-            (folder / "report.html").write_text(report_html(rec.result), encoding="utf-8")
-            files["html"] = f"{base}/report.html"
+        (folder / "report.html").write_text(render_html(rec.result, rec.doc), encoding="utf-8")
+        files["html"] = f"{base}/report.html"
         variants = []
         for j, v in enumerate(rec.result.get("variants") or [], 1):
             name = f"{j:02d}-{slug(str(v.get('name')))}"
             _dump(folder / "variants" / f"{name}.json", v)
             vfiles = {"json": f"{base}/variants/{name}.json"}
-            if timeline_svg is not None:
-                (folder / "variants" / f"{name}.svg").write_text(timeline_svg(v),
-                                                                  encoding="utf-8")
-                vfiles["svg"] = f"{base}/variants/{name}.svg"
+            svg = render_svg(build(from_variant(v, rec.document, rec.doc)))
+            (folder / "variants" / f"{name}.svg").write_text(svg, encoding="utf-8")
+            vfiles["svg"] = f"{base}/variants/{name}.svg"
             vm = v.get("vm") if isinstance(v.get("vm"), dict) else {}
             variants.append({"name": v.get("name"), "passed": bool(v.get("passed")),
                              "profile": (vm or {}).get("profile"),
@@ -103,7 +91,6 @@ def write_report(directory: str | Path, records: Sequence[RunRecord],
         "runs": len(records),
         "failed": sum(1 for r in records if r.error is None and not r.passed),
         "errors": sum(1 for r in records if r.error is not None),
-        "pictures": report_html is not None or timeline_svg is not None,
         "results": runs,
     }
     _dump(root / "index.json", index)

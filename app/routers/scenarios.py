@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from app.api import examples as X
 from app.api import ops
+from app.api import pictures as PIC
 from app.api import scenario_diff as D
 from app.api import scenario_models as SM
 from app.api import scenarios as S
@@ -50,9 +51,12 @@ def _document_problems() -> dict[int | str, dict[str, Any]]:
     return out
 
 
-def _result_response(key: str, description: str) -> dict[int | str, dict[str, Any]]:
-    return {200: {"description": description,
-                  "content": {"application/json": {"example": X.RESPONSES[key]}}}}
+def _result_response(key: str, description: str,
+                     pictures: bool = False) -> dict[int | str, dict[str, Any]]:
+    content: dict[str, Any] = {"application/json": {"example": X.RESPONSES[key]}}
+    if pictures:  # ?format=svg|html|perfetto|vcd
+        content.update(PIC.picture_content("svg", "html", "vcd"))
+    return {200: {"description": description, "content": content}}
 
 
 _VMS = (
@@ -70,7 +74,10 @@ _RUN_DESC = _VMS + (
     "element (`steps[3].pin`). More than IRQLAB_MAX_SCENARIO_STEPS steps (top level, "
     "handlers, when blocks), a settle budget over IRQLAB_MAX_SETTLE_BUDGET or more vCPUs "
     "than IRQLAB_MAX_VCPUS is 422 naming the field, with `limit` and `max`. Deterministic: "
-    "the same document always gives the same result."
+    "the same document always gives the same result. `format` (or an Accept header naming "
+    "text/html, image/svg+xml or text/x-vcd) answers with a picture of the run instead: the "
+    "timelines as SVG, an HTML report, a Perfetto trace or a VCD; a variant that logged more "
+    "than IRQLAB_MAX_PICTURE_EVENTS events is 422 (field `format`)."
 )
 
 
@@ -79,7 +86,8 @@ _RUN_DESC = _VMS + (
     description="Run a scenario document (JSON, or YAML with Content-Type application/yaml "
                 "or text/yaml; its JSON Schema is openapi/scenario.schema.json)." + _RUN_DESC,
     responses={**_result_response("scenario_run", "The result (also when expectations "
-                                                  "fail)"),
+                                                  "fail), or its picture (`format`)",
+                                  pictures=True),
                **_document_problems()},
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": _DOC, "examples": X.SCENARIO_REQUESTS},
@@ -87,9 +95,12 @@ _RUN_DESC = _VMS + (
         "text/yaml": {"schema": _DOC, "example": X.SCENARIO_YAML},
     }}},
 )
-async def run_document(request: Request, settings: SettingsDep) -> Response:
+async def run_document(request: Request, settings: SettingsDep,
+                       fmt: PIC.FormatQuery = None, variant: PIC.VariantQuery = None,
+                       observe: PIC.ObserveQuery = False) -> Response:
     doc = S.parse_document(await request.body(), request.headers.get("content-type"))
-    return await S.run(doc, settings)
+    fmt_ = PIC.negotiate(fmt, request.headers.get("accept"))
+    return await S.run(doc, settings, fmt_, variant, observe)
 
 
 @router.post(
@@ -150,17 +161,72 @@ async def get_scenario(name: Annotated[str, Path(examples=["seed-race-split"])])
                 + _VMS,
     responses={**_result_response("scenario_library_run", "The result (example: "
                                   "seed-race-split with profile=linux-6.1, cut to one "
-                                  "variant)"),
+                                  "variant), or its picture (`format`)", pictures=True),
                **problem_responses(404, 422)},
 )
 async def run_library_scenario(
     name: Annotated[str, Path(examples=["seed-race-split"])],
+    request: Request,
     settings: SettingsDep,
     profile: Annotated[T.ProfileName | None, Query(
         description="Replace every variant's vm.profile (GET /v1/profiles).",
         examples=["linux-6.1"])] = None,
     irqchip: Annotated[Literal["kernel", "split"] | None, Query(
         description="Replace every variant's vm.irqchip.")] = None,
+    fmt: PIC.FormatQuery = None,
+    variant: PIC.VariantQuery = None,
+    observe: PIC.ObserveQuery = False,
 ) -> Response:
     doc = S.override_vm(S.document(name), profile, irqchip)
-    return await S.run(doc, settings)
+    fmt_ = PIC.negotiate(fmt, request.headers.get("accept"))
+    return await S.run(doc, settings, fmt_, variant, observe)
+
+
+_GET_PICTURE = (
+    " A library scenario is deterministic, so this GET runs it and draws the same picture "
+    "every time: a URL to link to or put in an `<img>` (POST …/run with `format` does the "
+    "same for any document). `profile` / `irqchip` override every variant's vm as in POST "
+    "…/{name}/run; `variant` (a name or an index from 0) picks one. The run builds its own "
+    "VMs (KVM_CREATE_VM + irqchip + vCPUs per variant) in a worker thread."
+)
+_Profile = Annotated[T.ProfileName | None, Query(
+    description="Replace every variant's vm.profile (GET /v1/profiles).",
+    examples=["linux-6.1"])]
+_Irqchip = Annotated[Literal["kernel", "split"] | None, Query(
+    description="Replace every variant's vm.irqchip.")]
+
+
+@router.get(
+    "/{name}/timeline.svg", summary="A built-in scenario's timeline (SVG)",
+    description="The timelines of a library scenario's variants, stacked (or one, with "
+                "`variant`): lanes for the device, the IOAPIC, the VMM/KVM and each vCPU, "
+                "cause arrows, Remote IRR / IRR / ISR / request spans and the findings."
+                + _GET_PICTURE,
+    response_class=Response,
+    responses={200: {"description": "The SVG", "content": PIC.picture_content("svg")},
+               **problem_responses(404, 422)},
+)
+async def scenario_timeline(name: Annotated[str, Path(examples=["seed-race-split"])],
+                            settings: SettingsDep, profile: _Profile = None,
+                            irqchip: _Irqchip = None,
+                            variant: PIC.VariantQuery = None) -> Response:
+    doc = S.override_vm(S.document(name), profile, irqchip)
+    return await S.run(doc, settings, "svg", variant)
+
+
+@router.get(
+    "/{name}/report.html", summary="A built-in scenario's HTML report",
+    description="The self-contained HTML report of a library scenario's run: per variant the "
+                "steps, expect checks, findings and timeline; neighbouring variants side by "
+                "side with the first divergence of Remote IRR or handled vectors (KVM's EOI "
+                "exit bitmap) highlighted." + _GET_PICTURE,
+    response_class=Response,
+    responses={200: {"description": "The report", "content": PIC.picture_content("html")},
+               **problem_responses(404, 422)},
+)
+async def scenario_report(name: Annotated[str, Path(examples=["seed-race-split"])],
+                          settings: SettingsDep, profile: _Profile = None,
+                          irqchip: _Irqchip = None,
+                          variant: PIC.VariantQuery = None) -> Response:
+    doc = S.override_vm(S.document(name), profile, irqchip)
+    return await S.run(doc, settings, "html", variant)
