@@ -623,6 +623,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="run every variant on this behaviour preset")
     library_run.add_argument("--irqchip", choices=["kernel", "split"],
                              help="run every variant with this irqchip mode")
+    from app.campaign import cli as campaign_cli
+
+    campaign_cli.add_parser(sub)
     return parser
 
 
@@ -638,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.cmd == "diff":
         return _diff(args)
+    if args.cmd == "campaign":
+        from app.campaign import cli as campaign_cli
+
+        return campaign_cli.run(args)
     if args.cmd == "run" or getattr(args, "library_cmd", None) == "run":
         return _run(args)
     return _library(args)
