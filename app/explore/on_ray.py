@@ -164,6 +164,8 @@ def bfs_on_ray(factory: ModelFactory[Any], parts: int = 2, batch: int = 2000,
               for i in range(parts)]
     try:
         _ray.get([a.set_peers.remote(actors) for a in actors])
+        startup = time.monotonic() - started  # actor processes spawned and models built
+        started = time.monotonic()
         init = model.canonical(model.initial())
         ifp = model.fingerprint(init)
         _ray.get(actors[ifp % parts].accept.remote([(ifp, -1, "", model.encode(init))]))
@@ -204,7 +206,8 @@ def bfs_on_ray(factory: ModelFactory[Any], parts: int = 2, batch: int = 2000,
         stats: dict[str, Any] = {
             "states": states, "transitions": transitions, "max_depth": depth,
             "seconds": round(seconds, 3), "states_per_second": round(states / max(seconds, 1e-9)),
-            "workers": parts, "states_per_worker": per_worker}
+            "workers": parts, "states_per_worker": per_worker,
+            "startup_seconds": round(startup, 3)}
         if violation is None:
             return DistributedResult(verdict, stats=stats)
         names: list[str] = []
