@@ -717,6 +717,9 @@ def _parser() -> argparse.ArgumentParser:
     from app import suite
 
     suite.add_parser(sub, common, outputs)
+    from app.campaign import cli as campaign_cli
+
+    campaign_cli.add_parser(sub)
     return parser
 
 
@@ -736,6 +739,10 @@ def main(argv: list[str] | None = None) -> int:
         from app import suite
 
         return suite.command(args)
+    if args.cmd == "campaign":
+        from app.campaign import cli as campaign_cli
+
+        return campaign_cli.run(args)
     if args.cmd == "run" or getattr(args, "library_cmd", None) == "run":
         return _run(args)
     return _library(args)
