@@ -1,0 +1,458 @@
+"""The irqlab model: an exploration document as a `model_api.Model` over the engine's `Vm`.
+
+A state is the VM, each actor's program counter, each vCPU's stack of running handlers
+(vector, next step), the vCPUs' interrupt flags, the counters and which event-read property
+the transition into it violated. The actions are the actors' next steps and the hardware's
+moves, which no program orders:
+
+  vcpuN enter      KVM_RUN: consume pending requests (a SCAN_IOAPIC rescan, an EOI exit that
+                   reaches the VMM, a PIR sync); enabled while requests are pending or the
+                   vCPU is outside guest mode
+  vcpuN take V     with IF=1, in guest mode with nothing pending: acknowledge the highest
+                   deliverable vector and start its handler (IF=0 until the handler returns)
+  vcpuN V[i] step  the i-th step of the running handler (the last one also returns)
+  clock            logical time reaches a throttled re-injection (interrupt storms)
+
+A step that runs as guest code (a handler's, or a program bound to a vCPU) waits while its
+vCPU has requests pending or is outside guest mode: the vCPU enters first, as real hardware
+does, and that entry is its own action. A vCPU's own program is suspended while a handler
+runs on it.
+
+Each transition is clone() + one engine call (+ the log's events when a property reads
+them); fingerprints hash a canonical encoding of Vm.key() and the bookkeeping with blake2b.
+"""
+
+from __future__ import annotations
+
+import pickle
+from hashlib import blake2b
+from typing import Any
+
+from app.engine import invariants
+from app.engine import rte as R
+from app.engine.errors import EngineError
+from app.engine.scenario import Runner
+from app.engine.state import REQ_IOAPIC_EOI_EXIT, REQ_SCAN_IOAPIC
+from app.engine.vm import Vm
+
+from . import steps as S
+from .document import Exploration
+from .model_api import Action
+from .predicates import compile_predicate
+
+MAX_HANDLER_DEPTH = 8
+HIT_EOI_NOT_FORWARDED = 1
+
+
+class IrqState:
+    """One node of the search. Never mutated once built."""
+
+    __slots__ = ("counters", "frames", "hit", "iflags", "pcs", "vm")
+
+    def __init__(self, vm: Vm, pcs: tuple[int, ...], frames: tuple[tuple[tuple[int, int], ...],
+                 ...], iflags: int, counters: tuple[int, ...], hit: int) -> None:
+        self.vm = vm
+        self.pcs = pcs
+        self.frames = frames
+        self.iflags = iflags
+        self.counters = counters
+        self.hit = hit
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.vm.key(), self.pcs, self.frames, self.iflags, self.counters, self.hit)
+
+
+class IrqModel:
+    """`model_api.Model[IrqState]` for one exploration under one profile."""
+
+    def __init__(self, doc: Exploration | dict[str, Any], profile: str | None = None) -> None:
+        from .document import parse
+
+        self.exp = doc if isinstance(doc, Exploration) else parse(doc)
+        exp = self.exp
+        self.profile = profile or exp.vm.get("profile", "linux-latest")
+        self.vm_cfg = exp.vm_config(profile)
+        runner_doc = {"handlers": {k: v for k, v in exp.raw.get("handlers", {}).items()}}
+        runner = Runner(runner_doc, self.vm_cfg, {})
+        for i, step in enumerate(exp.setup):
+            runner.step_index = i
+            runner.run_step(step, f"setup[{i}]")
+        vm = runner.vm
+        self.nvcpus = len(vm.vcpus)
+        self.split = vm.config.irqchip == "split"
+        self.flags = vm.flags
+        fmt = vm.config.x2apic_format
+        self.counter_names: dict[str, int] = {}
+        for name in sorted(runner.counters):
+            self.counter_names.setdefault(name, len(self.counter_names))
+        self.programs: list[list[S.Step]] = []
+        self.bound: list[int | None] = []
+        for a in exp.actors:
+            self.programs.append([
+                S.compile_step(s, f"actors.{a.name}.steps[{i}]", bound_vcpu=a.vcpu,
+                               in_handler=False, x2apic_format=fmt, nvcpus=self.nvcpus,
+                               counters=self.counter_names)
+                for i, s in enumerate(a.steps)])
+            self.bound.append(a.vcpu)
+        self.handlers: dict[int, list[S.Step]] = {}
+        for vec, hsteps in exp.handlers.items():
+            self.handlers[vec] = [
+                S.compile_step(s, f"handlers.{vec:#x}[{i}]", bound_vcpu=None, in_handler=True,
+                               x2apic_format=fmt, nvcpus=self.nvcpus,
+                               counters=self.counter_names)
+                for i, s in enumerate(hsteps)]
+        self.default_handler = [S.compile_step({"op": "eoi"}, "handlers.default", bound_vcpu=None,
+                                               in_handler=True, x2apic_format=fmt,
+                                               nvcpus=self.nvcpus, counters=self.counter_names)]
+        actor_index = {a.name: (i, len(a.steps)) for i, a in enumerate(exp.actors)}
+        self.always: list[tuple[str, Any]] = []
+        self.finally_: list[tuple[str, Any]] = []
+        self.want_events = False
+        for i, p in enumerate(exp.properties):
+            if p.builtin:
+                check = _BUILTIN_CHECKS[p.name]
+                if p.name == "eoi-not-forwarded":
+                    self.want_events = True
+            else:
+                check = compile_predicate(p.predicate, f"properties[{i}].{p.when}",
+                                          nvcpus=self.nvcpus, actors=actor_index,
+                                          counters=self.counter_names)
+                if p.when == "always":
+                    check = _negate(check)  # a violation is a state where it does not hold
+                else:
+                    check = _negate(check)
+            (self.always if p.when == "always" else self.finally_).append((p.name, check))
+        counters = [0] * len(self.counter_names)
+        for name, value in runner.counters.items():
+            counters[self.counter_names[name]] = value
+        vm.log.truncate()
+        self._setup_events = runner.findings
+        iflags = sum(1 << n for n, f in enumerate(runner.if_flag) if f)
+        self._initial = IrqState(vm, (0,) * len(self.programs), ((),) * self.nvcpus, iflags,
+                                 tuple(counters), 0)
+        self._build_footprints()
+
+    # ---- footprints ----
+
+    def _build_footprints(self) -> None:
+        n = self.nvcpus
+        self.r_v = [frozenset({f"vcpu{i}"}) for i in range(n)]
+        self.r_c = [frozenset({f"vcpu{i}.ctl"}) for i in range(n)]
+        self.r_vc = [self.r_v[i] | self.r_c[i] for i in range(n)]
+        all_v = frozenset(f"vcpu{i}" for i in range(n))
+        self.r_all_v = all_v
+        self.r_global = all_v | {"ioapic", "routes", "ids"}
+        self.r_io = frozenset({"ioapic"})
+        self.r_routes_split = frozenset({"routes"}) | (all_v if self.split else frozenset())
+        self.r_scan = [frozenset({"ioapic", "routes", "ids", f"vcpu{i}"}) for i in range(n)]
+        self.r_counter = [frozenset({f"counter.{c}"}) for c in self.counter_names]
+        self.empty: frozenset[str] = frozenset()
+
+    def _step_fp(self, st: S.Step, vm: Vm, n: int) -> tuple[frozenset[str], frozenset[str]]:
+        """(reads, writes) of an engine step run on vCPU n (-1: a device program)."""
+        fp = st.fp
+        if fp == S.FP_PIN:
+            if st.level == 0 or vm.ioapic.redir[st.pin] & R.MASK_BIT:
+                return self.r_io, self.r_io
+            return self.r_global, self.r_global
+        if fp == S.FP_VCPUS:
+            return self.r_all_v | {"ids"}, self.r_all_v
+        if fp == S.FP_OWN:
+            return self.r_v[n], self.r_v[n]
+        if fp == S.FP_EOI:
+            if self.split and not self.flags.lapic_auto_eoi:
+                return self.r_v[n], self.r_v[n]
+            return self.r_global, self.r_global
+        if fp == S.FP_CTL:
+            return self.r_c[n], self.r_c[n]
+        if fp == S.FP_COUNTER:
+            c = self.r_counter[st.counter]
+            return c, c
+        if fp == S.FP_ROUTES:
+            return self.r_routes_split, self.r_routes_split
+        return self.r_global, self.r_global
+
+    # ---- the Model protocol ----
+
+    def initial(self) -> IrqState:
+        return self._initial
+
+    def actions(self, state: IrqState) -> list[Action]:
+        out: list[Action] = []
+        vm = state.vm
+        vcpus = vm.vcpus
+        for a, prog in enumerate(self.programs):
+            pc = state.pcs[a]
+            if pc >= len(prog):
+                continue
+            n = self.bound[a]
+            st = prog[pc]
+            name = self.exp.actors[a].name
+            if n is None:
+                r, w = self._step_fp(st, vm, -1)
+                out.append(Action(f"{name}: {st.text(None)}", name, r, w, ("p", a, pc)))
+                continue
+            v = vcpus[n]
+            if state.frames[n] or v.requests or not v.in_guest:
+                continue
+            r, w = self._step_fp(st, vm, n)
+            out.append(Action(f"{name}: {st.text(n)}", name, r | self.r_vc[n], w,
+                              ("p", a, pc)))
+        for n in range(self.nvcpus):
+            v = vcpus[n]
+            actor = f"vcpu{n}"
+            if v.requests or not v.in_guest:
+                req = v.requests
+                if req & REQ_IOAPIC_EOI_EXIT:
+                    rw = self.r_global
+                    out.append(Action(f"vcpu{n} enter (EOI exit to the VMM)", actor, rw, rw,
+                                      ("e", n)))
+                elif req & REQ_SCAN_IOAPIC:
+                    out.append(Action(f"vcpu{n} enter (rescan)", actor, self.r_scan[n],
+                                      self.r_v[n], ("e", n)))
+                else:
+                    out.append(Action(f"vcpu{n} enter", actor, self.r_v[n], self.r_v[n],
+                                      ("e", n)))
+                continue  # guest code (take, handler steps) waits for the entry
+            frames = state.frames[n]
+            if state.iflags >> n & 1 and len(frames) < MAX_HANDLER_DEPTH:
+                vec = _deliverable(vm, v)
+                if vec >= 0:
+                    rw = self.r_global if self.flags.lapic_auto_eoi else self.r_vc[n]
+                    out.append(Action(f"vcpu{n} take {vec:#x}", actor, rw, rw, ("t", n)))
+            if frames:
+                vec, pc = frames[-1]
+                st = self.handlers.get(vec, self.default_handler)[pc]
+                r, w = self._step_fp(st, vm, n)
+                out.append(Action(f"vcpu{n} handler {vec:#x}[{pc}]: {st.text(n)}", actor,
+                                  r | self.r_vc[n], w | self.r_c[n], ("h", n)))
+        if vm.ioapic.delayed_at is not None:
+            rw = self.r_global
+            out.append(Action("clock: throttled re-injection", "clock", rw, rw, ("c",)))
+        return out
+
+    def step(self, state: IrqState, action: Action) -> IrqState:
+        data = action.data
+        kind = data[0]
+        vm = state.vm.clone()
+        seq = vm.log.next_seq
+        pcs = state.pcs
+        frames = state.frames
+        iflags = state.iflags
+        counters = state.counters
+        if kind == "e":
+            vm.enter(data[1])
+        elif kind == "t":
+            n = data[1]
+            vec = vm.ack(n)["vector"]
+            assert vec is not None
+            iflags &= ~(1 << n)
+            if self.handlers.get(vec, self.default_handler):
+                frames = _replace(frames, n, (*frames[n], (vec, 0)))
+            else:
+                iflags |= 1 << n  # an empty handler returns at once
+        elif kind == "p":
+            a, pc = data[1], data[2]
+            st = self.programs[a][pc]
+            n = self.bound[a]
+            iflags, counters = self._run(st, vm, -1 if n is None else n, iflags, counters)
+            pcs = pcs[:a] + (pc + 1,) + pcs[a + 1:]
+        elif kind == "h":
+            n = data[1]
+            vec, pc = frames[n][-1]
+            hsteps = self.handlers.get(vec, self.default_handler)
+            iflags, counters = self._run(hsteps[pc], vm, n, iflags, counters)
+            if pc + 1 < len(hsteps):
+                frames = _replace(frames, n, (*frames[n][:-1], (vec, pc + 1)))
+            else:
+                frames = _replace(frames, n, frames[n][:-1])
+                iflags |= 1 << n  # the return restores IF (interrupt gate semantics)
+        else:
+            io = vm.ioapic
+            assert io.delayed_at is not None
+            vm.advance_time(io.delayed_at - vm.time)
+        hit = 0
+        if self.want_events and vm.log.events:
+            if invariants.event_findings(vm, seq - 1):
+                hit |= HIT_EOI_NOT_FORWARDED
+        vm.log.truncate()
+        return IrqState(vm, pcs, frames, iflags, counters, hit)
+
+    def _run(self, st: S.Step, vm: Vm, n: int, iflags: int,
+             counters: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+        k = st.kind
+        if k == S.KIND_ENGINE:
+            assert st.run is not None
+            try:
+                st.run(vm, n)
+            except EngineError:
+                pass  # the modelled kernel refused (e.g. -EINVAL): a result, state as left
+        elif k == S.KIND_STI:
+            iflags |= 1 << n
+        elif k == S.KIND_CLI:
+            iflags &= ~(1 << n)
+        else:
+            c = st.counter
+            counters = counters[:c] + (counters[c] + 1,) + counters[c + 1:]
+        return iflags, counters
+
+    def fingerprint(self, state: IrqState) -> int:
+        digest = blake2b(repr(state.key()).encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little")
+
+    def violation(self, state: IrqState, terminal: bool) -> str | None:
+        for name, check in self.always:
+            if check(self, state):
+                return name
+        if terminal:
+            for name, check in self.finally_:
+                if check(self, state):
+                    return name
+        return None
+
+    def canonical(self, state: IrqState) -> IrqState:
+        return state
+
+    def encode(self, state: IrqState) -> bytes:
+        snap = state.vm.snapshot()
+        return pickle.dumps((snap, state.pcs, state.frames, state.iflags, state.counters,
+                             state.hit), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, data: bytes) -> IrqState:
+        snap, pcs, frames, iflags, counters, hit = pickle.loads(data)  # noqa: S301 - own bytes
+        return IrqState(Vm.restore(snap), pcs, frames, iflags, counters, hit)
+
+    # ---- traces ----
+
+    def scenario_step(self, state: IrqState, action: Action) -> dict[str, Any]:
+        """The scenario step that replays `action` from `state` (app.engine.scenario)."""
+        data = action.data
+        kind = data[0]
+        if kind == "e":
+            return {"op": "enter", "vcpu": data[1]}
+        if kind == "t":
+            return {"op": "ack", "vcpu": data[1]}
+        if kind == "c":
+            io = state.vm.ioapic
+            assert io.delayed_at is not None
+            return {"op": "advance", "us": io.delayed_at - state.vm.time}
+        if kind == "p":
+            st = self.programs[data[1]][data[2]]
+            n = self.bound[data[1]]
+        else:
+            n = data[1]
+            vec, pc = state.frames[n][-1]
+            st = self.handlers.get(vec, self.default_handler)[pc]
+        out = {k: v for k, v in st.doc.items() if k != "label"}
+        if n is not None and st.op in S.VCPU_OPS:
+            out["vcpu"] = n
+        return out
+
+
+def _replace(frames: tuple[tuple[tuple[int, int], ...], ...], n: int,
+             new: tuple[tuple[int, int], ...]) -> tuple[tuple[tuple[int, int], ...], ...]:
+    return frames[:n] + (new,) + frames[n + 1:]
+
+
+def _deliverable(vm: Vm, v: Any) -> int:
+    """The vector `acknowledge` would take now, or -1 (same test, without side effects)."""
+    irr = v.irr | v.pir if vm.config.apicv else v.irr
+    if not irr or not v.apic_base_enabled or not v.svr & 0x100:
+        return -1
+    vec = irr.bit_length() - 1
+    isrv = v.isr.bit_length() - 1
+    tpr = v.tpr
+    cur_ppr = tpr & 0xFF if (tpr & 0xF0) >= (isrv & 0xF0) or isrv < 0 else isrv & 0xF0
+    if (vec & 0xF0) <= cur_ppr:
+        return -1
+    return vec
+
+
+def _negate(check: Any) -> Any:
+    return lambda model, s: not check(s)
+
+
+# ---- built-in properties: (model, state) -> violated ----
+
+
+def _remote_irr_stuck(model: IrqModel, s: IrqState) -> bool:
+    vm = s.vm
+    for e in vm.ioapic.redir:
+        if e & R.REMOTE_IRR_BIT and e & R.TRIGGER_BIT:
+            vec = e & 0xFF
+            bit = 1 << vec
+            held = False
+            for v in vm.vcpus:
+                if (v.irr | v.isr | v.pir) & bit or (
+                        v.requests & REQ_IOAPIC_EOI_EXIT and v.pending_ioapic_eoi == vec):
+                    held = True
+                    break
+            if not held:
+                return True
+    return False
+
+
+def _eoi_not_forwarded(model: IrqModel, s: IrqState) -> bool:
+    return bool(s.hit & HIT_EOI_NOT_FORWARDED)
+
+
+def _finding(kind: str) -> Any:
+    def check(model: IrqModel, s: IrqState) -> bool:
+        return any(f["kind"] == kind for f in invariants.state_findings(s.vm))
+    return check
+
+
+def _will_be_lost(model: IrqModel, s: IrqState) -> bool:
+    vm = s.vm
+    if not vm.flags.eoi_exit_bitmap:
+        return False
+    for e in vm.ioapic.redir:
+        if e & R.REMOTE_IRR_BIT and e & R.TRIGGER_BIT:
+            vec = e & 0xFF
+            for v in vm.vcpus:
+                if ((v.irr | v.isr | v.pir) >> vec & 1 and v.tmr >> vec & 1
+                        and not v.handled >> vec & 1
+                        and not v.requests & (REQ_SCAN_IOAPIC | REQ_IOAPIC_EOI_EXIT)):
+                    return True
+    return False
+
+
+def _interrupt_lost(model: IrqModel, s: IrqState) -> bool:
+    vm = s.vm
+    io = vm.ioapic
+    for pin, e in enumerate(io.redir):
+        if not io.irq_states[pin] or e & R.MASK_BIT or not e & R.TRIGGER_BIT:
+            continue
+        bit = 1 << (e & 0xFF)
+        if not any((v.irr | v.isr | v.pir) & bit for v in vm.vcpus) and not any(
+                f for f in s.frames if any(vec == e & 0xFF for vec, _ in f)):
+            return True
+    return False
+
+
+def _delivered_twice(model: IrqModel, s: IrqState) -> bool:
+    seen = 0
+    for n, f in enumerate(s.frames):
+        tmr = s.vm.vcpus[n].tmr
+        for vec, _ in f:
+            bit = 1 << vec
+            if tmr & bit:
+                if seen & bit:
+                    return True
+                seen |= bit
+    return False
+
+
+_BUILTIN_CHECKS: dict[str, Any] = {
+    "remote-irr-stuck": _remote_irr_stuck,
+    "eoi-not-forwarded": _eoi_not_forwarded,
+    "eoi-will-be-lost": _will_be_lost,
+    "handled-vector-stale": _finding("handled-vector-stale"),
+    "interrupt-lost": _interrupt_lost,
+    "delivered-twice": _delivered_twice,
+}
+
+
+def build_model(doc: dict[str, Any], profile: str | None) -> IrqModel:
+    """Module-level factory (model_api.ModelFactory) for worker processes."""
+    return IrqModel(doc, profile)
