@@ -5,6 +5,8 @@
     irqlab library [--server URL | --local] [--json]
     irqlab library run NAME... [--profile P] [--irqchip M] [--server URL | --local] [--json]
     irqlab diff FILE... [--profile P] [--server URL | --local] [--json]
+    irqlab explore FILE|NAME... [--profile P[,P...]|all] [--max-states N] [--json] ...
+                                (app/explore/cli.py)
 
 `run` and `library` talk to an irqlab server (POST /v1/scenarios/run, GET /v1/scenarios, POST
 /v1/scenarios/{name}/run) or, with --local, run the engine in this process. Results are printed
@@ -623,6 +625,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="run every variant on this behaviour preset")
     library_run.add_argument("--irqchip", choices=["kernel", "split"],
                              help="run every variant with this irqchip mode")
+    from app.explore import cli as explore_cli
+
+    explore_cli.add_parser(sub)
     return parser
 
 
@@ -638,6 +643,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.cmd == "diff":
         return _diff(args)
+    if args.cmd == "explore":
+        from app.explore import cli as explore_cli
+
+        return explore_cli.main(args)
     if args.cmd == "run" or getattr(args, "library_cmd", None) == "run":
         return _run(args)
     return _library(args)

@@ -24,6 +24,7 @@ them); fingerprints hash a canonical encoding of Vm.key() and the bookkeeping wi
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from hashlib import blake2b
 from typing import Any
@@ -32,7 +33,7 @@ from app.engine import invariants
 from app.engine import rte as R
 from app.engine.errors import EngineError
 from app.engine.scenario import Runner
-from app.engine.state import REQ_IOAPIC_EOI_EXIT, REQ_SCAN_IOAPIC
+from app.engine.state import REQ_IOAPIC_EOI_EXIT, REQ_SCAN_IOAPIC, Vcpu
 from app.engine.vm import Vm
 
 from . import steps as S
@@ -117,10 +118,7 @@ class IrqModel:
                 check = compile_predicate(p.predicate, f"properties[{i}].{p.when}",
                                           nvcpus=self.nvcpus, actors=actor_index,
                                           counters=self.counter_names)
-                if p.when == "always":
-                    check = _negate(check)  # a violation is a state where it does not hold
-                else:
-                    check = _negate(check)
+                check = _negate(check)  # a violation is a state where it does not hold
             (self.always if p.when == "always" else self.finally_).append((p.name, check))
         counters = [0] * len(self.counter_names)
         for name, value in runner.counters.items():
@@ -256,7 +254,7 @@ class IrqModel:
             st = self.programs[a][pc]
             n = self.bound[a]
             iflags, counters = self._run(st, vm, -1 if n is None else n, iflags, counters)
-            pcs = pcs[:a] + (pc + 1,) + pcs[a + 1:]
+            pcs = (*pcs[:a], pc + 1, *pcs[a + 1:])
         elif kind == "h":
             n = data[1]
             vec, pc = frames[n][-1]
@@ -272,9 +270,8 @@ class IrqModel:
             assert io.delayed_at is not None
             vm.advance_time(io.delayed_at - vm.time)
         hit = 0
-        if self.want_events and vm.log.events:
-            if invariants.event_findings(vm, seq - 1):
-                hit |= HIT_EOI_NOT_FORWARDED
+        if self.want_events and vm.log.events and invariants.event_findings(vm, seq - 1):
+            hit |= HIT_EOI_NOT_FORWARDED
         vm.log.truncate()
         return IrqState(vm, pcs, frames, iflags, counters, hit)
 
@@ -283,17 +280,16 @@ class IrqModel:
         k = st.kind
         if k == S.KIND_ENGINE:
             assert st.run is not None
-            try:
+            # The modelled kernel may refuse (e.g. -EINVAL): a result, the state as it left it.
+            with contextlib.suppress(EngineError):
                 st.run(vm, n)
-            except EngineError:
-                pass  # the modelled kernel refused (e.g. -EINVAL): a result, state as left
         elif k == S.KIND_STI:
             iflags |= 1 << n
         elif k == S.KIND_CLI:
             iflags &= ~(1 << n)
         else:
             c = st.counter
-            counters = counters[:c] + (counters[c] + 1,) + counters[c + 1:]
+            counters = (*counters[:c], counters[c] + 1, *counters[c + 1:])
         return iflags, counters
 
     def fingerprint(self, state: IrqState) -> int:
@@ -319,7 +315,7 @@ class IrqModel:
                              state.hit), protocol=pickle.HIGHEST_PROTOCOL)
 
     def decode(self, data: bytes) -> IrqState:
-        snap, pcs, frames, iflags, counters, hit = pickle.loads(data)  # noqa: S301 - own bytes
+        snap, pcs, frames, iflags, counters, hit = pickle.loads(data)
         return IrqState(Vm.restore(snap), pcs, frames, iflags, counters, hit)
 
     # ---- traces ----
@@ -351,10 +347,10 @@ class IrqModel:
 
 def _replace(frames: tuple[tuple[tuple[int, int], ...], ...], n: int,
              new: tuple[tuple[int, int], ...]) -> tuple[tuple[tuple[int, int], ...], ...]:
-    return frames[:n] + (new,) + frames[n + 1:]
+    return (*frames[:n], new, *frames[n + 1:])
 
 
-def _deliverable(vm: Vm, v: Any) -> int:
+def _deliverable(vm: Vm, v: Vcpu) -> int:
     """The vector `acknowledge` would take now, or -1 (same test, without side effects)."""
     irr = v.irr | v.pir if vm.config.apicv else v.irr
     if not irr or not v.apic_base_enabled or not v.svr & 0x100:
