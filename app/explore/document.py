@@ -38,9 +38,9 @@ BUILTIN_PROPERTIES: dict[str, tuple[str, str]] = {
                          "but its handled-vector bit is clear and no rescan is pending"),
     "handled-vector-stale": ("always", "a handled-vector bit that no route and no pending "
                              "vector explains (extra EOI exits forever)"),
-    "interrupt-lost": ("finally", "at quiescence a device holds an unmasked level line high "
-                       "and no vCPU has its vector pending or in service: nobody will ever "
-                       "serve it"),
+    "interrupt-lost": ("finally", "at quiescence a device still holds an unmasked level line "
+                       "high: no handler will ever serve it (pending where nobody takes it, or "
+                       "blocked)"),
     "delivered-twice": ("always", "two vCPUs run the handler of the same level-triggered "
                         "vector at once: one assertion served twice"),
 }
@@ -78,6 +78,7 @@ class Exploration:
     properties: list[Property]
     expect: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    handler_paths: dict[int, str] = field(default_factory=dict)  # vector -> "handlers.KEY"
 
     def vm_config(self, profile: str | None) -> dict[str, Any]:
         cfg = dict(self.vm)
@@ -113,12 +114,14 @@ def parse(doc: Any) -> Exploration:
     if not isinstance(handlers_doc, dict):
         raise invalid("handlers maps a vector to a list of steps", "handlers")
     handlers: dict[int, list[dict[str, Any]]] = {}
+    paths: dict[int, str] = {}
     for key, steps in handlers_doc.items():
         vec = parse_int(key, f"handlers.{key}", 0, 255)
         if not isinstance(steps, list) or len(steps) > MAX_PROGRAM_STEPS:
             raise invalid(f"a handler is a list of at most {MAX_PROGRAM_STEPS} steps",
                           f"handlers.{key}")
         handlers[vec] = steps
+        paths[vec] = f"handlers.{key}"
     actors_doc = doc.get("actors") or {}
     if not isinstance(actors_doc, dict) or not actors_doc:
         raise invalid("actors maps a name to {vcpu?, steps}", "actors")
@@ -174,7 +177,7 @@ def parse(doc: Any) -> Exploration:
             raise invalid(f"a verdict is one of {', '.join(VERDICTS)}", f"expect.{prof}")
     commits = doc.get("commits") or []
     return Exploration(name, str(doc.get("description") or ""), [str(c) for c in commits],
-                       dict(vm), list(setup), handlers, actors, props, dict(expect), doc)
+                       dict(vm), list(setup), handlers, actors, props, dict(expect), doc, paths)
 
 
 def load_text(text: str, json_only: bool = False) -> Any:

@@ -73,19 +73,11 @@ class IrqModel:
         exp = self.exp
         self.profile = profile or exp.vm.get("profile", "linux-latest")
         self.vm_cfg = exp.vm_config(profile)
-        runner_doc = {"handlers": {k: v for k, v in exp.raw.get("handlers", {}).items()}}
-        runner = Runner(runner_doc, self.vm_cfg, {})
-        for i, step in enumerate(exp.setup):
-            runner.step_index = i
-            runner.run_step(step, f"setup[{i}]")
-        vm = runner.vm
-        self.nvcpus = len(vm.vcpus)
-        self.split = vm.config.irqchip == "split"
-        self.flags = vm.flags
-        fmt = vm.config.x2apic_format
+        nvcpus = exp.vm.get("vcpus", 1)
+        self.nvcpus = nvcpus if isinstance(nvcpus, int) and nvcpus >= 1 else 1
+        fmt = bool(exp.vm.get("x2apic_format", False))
         self.counter_names: dict[str, int] = {}
-        for name in sorted(runner.counters):
-            self.counter_names.setdefault(name, len(self.counter_names))
+        # Programs and handlers first: their errors name the document's own keys.
         self.programs: list[list[S.Step]] = []
         self.bound: list[int | None] = []
         for a in exp.actors:
@@ -98,13 +90,22 @@ class IrqModel:
         self.handlers: dict[int, list[S.Step]] = {}
         for vec, hsteps in exp.handlers.items():
             self.handlers[vec] = [
-                S.compile_step(s, f"handlers.{vec:#x}[{i}]", bound_vcpu=None, in_handler=True,
-                               x2apic_format=fmt, nvcpus=self.nvcpus,
+                S.compile_step(s, f"{exp.handler_paths[vec]}[{i}]", bound_vcpu=None,
+                               in_handler=True, x2apic_format=fmt, nvcpus=self.nvcpus,
                                counters=self.counter_names)
                 for i, s in enumerate(hsteps)]
         self.default_handler = [S.compile_step({"op": "eoi"}, "handlers.default", bound_vcpu=None,
                                                in_handler=True, x2apic_format=fmt,
                                                nvcpus=self.nvcpus, counters=self.counter_names)]
+        runner = Runner({"handlers": exp.raw.get("handlers") or {}}, self.vm_cfg, {})
+        for i, step in enumerate(exp.setup):
+            runner.step_index = i
+            runner.run_step(step, f"setup[{i}]")
+        vm = runner.vm
+        self.split = vm.config.irqchip == "split"
+        self.flags = vm.flags
+        for name in sorted(runner.counters):
+            self.counter_names.setdefault(name, len(self.counter_names))
         actor_index = {a.name: (i, len(a.steps)) for i, a in enumerate(exp.actors)}
         self.always: list[tuple[str, Any]] = []
         self.finally_: list[tuple[str, Any]] = []
@@ -269,7 +270,7 @@ class IrqModel:
             io = vm.ioapic
             assert io.delayed_at is not None
             vm.advance_time(io.delayed_at - vm.time)
-        hit = 0
+        hit = state.hit  # sticky: "an EOI went unheard" stays true of every later state
         if self.want_events and vm.log.events and invariants.event_findings(vm, seq - 1):
             hit |= HIT_EOI_NOT_FORWARDED
         vm.log.truncate()
@@ -414,14 +415,12 @@ def _will_be_lost(model: IrqModel, s: IrqState) -> bool:
 
 
 def _interrupt_lost(model: IrqModel, s: IrqState) -> bool:
-    vm = s.vm
-    io = vm.ioapic
+    """Checked at quiescence, where no handler is running (a running handler's next step or
+    its vCPU's entry would be enabled): a level line still high on an unmasked pin asked for
+    service that no handler will ever give (pending in an IRR nobody takes, or blocked)."""
+    io = s.vm.ioapic
     for pin, e in enumerate(io.redir):
-        if not io.irq_states[pin] or e & R.MASK_BIT or not e & R.TRIGGER_BIT:
-            continue
-        bit = 1 << (e & 0xFF)
-        if not any((v.irr | v.isr | v.pir) & bit for v in vm.vcpus) and not any(
-                f for f in s.frames if any(vec == e & 0xFF for vec, _ in f)):
+        if io.irq_states[pin] and not e & R.MASK_BIT and e & R.TRIGGER_BIT:
             return True
     return False
 
