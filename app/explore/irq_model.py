@@ -25,6 +25,7 @@ them); fingerprints hash a canonical encoding of Vm.key() and the bookkeeping wi
 from __future__ import annotations
 
 import contextlib
+import marshal
 import pickle
 from hashlib import blake2b
 from typing import Any
@@ -42,25 +43,46 @@ from .model_api import Action
 from .predicates import compile_predicate
 
 MAX_HANDLER_DEPTH = 8
+EOI_EVENT_KINDS = frozenset({"eoi", "auto-eoi", "eoi-exit-dropped"})  # what event_findings reads
 HIT_EOI_NOT_FORWARDED = 1
 
 
 class IrqState:
     """One node of the search. Never mutated once built."""
 
-    __slots__ = ("counters", "frames", "hit", "iflags", "pcs", "vm")
+    __slots__ = ("counters", "frames", "hit", "iflags", "pcs", "routes_digest", "vm")
 
     def __init__(self, vm: Vm, pcs: tuple[int, ...], frames: tuple[tuple[tuple[int, int], ...],
-                 ...], iflags: int, counters: tuple[int, ...], hit: int) -> None:
+                 ...], iflags: int, counters: tuple[int, ...], hit: int,
+                 routes_digest: bytes | None = None) -> None:
         self.vm = vm
         self.pcs = pcs
         self.frames = frames
         self.iflags = iflags
         self.counters = counters
         self.hit = hit
+        # The routing table changes only on route commits, but is the bulk of Vm.key(): its
+        # digest is computed when an action that writes "routes" ran, else inherited.
+        self.routes_digest = routes_digest if routes_digest is not None else routes_digest_of(vm)
 
     def key(self) -> tuple[Any, ...]:
         return (self.vm.key(), self.pcs, self.frames, self.iflags, self.counters, self.hit)
+
+    def fast_key(self) -> tuple[Any, ...]:
+        """Vm.key() without its routes part (see routes_digest), plus the bookkeeping."""
+        vm = self.vm
+        return (vm.ioapic.key(), tuple([v.key() for v in vm.vcpus]),
+                tuple(sorted(vm.resamplers.items())) if vm.resamplers else (), vm.time,
+                self.pcs, self.frames, self.iflags, self.counters, self.hit)
+
+
+def routes_key(vm: Vm) -> tuple[Any, ...]:
+    """The routes part of Vm.key() (tests check that Vm.key() is exactly these parts)."""
+    return tuple((g, tuple(es)) for g, es in sorted(vm.routes.items()))
+
+
+def routes_digest_of(vm: Vm) -> bytes:
+    return blake2b(marshal.dumps(routes_key(vm), 2), digest_size=16).digest()
 
 
 class IrqModel:
@@ -146,12 +168,21 @@ class IrqModel:
         self.r_scan = [frozenset({"ioapic", "routes", "ids", f"vcpu{i}"}) for i in range(n)]
         self.r_counter = [frozenset({f"counter.{c}"}) for c in self.counter_names]
         self.empty: frozenset[str] = frozenset()
+        self._actions: dict[tuple[Any, ...], Action] = {}  # actions are immutable: built once
 
-    def _step_fp(self, st: S.Step, vm: Vm, n: int) -> tuple[frozenset[str], frozenset[str]]:
-        """(reads, writes) of an engine step run on vCPU n (-1: a device program)."""
+    def _variant(self, st: S.Step, vm: Vm) -> int:
+        """Which footprint a step has in this state: a raised line on an unmasked pin may
+        deliver (1), a lowered or masked one touches the IOAPIC only (0)."""
+        if st.fp == S.FP_PIN and st.level and not vm.ioapic.redir[st.pin] & R.MASK_BIT:
+            return 1
+        return 0
+
+    def _step_fp(self, st: S.Step, variant: int,
+                 n: int) -> tuple[frozenset[str], frozenset[str]]:
+        """(reads, writes) of a step run on vCPU n (-1: a device program)."""
         fp = st.fp
         if fp == S.FP_PIN:
-            if st.level == 0 or vm.ioapic.redir[st.pin] & R.MASK_BIT:
+            if not variant:
                 return self.r_io, self.r_io
             return self.r_global, self.r_global
         if fp == S.FP_VCPUS:
@@ -180,55 +211,79 @@ class IrqModel:
         out: list[Action] = []
         vm = state.vm
         vcpus = vm.vcpus
+        cache = self._actions
         for a, prog in enumerate(self.programs):
             pc = state.pcs[a]
             if pc >= len(prog):
                 continue
             n = self.bound[a]
             st = prog[pc]
-            name = self.exp.actors[a].name
-            if n is None:
-                r, w = self._step_fp(st, vm, -1)
-                out.append(Action(f"{name}: {st.text(None)}", name, r, w, ("p", a, pc)))
-                continue
-            v = vcpus[n]
-            if state.frames[n] or v.requests or not v.in_guest:
-                continue
-            r, w = self._step_fp(st, vm, n)
-            out.append(Action(f"{name}: {st.text(n)}", name, r | self.r_vc[n], w,
-                              ("p", a, pc)))
+            if n is not None:
+                v = vcpus[n]
+                if state.frames[n] or v.requests or not v.in_guest:
+                    continue
+            variant = self._variant(st, vm)
+            key: tuple[Any, ...] = ("p", a, pc, variant)
+            act = cache.get(key)
+            if act is None:
+                act = cache[key] = self._program_action(a, pc, st, n, variant)
+            out.append(act)
         for n in range(self.nvcpus):
             v = vcpus[n]
-            actor = f"vcpu{n}"
             if v.requests or not v.in_guest:
                 req = v.requests
-                if req & REQ_IOAPIC_EOI_EXIT:
-                    rw = self.r_global
-                    out.append(Action(f"vcpu{n} enter (EOI exit to the VMM)", actor, rw, rw,
-                                      ("e", n)))
-                elif req & REQ_SCAN_IOAPIC:
-                    out.append(Action(f"vcpu{n} enter (rescan)", actor, self.r_scan[n],
-                                      self.r_v[n], ("e", n)))
-                else:
-                    out.append(Action(f"vcpu{n} enter", actor, self.r_v[n], self.r_v[n],
-                                      ("e", n)))
+                kind = 2 if req & REQ_IOAPIC_EOI_EXIT else 1 if req & REQ_SCAN_IOAPIC else 0
+                key = ("e", n, kind)
+                act = cache.get(key)
+                if act is None:
+                    act = cache[key] = self._enter_action(n, kind)
+                out.append(act)
                 continue  # guest code (take, handler steps) waits for the entry
             frames = state.frames[n]
             if state.iflags >> n & 1 and len(frames) < MAX_HANDLER_DEPTH:
                 vec = _deliverable(vm, v)
                 if vec >= 0:
-                    rw = self.r_global if self.flags.lapic_auto_eoi else self.r_vc[n]
-                    out.append(Action(f"vcpu{n} take {vec:#x}", actor, rw, rw, ("t", n)))
+                    key = ("t", n, vec)
+                    act = cache.get(key)
+                    if act is None:
+                        rw = self.r_global if self.flags.lapic_auto_eoi else self.r_vc[n]
+                        act = cache[key] = Action(f"vcpu{n} take {vec:#x}", f"vcpu{n}", rw, rw,
+                                                  ("t", n))
+                    out.append(act)
             if frames:
                 vec, pc = frames[-1]
                 st = self.handlers.get(vec, self.default_handler)[pc]
-                r, w = self._step_fp(st, vm, n)
-                out.append(Action(f"vcpu{n} handler {vec:#x}[{pc}]: {st.text(n)}", actor,
-                                  r | self.r_vc[n], w | self.r_c[n], ("h", n)))
+                variant = self._variant(st, vm)
+                key = ("h", n, vec, pc, variant)
+                act = cache.get(key)
+                if act is None:
+                    r, w = self._step_fp(st, variant, n)
+                    act = cache[key] = Action(
+                        f"vcpu{n} handler {vec:#x}[{pc}]: {st.text(n)}", f"vcpu{n}",
+                        r | self.r_vc[n], w | self.r_c[n], ("h", n))
+                out.append(act)
         if vm.ioapic.delayed_at is not None:
             rw = self.r_global
             out.append(Action("clock: throttled re-injection", "clock", rw, rw, ("c",)))
         return out
+
+    def _program_action(self, a: int, pc: int, st: S.Step, n: int | None,
+                        variant: int) -> Action:
+        name = self.exp.actors[a].name
+        r, w = self._step_fp(st, variant, -1 if n is None else n)
+        if n is not None:
+            r = r | self.r_vc[n]  # enabled only with no handler running and nothing pending
+        return Action(f"{name}: {st.text(n)}", name, r, w, ("p", a, pc))
+
+    def _enter_action(self, n: int, kind: int) -> Action:
+        actor = f"vcpu{n}"
+        if kind == 2:
+            return Action(f"vcpu{n} enter (EOI exit to the VMM)", actor, self.r_global,
+                          self.r_global, ("e", n))
+        if kind == 1:
+            return Action(f"vcpu{n} enter (rescan)", actor, self.r_scan[n], self.r_v[n],
+                          ("e", n))
+        return Action(f"vcpu{n} enter", actor, self.r_v[n], self.r_v[n], ("e", n))
 
     def step(self, state: IrqState, action: Action) -> IrqState:
         data = action.data
@@ -271,10 +326,13 @@ class IrqModel:
             assert io.delayed_at is not None
             vm.advance_time(io.delayed_at - vm.time)
         hit = state.hit  # sticky: "an EOI went unheard" stays true of every later state
-        if self.want_events and vm.log.events and invariants.event_findings(vm, seq - 1):
+        if (self.want_events and not hit
+                and any(e[2] in EOI_EVENT_KINDS for e in vm.log.events)
+                and invariants.event_findings(vm, seq - 1)):
             hit |= HIT_EOI_NOT_FORWARDED
         vm.log.truncate()
-        return IrqState(vm, pcs, frames, iflags, counters, hit)
+        digest = None if "routes" in action.writes else state.routes_digest
+        return IrqState(vm, pcs, frames, iflags, counters, hit, digest)
 
     def _run(self, st: S.Step, vm: Vm, n: int, iflags: int,
              counters: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
@@ -294,8 +352,11 @@ class IrqModel:
         return iflags, counters
 
     def fingerprint(self, state: IrqState) -> int:
-        digest = blake2b(repr(state.key()).encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little")
+        # marshal version 2 encodes by value only (no references, no interning marks), so
+        # equal keys give equal bytes in every process; Python's hash() of str is salted.
+        h = blake2b(marshal.dumps(state.fast_key(), 2), digest_size=8)
+        h.update(state.routes_digest)
+        return int.from_bytes(h.digest(), "little")
 
     def violation(self, state: IrqState, terminal: bool) -> str | None:
         for name, check in self.always:

@@ -182,3 +182,19 @@ def test_document_errors_name_the_field(change: dict[str, Any], field: str,
         IrqModel(doc(**change), "linux-latest")
     assert exc.value.field == field
     assert words in exc.value.detail
+
+
+@pytest.mark.parametrize("name", explorations.names())
+def test_fingerprint_covers_vm_key(name: str) -> None:
+    """The fingerprint hashes Vm.key() in parts (the routes digest inherited unless an action
+    writes "routes"): every reachable state's parts must be exactly Vm.key(), and its
+    inherited digest the digest of its own routing table."""
+    from app.explore.irq_model import routes_digest_of, routes_key
+
+    for profile in ("linux-6.1", "linux-latest"):
+        model = IrqModel(explorations.get(name) or {}, profile)
+        for s in reachable(model, 2000):
+            fk = s.fast_key()
+            vk = s.vm.key()
+            assert (fk[0], fk[1], routes_key(s.vm), fk[2], fk[3]) == vk
+            assert s.routes_digest == routes_digest_of(s.vm)
