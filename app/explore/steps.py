@@ -101,7 +101,7 @@ def compile_step(step: Any, where: str, *, bound_vcpu: int | None, in_handler: b
                               "that took the interrupt)", f"{where}.vcpu")
     allowed = _KEYS[op]
     for k in step:
-        if k not in allowed and k not in ("op", "label", "vcpu"):
+        if k not in allowed and k not in ("op", "label", "vcpu", "save"):
             raise invalid(f"unknown field {k!r} for {op}", f"{where}.{k}")
     doc = dict(step)
 
@@ -176,7 +176,7 @@ def compile_step(step: Any, where: str, *, bound_vcpu: int | None, in_handler: b
         return engine(lambda vm, n: vm.mmio(n, access, offset, size, value), FP_GLOBAL)
     if op == "lapic":
         regs = [(k, parse_int(v, f"{where}.{k}", 0, 2**64 - 1)) for k, v in step.items()
-                if k not in ("op", "vcpu", "label")]
+                if k not in ("op", "vcpu", "label", "save")]
         if not regs:
             raise invalid("name at least one register", where)
 
