@@ -179,7 +179,8 @@ class FinallyProperty(DocModel):
     finally_: Predicate = Field(alias="finally")
 
 
-BuiltinProperty = Literal[tuple(BUILTIN_PROPERTIES)]  # type: ignore[valid-type]
+BuiltinProperty = Literal["remote-irr-stuck", "eoi-not-forwarded", "eoi-will-be-lost",
+                          "handled-vector-stale", "interrupt-lost", "delivered-twice"]
 
 
 class ExplorationDocument(DocModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ def test_program_ops_are_the_explorers() -> None:
             if const:
                 ops.add(const)
     assert set(S.PROGRAM_OPS) <= ops
+    assert typing.get_args(DM.BuiltinProperty) == tuple(BUILTIN_PROPERTIES)
     props = json.dumps(schema["properties"]["properties"])
     for builtin in BUILTIN_PROPERTIES:
         assert builtin in props
