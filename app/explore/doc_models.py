@@ -7,9 +7,11 @@ Program and handler steps reuse the scenario step models."""
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StrictBool, StrictInt
+from pydantic.json_schema import models_json_schema
 
 from app.api import scenario_models as SM
 from app.api import types as T
@@ -212,3 +214,13 @@ def document_json_schema() -> dict[str, Any]:
     schema = ExplorationDocument.model_json_schema(mode="validation", by_alias=True)
     SM._tidy(schema)
     return {"$schema": SM.SCHEMA_DIALECT, **schema}
+
+
+def openapi_components() -> dict[str, dict[str, Any]]:
+    """The document's schemas for OpenAPI components/schemas, ExplorationDocument among them
+    (the scenario step models they share render identically)."""
+    _, top = models_json_schema([(ExplorationDocument, "validation")], by_alias=True,
+                                ref_template="#/components/schemas/{model}")
+    defs: dict[str, dict[str, Any]] = copy.deepcopy(top.get("$defs", {}))
+    SM._tidy(defs)
+    return defs

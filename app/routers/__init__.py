@@ -1,7 +1,8 @@
 """HTTP routers: thin wrappers that validate, lock the VM, call the engine."""
 
-from . import health, ioapic, profiles, reports, routing, scenarios, vcpus, vms
+from . import explorations, health, ioapic, profiles, reports, routing, scenarios, vcpus, vms
 
 ALL = [health.router, vms.router, profiles.router, ioapic.router, ioapic.line_router,
        routing.router,
-       vcpus.router, reports.router, reports.bitmaps_router, scenarios.router]
+       vcpus.router, reports.router, reports.bitmaps_router, scenarios.router,
+       explorations.router]
