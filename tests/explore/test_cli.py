@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 from app import cli, explorations
+from app.kvm import detect as kvm_detect
+from app.kvm.differential import host_profile
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -75,3 +77,21 @@ def test_file_source(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
     doc = explorations.get("race1-kernel")
     path.write_text(json.dumps(doc))
     assert run(capsys, str(path), "--profile", "linux-4.15")[0] == 0
+
+
+KVM_OK, KVM_REASON = kvm_detect.kvm_available()
+
+
+@pytest.mark.skipif(not KVM_OK, reason=f"real KVM unavailable: {KVM_REASON}")
+@pytest.mark.parametrize(("name", "profile"), [("seed-race-split", "linux-6.1"),
+                                               ("race1-kernel", "linux-4.14")])
+def test_counterexample_runs_on_real_kvm(name: str, profile: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`irqlab diff` runs a counterexample on this host's KVM; with the engine on the host's
+    own preset, model and kernel agree on every step of the bad order."""
+    assert run(capsys, name, "--profile", profile, "--counterexample-dir", str(tmp_path))[0] == 1
+    saved = tmp_path / f"{name}-{profile}.yaml"
+    code = cli.main(["diff", "--local", "--json", "--profile", host_profile(), str(saved)])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["differences"] == 0, out
+    assert out["variants"][0]["skipped"] is None
