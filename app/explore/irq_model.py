@@ -62,7 +62,7 @@ class IrqState:
         self.counters = counters
         self.hit = hit
         # The routing table changes only on route commits, but is the bulk of Vm.key(): its
-        # digest is computed when an action that writes "routes" ran, else inherited.
+        # digest is computed when a step installed a new table, else inherited.
         self.routes_digest = routes_digest if routes_digest is not None else routes_digest_of(vm)
 
     def key(self) -> tuple[Any, ...]:
@@ -331,7 +331,9 @@ class IrqModel:
                 and invariants.event_findings(vm, seq - 1)):
             hit |= HIT_EOI_NOT_FORWARDED
         vm.log.truncate()
-        digest = None if "routes" in action.writes else state.routes_digest
+        # A routing table is replaced whole, never edited (Vm.clone shares it): the same
+        # object means the same table, and its digest carries over.
+        digest = state.routes_digest if vm.routes is state.vm.routes else None
         return IrqState(vm, pcs, frames, iflags, counters, hit, digest)
 
     def _run(self, st: S.Step, vm: Vm, n: int, iflags: int,
