@@ -147,7 +147,8 @@ class IrqModel:
         for name, value in runner.counters.items():
             counters[self.counter_names[name]] = value
         vm.log.truncate()
-        self._setup_events = runner.findings
+        # Only eoi-not-forwarded reads events: without it the engine's log stays off.
+        vm.log.enabled = self.want_events
         iflags = sum(1 << n for n, f in enumerate(runner.if_flag) if f)
         self._initial = IrqState(vm, (0,) * len(self.programs), ((),) * self.nvcpus, iflags,
                                  tuple(counters), 0)
