@@ -1,7 +1,8 @@
 """`irqlab explore`: search every interleaving of an exploration's actors, in this process.
 
     irqlab explore FILE|NAME... [--library] [--profile P[,P...]|all] [--max-states N]
-                   [--max-seconds S] [--workers N] [--json] [--counterexample-dir DIR]
+                   [--max-seconds S] [--workers N] [--json | --markdown]
+                   [--counterexample-dir DIR]
 
 A live progress line (states, frontier, depth, rate) on standard error while it runs, then per
 profile the verdict and, for a violation, the shortest counterexample as a table; several
@@ -50,6 +51,8 @@ def add_parser(sub: Any) -> None:
                    help="worker processes (default 1)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line and profile instead of tables")
+    p.add_argument("--markdown", action="store_true",
+                   help="print only the census, as a markdown table (for README)")
     p.add_argument("--counterexample-dir", metavar="DIR",
                    help="write each counterexample as a scenario (NAME-PROFILE.yaml) that "
                         "irqlab run replays")
@@ -116,9 +119,11 @@ def main(args: argparse.Namespace) -> int:
                 _save(Path(args.counterexample_dir), result)
             if args.json:
                 print(json.dumps(result, ensure_ascii=False, sort_keys=False), flush=True)
-            else:
+            elif not args.markdown:
                 print_result(console, result)
-    if not args.json and len(results) > 1:
+    if args.markdown:
+        print(census_markdown(results), end="")
+    elif not args.json and len(results) > 1:
         print_census(console, results)
     return exit_code([r["verdict"] for r in results])
 
@@ -171,10 +176,9 @@ def print_result(console: Any, r: dict[str, Any]) -> None:
         table = Table(title=f"shortest counterexample ({cx['length']} steps)",
                       title_justify="left")
         table.add_column("#", justify="right")
-        table.add_column("actor")
-        table.add_column("step")
+        table.add_column("step (actor: what it does)")
         for row in cx["steps"]:
-            table.add_row(str(row["index"] + 1), row["actor"], row["action"])
+            table.add_row(str(row["index"] + 1), row["action"])
         console.print(table)
 
 
@@ -219,10 +223,10 @@ def print_census(console: Any, results: list[dict[str, Any]]) -> None:
 
 def census_markdown(results: list[dict[str, Any]]) -> str:
     explorations, rows = census_rows(results)
-    lines = ["| profile | " + " | ".join(explorations) + " |",
+    lines = ["| profile | " + " | ".join(f"`{e}`" for e in explorations) + " |",
              "|---|" + "---|" * len(explorations)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + CENSUS_LEGEND + ".\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -98,3 +98,17 @@ def test_every_run_is_exhaustive_and_replays(name: str, profile: str) -> None:
         assert r["property"] in kinds
     assert cx["length"] == len(cx["steps"]) == len(scenario["steps"]) - len(
         doc.get("setup", [])) - 1
+
+
+def test_readme_census_is_current() -> None:
+    """README's census is `irqlab explore --library --profile all --markdown`
+    (scripts/update_readme_census.py rewrites it)."""
+    from pathlib import Path
+
+    from app.explore.cli import census_markdown
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    begin, end = "<!-- census:begin -->\n", "<!-- census:end -->"
+    committed = text[text.index(begin) + len(begin):text.index(end)]
+    results = [result(n, p) for n in explorations.names() for p in ALL]
+    assert committed == census_markdown(results), "run scripts/update_readme_census.py"
