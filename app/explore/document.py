@@ -26,7 +26,7 @@ from typing import Any
 
 from app.engine import flags as F
 from app.engine.errors import EngineError, invalid
-from app.engine.scenario import STEP_OPS, VM_KEYS, parse_int
+from app.engine.scenario import STEP_OPS, check_vm_keys, parse_int
 
 BUILTIN_PROPERTIES: dict[str, tuple[str, str]] = {
     # name -> (when it is checked, what it means)
@@ -98,12 +98,7 @@ def parse(doc: Any) -> Exploration:
     name = doc.get("name", "exploration")
     if not isinstance(name, str):
         raise invalid("name is a string", "name")
-    vm = doc.get("vm") or {}
-    if not isinstance(vm, dict):
-        raise invalid("vm must be an object", "vm")
-    for k in vm:
-        if k not in VM_KEYS:
-            raise invalid(f"unknown vm field {k!r}", f"vm.{k}")
+    vm = check_vm_keys(doc.get("vm") or {}, "vm")
     setup = doc.get("setup") or []
     if not isinstance(setup, list):
         raise invalid("setup is a list of steps", "setup")

@@ -13,8 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.engine import rte as R
-from app.engine.errors import EngineError, invalid
-from app.engine.scenario import entry_from, msi_from_decoded, parse_int, route_entries
+from app.engine.errors import invalid
+from app.engine.scenario import (
+    _order,
+    entry_from,
+    msi_from_decoded,
+    parse_int,
+    patch_fields,
+    route_entries,
+)
+from app.engine.scenario import _require as _need
 from app.engine.vm import Vm
 
 # Steps that run as guest code on a vCPU (a program bound to one, or a handler).
@@ -154,16 +162,7 @@ def compile_step(step: Any, where: str, *, bound_vcpu: int | None, in_handler: b
         return engine(lambda vm, n: vm.write_rte(n, pin, entry, halves), FP_GLOBAL)
     if op == "patch_rte":
         pin = parse_int(_need(step, "pin", where), f"{where}.pin", 0, R.NUM_PINS - 1)
-        fields = _need(step, "fields", where)
-        if not isinstance(fields, dict):
-            raise invalid("fields must be an object", f"{where}.fields")
-        fields = {k: (parse_int(v, f"{where}.fields.{k}", 0, 255)
-                      if k in ("vector", "dest", "extended_dest") else v)
-                  for k, v in fields.items()}
-        try:
-            R.patch(0, fields)
-        except EngineError as exc:
-            raise invalid(exc.detail, f"{where}.fields.{exc.field}") from None
+        fields = patch_fields(step, where)
         order = _order(step, where)
         return engine(lambda vm, n: vm.patch_rte(n, pin, fields, order), FP_GLOBAL)
     if op == "mmio":
@@ -211,16 +210,3 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "sti": (),
     "cli": (),
 }
-
-
-def _need(step: dict[str, Any], key: str, where: str) -> Any:
-    if key not in step:
-        raise invalid(f"missing {key!r}", f"{where}.{key}")
-    return step[key]
-
-
-def _order(step: dict[str, Any], where: str) -> str:
-    order = step.get("order", "low-first")
-    if order not in ("low-first", "high-first"):
-        raise invalid("order must be low-first or high-first", f"{where}.order")
-    return str(order)
