@@ -163,20 +163,31 @@ class IrqModel:
         self.r_vc = [self.r_v[i] | self.r_c[i] for i in range(n)]
         all_v = frozenset(f"vcpu{i}" for i in range(n))
         self.r_all_v = all_v
-        self.r_global = all_v | {"ioapic", "routes", "ids"}
+        # "ioapic.rte": the redirection entries' programming (what a rescan reads in-kernel);
+        # "ioapic": input lines, IRR, Remote IRR, IOREGSEL. Only guest RTE writes, MMIO and
+        # (conservatively) every global step write the former; a line step the latter.
+        self.r_global = all_v | {"ioapic", "ioapic.rte", "routes", "ids"}
         self.r_io = frozenset({"ioapic"})
         self.r_routes_split = frozenset({"routes"}) | (all_v if self.split else frozenset())
-        self.r_scan = [frozenset({"ioapic", "routes", "ids", f"vcpu{i}"}) for i in range(n)]
+        # vcpu_scan_ioapic: in-kernel the RTEs (trigger, destination, vector; not Remote IRR),
+        # in split mode the MSI routes; both through the APIC map (ids) and the vCPU's own
+        # pending vectors.
+        scanned = {"ioapic.rte"} if not self.split else set()
+        self.r_scan = [frozenset({"routes", "ids", f"vcpu{i}", *scanned}) for i in range(n)]
         self.r_counter = [frozenset({f"counter.{c}"}) for c in self.counter_names]
         self.empty: frozenset[str] = frozenset()
         self._actions: dict[tuple[Any, ...], Action] = {}  # actions are immutable: built once
 
     def _variant(self, st: S.Step, vm: Vm) -> int:
-        """Which footprint a step has in this state: a raised line on an unmasked pin may
-        deliver (1), a lowered or masked one touches the IOAPIC only (0)."""
-        if st.fp == S.FP_PIN and st.level and not vm.ioapic.redir[st.pin] & R.MASK_BIT:
-            return 1
-        return 0
+        """Which footprint a step has in this state: a raised line that may deliver (1), or
+        one that touches the IOAPIC only (0): lowered, masked, or level with Remote IRR set
+        (ioapic_service delivers nothing then, in KVM and in QEMU)."""
+        if st.fp != S.FP_PIN or not st.level:
+            return 0
+        e = vm.ioapic.redir[st.pin]
+        if e & R.MASK_BIT or (e & R.TRIGGER_BIT and e & R.REMOTE_IRR_BIT):
+            return 0  # masked, or a level pin still awaiting its EOI: no delivery now
+        return 1
 
     def _step_fp(self, st: S.Step, variant: int,
                  n: int) -> tuple[frozenset[str], frozenset[str]]:

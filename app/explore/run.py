@@ -1,12 +1,15 @@
 """Run one exploration under one profile and shape the answer (CLI and HTTP call this).
 
 `check_model` is the single point where the search is chosen: the generic checker
-(app/explore/checker.py, with partial-order reduction, budgets and workers) when it is
-present, else the plain breadth-first search of app/explore/simple_bfs.py.
+(app.explore.checker: partial-order reduction, budgets, workers) when the installation has
+it, else the plain breadth-first search of app/explore/simple_bfs.py (no reductions, one
+process).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +19,8 @@ from app.engine.errors import invalid
 
 from .counterexample import scenario_document, trace_rows
 from .document import BUILTIN_PROPERTIES, Exploration, parse
-from .irq_model import IrqModel
+from .irq_model import IrqModel, build_model
+from .model_api import ModelFactory
 from .simple_bfs import bfs
 
 EXIT_VERIFIED = 0
@@ -38,10 +42,45 @@ Progress = Callable[[dict[str, Any]], None]
 def check_model(model: IrqModel, options: Options,
                 progress: Progress | None = None) -> tuple[str, str | None, list[Any],
                                                              list[Any], dict[str, Any]]:
-    """(verdict, property, trace actions, trace states, stats) of one search."""
-    r = bfs(model, max_states=options.max_states, max_seconds=options.max_seconds,
-            progress=progress)
-    return r.verdict, r.property, r.trace, r.trace_states, r.stats
+    """(verdict, property, trace actions, trace states, stats) of one search: the generic
+    checker when this installation has it, else the plain breadth-first search."""
+    try:
+        checker: Any = importlib.import_module("app.explore.checker")
+    except ModuleNotFoundError:
+        r = bfs(model, max_states=options.max_states, max_seconds=options.max_seconds,
+                progress=progress)
+        return r.verdict, r.property, r.trace, r.trace_states, r.stats
+    return _with_checker(checker, model, options, progress)
+
+
+def _with_checker(checker: Any, model: IrqModel, options: Options,
+                  progress: Progress | None) -> tuple[str, str | None, list[Any], list[Any],
+                                                      dict[str, Any]]:
+    """app.explore.checker.check, its Progress and CheckStats turned into this module's
+    dicts; workers > 1 get a ModelFactory (each worker process builds the same model)."""
+    opts = checker.CheckOptions(max_states=options.max_states,
+                                max_seconds=options.max_seconds, workers=options.workers)
+    target: Any = model
+    if options.workers > 1:
+        target = ModelFactory(build_model, (model.exp.raw, model.profile))
+
+    def report(p: Any) -> None:
+        if progress is not None:
+            progress({"states": p.states, "transitions": p.transitions, "frontier": p.frontier,
+                      "max_depth": p.depth, "states_per_s": round(p.states_per_second),
+                      "seconds": round(p.seconds, 3)})
+
+    r = checker.check(target, opts, progress=report)
+    stats = dataclasses.asdict(r.stats)
+    stats["states_per_s"] = round(stats.get("states_per_second", 0))
+    stats["reductions"] = list(r.reductions)
+    if r.bound is not None:
+        stats["bound"] = r.bound
+    trace = list(r.counterexample)
+    states = [model.initial()]
+    for a in trace:
+        states.append(model.step(states[-1], a))
+    return r.verdict, r.property, trace, states, stats
 
 
 def profiles_arg(value: str | None, exp: Exploration) -> list[str]:
