@@ -32,10 +32,10 @@ from typing import Any
 
 from app.engine import invariants
 from app.engine import rte as R
-from app.engine.errors import EngineError
+from app.engine.errors import EngineError, invalid
 from app.engine.scenario import Runner
 from app.engine.state import REQ_IOAPIC_EOI_EXIT, REQ_SCAN_IOAPIC, Vcpu
-from app.engine.vm import Vm
+from app.engine.vm import Vm, config_from_dict
 
 from . import steps as S
 from .document import Exploration
@@ -95,8 +95,13 @@ class IrqModel:
         exp = self.exp
         self.profile = profile or exp.vm.get("profile", "linux-latest")
         self.vm_cfg = exp.vm_config(profile)
-        nvcpus = exp.vm.get("vcpus", 1)
-        self.nvcpus = nvcpus if isinstance(nvcpus, int) and nvcpus >= 1 else 1
+        try:  # the vm block first: everything else is checked against it
+            probe = Vm(config_from_dict(self.vm_cfg))
+        except TypeError as exc:
+            raise invalid(f"unknown vm field: {exc}", "vm") from None
+        except EngineError as exc:
+            raise invalid(exc.detail, f"vm.{exc.field}" if exc.field else "vm") from None
+        self.nvcpus = len(probe.vcpus)
         fmt = bool(exp.vm.get("x2apic_format", False))
         self.counter_names: dict[str, int] = {}
         # Programs and handlers first: their errors name the document's own keys.
@@ -122,7 +127,13 @@ class IrqModel:
         runner = Runner({"handlers": exp.raw.get("handlers") or {}}, self.vm_cfg, {})
         for i, step in enumerate(exp.setup):
             runner.step_index = i
-            runner.run_step(step, f"setup[{i}]")
+            try:
+                runner.run_step(step, f"setup[{i}]")
+            except EngineError as exc:
+                # A setup the modelled kernel refuses cannot start a search: name the step.
+                if not (exc.field or "").startswith(("setup", "handlers")):
+                    exc.field = f"setup[{i}]" + (f".{exc.field}" if exc.field else "")
+                raise
         vm = runner.vm
         self.split = vm.config.irqchip == "split"
         self.flags = vm.flags

@@ -198,3 +198,16 @@ def test_fingerprint_covers_vm_key(name: str) -> None:
             vk = s.vm.key()
             assert (fk[0], fk[1], routes_key(s.vm), fk[2], fk[3]) == vk
             assert s.routes_digest == routes_digest_of(s.vm)
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"vm": {"vcpus": 0, "irqchip": "kernel"}}, "vm.vcpus"),
+    ({"vm": {"vcpus": 2, "irqchip": "both"}}, "vm.irqchip"),
+    ({"vm": {"vcpus": 2, "profile": "linux-9"}}, "vm.profile"),
+    ({"setup": [{"op": "enter", "vcpu": 5}]}, "setup[0].vcpu"),
+    ({"setup": [{"op": "lapic", "vcpu": 0, "bogus": 1}]}, "setup[0]"),
+])
+def test_vm_and_setup_errors_name_the_field(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(EngineError) as exc:
+        IrqModel(doc(**change), None)
+    assert exc.value.field is not None and exc.value.field.startswith(field), exc.value.field
