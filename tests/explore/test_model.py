@@ -103,12 +103,19 @@ def test_fingerprints_are_stable_across_processes() -> None:
     assert all(0 <= x < 2**64 for x in local) and len(set(local)) == 4
 
 
-def test_encode_decode_round_trip() -> None:
-    model = IrqModel(explorations.get("race2b-posted") or {}, "linux-6.9")
-    for s in reachable(model, 200):
+@pytest.mark.parametrize(("name", "profile"), [("race2b-posted", "linux-6.9"),
+                                               ("lowest-priority-3vcpu", "kvm-pvm"),
+                                               ("race1-kernel", "linux-latest")])
+def test_encode_decode_round_trip(name: str, profile: str) -> None:
+    """decode(encode(s)) is s: same key, same actions, same successors (for the workers)."""
+    model = IrqModel(explorations.get(name) or {}, profile)
+    for s in reachable(model, 300):
         t = model.decode(model.encode(s))
-        assert model.fingerprint(t) == model.fingerprint(s)
-        assert [a.name for a in model.actions(t)] == [a.name for a in model.actions(s)]
+        assert t.key() == s.key() and model.fingerprint(t) == model.fingerprint(s)
+        acts = model.actions(s)
+        assert model.actions(t) == acts
+        for a in acts:
+            assert model.step(t, a).key() == model.step(s, a).key()
 
 
 def doc(**over: Any) -> dict[str, Any]:
