@@ -99,7 +99,7 @@ def test_events_stream_and_health_over_uvicorn() -> None:
         assert r.status_code == 202
         t0 = time.monotonic()
         assert c.get("/healthz").status_code == 200
-        assert time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 < 5  # generous: CI machines are shared
         events: list[tuple[str, Any]] = []
         with c.stream("GET", r.headers["location"] + "/events") as stream:
             kind = None
