@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from app.engine import flags as F
-from app.engine.errors import EngineError, invalid
+from app.engine.errors import invalid
 from app.engine.scenario import STEP_OPS, check_vm_keys, parse_int
 
 BUILTIN_PROPERTIES: dict[str, tuple[str, str]] = {
@@ -176,22 +176,21 @@ def parse(doc: Any) -> Exploration:
 
 
 def load_text(text: str, json_only: bool = False) -> Any:
-    """A document from YAML (or JSON) text; malformed text is an EngineError."""
-    try:
-        if json_only:
-            return json.loads(text)
-        import yaml
+    """A document from YAML (or, with json_only, JSON) text; malformed text is an
+    EngineError."""
+    import yaml
 
-        return yaml.safe_load(text)
-    except (ValueError, Exception) as exc:  # yaml.YAMLError and json's ValueError
-        raise invalid(f"not YAML/JSON: {exc}", "") from None
+    try:
+        return json.loads(text) if json_only else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
+        raise invalid(f"not {'JSON' if json_only else 'YAML'}: {exc}", "") from None
 
 
 def load_file(path: str) -> Any:
+    """A document from a file: JSON for *.json, else YAML."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise EngineError(invalid("", "").kind, f"cannot read {path}: {exc.strerror}", "") \
-            from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise invalid(f"cannot read {path}: {exc}", "") from None
     return load_text(text, json_only=p.suffix == ".json")
