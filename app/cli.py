@@ -7,6 +7,9 @@
                                [--svg DIR] [--trace DIR] [--html FILE]
     irqlab diff FILE... [--profile P] [--server URL | --local] [--json]
     irqlab suite DIR|FILE|NAME... [--profile P,Q] [--irqchip kernel,split] [--workers N] ...
+    irqlab explore FILE|NAME... [--profile P[,P...]|all] [--max-states N] [--json] ...
+                                (app/explore/cli.py)
+    irqlab campaign N [--profile P,Q...] [--kvm] [--ray ADDRESS] ... (app/campaign/cli.py)
     irqlab --version
 
 `run`, `library run` and `suite` also write CI results: --junit FILE (JUnit XML, one testcase
@@ -720,6 +723,9 @@ def _parser() -> argparse.ArgumentParser:
     from app.campaign import cli as campaign_cli
 
     campaign_cli.add_parser(sub)
+    from app.explore import cli as explore_cli
+
+    explore_cli.add_parser(sub)
     return parser
 
 
@@ -743,6 +749,10 @@ def main(argv: list[str] | None = None) -> int:
         from app.campaign import cli as campaign_cli
 
         return campaign_cli.run(args)
+    if args.cmd == "explore":
+        from app.explore import cli as explore_cli
+
+        return explore_cli.main(args)
     if args.cmd == "run" or getattr(args, "library_cmd", None) == "run":
         return _run(args)
     return _library(args)

@@ -14,6 +14,7 @@ from app import __version__
 from app.api import bodies, kvm_ops, ops, problems, scenario_models
 from app.api.middleware import BodyLimitMiddleware
 from app.api.registry import Registry
+from app.explore.doc_models import openapi_components as exploration_components
 from app.routers import ALL
 from app.settings import Settings, get_settings
 
@@ -42,6 +43,10 @@ TAGS = [
     {"name": "scenarios", "description": "Scripted runs (handlers, steps, expectations, a "
                                          "profile/irqchip matrix) in one call; the built-in "
                                          "library of KVM/QEMU regression scenarios."},
+    {"name": "explorations", "description": "Model checking: every interleaving of an "
+                                            "exploration's actors and the hardware's moves, "
+                                            "searched in worker processes; the built-in "
+                                            "library of race explorations."},
     {"name": "health", "description": "Liveness and readiness probes."},
     {"name": "meta", "description": "Problem type documentation."},
 ]
@@ -127,7 +132,8 @@ def _finish_openapi(app: FastAPI) -> None:
             for model in bodies.MANUAL_BODY_MODELS:
                 schemas.setdefault(model.__name__, model.model_json_schema(
                     ref_template="#/components/schemas/{model}"))
-            for name, schema in scenario_models.openapi_components().items():
+            for name, schema in (*scenario_models.openapi_components().items(),
+                                 *exploration_components().items()):
                 if schemas.setdefault(name, schema) != schema:
                     raise RuntimeError(f"two different OpenAPI schemas named {name!r}")
             fix(spec)

@@ -60,6 +60,26 @@ class Settings(BaseSettings):
         description="Most events a VM's log keeps; past it the oldest half is dropped (seqs "
                     "keep counting, GET …/events starts at the oldest kept).",
     )
+    max_explorations: int = Field(
+        default=2, ge=1,
+        description="Most exploration jobs (POST /v1/explorations) running at once, each in "
+                    "its own worker process; more: 409 limit-reached.",
+    )
+    max_exploration_states: int = Field(
+        default=1_000_000, ge=1,
+        description="Largest state budget an exploration job may ask for (`max_states`, also "
+                    "the default); more: 422.",
+    )
+    max_exploration_seconds: float = Field(
+        default=300.0, gt=0,
+        description="Largest time budget per profile an exploration job may ask for "
+                    "(`max_seconds`, also the default); more: 422.",
+    )
+    max_exploration_memory_mb: int = Field(
+        default=2048, ge=0,
+        description="Address-space limit of each exploration worker process in MiB (0: none); "
+                    "a search that needs more fails with a message.",
+    )
     validate_responses: bool = Field(
         default=False,
         description="Also validate every response against its documented model and check "

@@ -159,6 +159,31 @@ def _order(step: dict[str, Any], where: str) -> str:
     return str(order)
 
 
+def patch_fields(step: dict[str, Any], where: str) -> dict[str, Any]:
+    """A patch_rte step's `fields`, parsed and checked as fields before any guest write."""
+    fields = _require(step, "fields", where)
+    if not isinstance(fields, dict):
+        raise invalid("fields must be an object", f"{where}.fields")
+    fields = {k: (parse_int(v, f"{where}.fields.{k}", 0, 255)
+                  if k in ("vector", "dest", "extended_dest") else v)
+              for k, v in fields.items()}
+    try:
+        R.patch(0, fields)
+    except EngineError as exc:
+        raise invalid(exc.detail, f"{where}.fields.{exc.field}") from None
+    return fields
+
+
+def check_vm_keys(vm: Any, where: str) -> dict[str, Any]:
+    """A document's vm block: an object of VmConfig fields (values are checked on use)."""
+    if not isinstance(vm, dict):
+        raise invalid("vm must be an object", where)
+    for k in vm:
+        if k not in VM_KEYS:
+            raise invalid(f"unknown vm field {k!r}", f"{where}.{k}")
+    return vm
+
+
 class Runner:
     """Runs the steps of one variant against one VM."""
 
@@ -242,16 +267,7 @@ class Runner:
             return vm.write_rte(cpu(), pin, entry, halves)
         if op == "patch_rte":
             pin = parse_int(_require(step, "pin", where), f"{where}.pin", 0, R.NUM_PINS - 1)
-            fields = _require(step, "fields", where)
-            if not isinstance(fields, dict):
-                raise invalid("fields must be an object", f"{where}.fields")
-            fields = {k: (parse_int(v, f"{where}.fields.{k}", 0, 255)
-                          if k in ("vector", "dest", "extended_dest") else v)
-                      for k, v in fields.items()}
-            try:
-                R.patch(0, fields)  # the fields themselves, before any guest write
-            except EngineError as exc:
-                raise invalid(exc.detail, f"{where}.fields.{exc.field}") from None
+            fields = patch_fields(step, where)
             return vm.patch_rte(cpu(), pin, fields, _order(step, where))
         if op == "mmio":
             access = step.get("access", "read")
@@ -591,12 +607,7 @@ def _parse_handlers(handlers: Any) -> dict[int, list[dict[str, Any]]]:
 
 
 def variants(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    base = doc.get("vm") or {}
-    if not isinstance(base, dict):
-        raise invalid("vm must be an object", "vm")
-    for k in base:
-        if k not in VM_KEYS:
-            raise invalid(f"unknown vm field {k!r}", f"vm.{k}")
+    base = check_vm_keys(doc.get("vm") or {}, "vm")
     matrix = doc.get("matrix")
     if not matrix:
         return [("default", dict(base), {})]

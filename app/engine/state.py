@@ -100,13 +100,58 @@ class Vcpu:
         self.init_count = 0
 
     def clone(self) -> Vcpu:
+        # Field by field, not a getattr loop: the explorer clones per transition and mypyc
+        # compiles these to direct slot accesses (tests/engine/test_state_fields.py checks).
         c = Vcpu(self.idx)
-        for s in VCPU_FIELDS:
-            setattr(c, s, getattr(self, s))
+        c.apic_base_enabled = self.apic_base_enabled
+        c.arb_prio = self.arb_prio
+        c.dfr = self.dfr
+        c.eoi_exitmap = self.eoi_exitmap
+        c.handled = self.handled
+        c.highest_stale = self.highest_stale
+        c.id_reg = self.id_reg
+        c.in_guest = self.in_guest
+        c.init_count = self.init_count
+        c.irr = self.irr
+        c.isr = self.isr
+        c.ldr = self.ldr
+        c.nmi_count = self.nmi_count
+        c.pending_ioapic_eoi = self.pending_ioapic_eoi
+        c.pir = self.pir
+        c.requests = self.requests
+        c.smi_count = self.smi_count
+        c.svr = self.svr
+        c.tmr = self.tmr
+        c.tpr = self.tpr
+        c.x2apic = self.x2apic
         return c
 
     def key(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, s) for s in VCPU_FIELDS)
+        # VCPU_FIELDS' order, spelled out for speed (tests/engine/test_state_fields.py checks).
+        return (
+            self.apic_base_enabled,
+            self.arb_prio,
+            self.dfr,
+            self.eoi_exitmap,
+            self.handled,
+            self.highest_stale,
+            self.id_reg,
+            self.idx,
+            self.in_guest,
+            self.init_count,
+            self.irr,
+            self.isr,
+            self.ldr,
+            self.nmi_count,
+            self.pending_ioapic_eoi,
+            self.pir,
+            self.requests,
+            self.smi_count,
+            self.svr,
+            self.tmr,
+            self.tpr,
+            self.x2apic,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {s: getattr(self, s) for s in VCPU_FIELDS}

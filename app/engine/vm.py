@@ -64,6 +64,7 @@ class Vm:
             if config.x2apic:
                 v.x2apic = True
                 v.ldr = ((v.idx >> 4) << 16) | (1 << (v.idx & 0xF))
+        # Replaced whole on every change, never mutated in place (clones share it).
         self.routes: dict[int, list[RouteEntry]] = (
             default_kernel_routes() if flavour == "kvm" else qemu_initial_split_routes()
         )
@@ -587,7 +588,10 @@ class Vm:
         c.ioapic = self.ioapic.clone()
         c.vmm = self.vmm
         c.vcpus = [v.clone() for v in self.vcpus]
-        c.routes = {g: list(es) for g, es in self.routes.items()}
+        # Shared, not copied: a routing table is replaced whole (install_routes, restore) and
+        # never mutated in place, so a clone and its original may hold the same one. The
+        # explorer clones once per transition and the split table has 24 routes.
+        c.routes = self.routes
         c.resamplers = dict(self.resamplers)
         c.time = self.time
         c.log = self.log.clone()

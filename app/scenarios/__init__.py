@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
-from functools import cache
+import copy
+from functools import cached_property
 from importlib import resources
 from typing import Any
 
 import yaml
 
 
-@cache
-def _load_all() -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for entry in sorted(resources.files(__package__).iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".yaml"):
-            doc = yaml.safe_load(entry.read_text(encoding="utf-8"))
-            out[doc["name"]] = doc
-    return out
+class PackageLibrary:
+    """The *.yaml documents shipped in a package, by their `name`, in file-name order, read
+    once (the exploration library, app.explorations, is one too)."""
+
+    def __init__(self, package: str) -> None:
+        self.package = package
+
+    @cached_property
+    def documents(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for entry in sorted(resources.files(self.package).iterdir(), key=lambda p: p.name):
+            if entry.name.endswith(".yaml"):
+                doc = yaml.safe_load(entry.read_text(encoding="utf-8"))
+                out[doc["name"]] = doc
+        return out
+
+    def names(self) -> list[str]:
+        return list(self.documents)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """A copy of the document (callers may change it)."""
+        doc = self.documents.get(name)
+        return None if doc is None else copy.deepcopy(doc)
 
 
-def names() -> list[str]:
-    return list(_load_all())
-
-
-def get(name: str) -> dict[str, Any] | None:
-    doc = _load_all().get(name)
-    return None if doc is None else _copy(doc)
-
-
-def _copy(doc: dict[str, Any]) -> dict[str, Any]:
-    import copy
-
-    return copy.deepcopy(doc)
+_LIBRARY = PackageLibrary(__package__)
+names = _LIBRARY.names
+get = _LIBRARY.get
