@@ -80,6 +80,17 @@ class Settings(BaseSettings):
         description="Address-space limit of each exploration worker process in MiB (0: none); "
                     "a search that needs more fails with a message.",
     )
+    exploration_ray: str | None = Field(
+        default=None,
+        description="Run exploration jobs on this Ray cluster ('auto', 'local' or an address; "
+                    "needs the 'ray' extra) as a distributed BFS over "
+                    "IRQLAB_EXPLORATION_RAY_WORKERS partition actors; unset: in the worker "
+                    "process (the memory limit then does not apply: the cluster's own does).",
+    )
+    exploration_ray_workers: int = Field(
+        default=2, ge=1, le=1024,
+        description="Partition actors per exploration job on Ray (IRQLAB_EXPLORATION_RAY).",
+    )
     validate_responses: bool = Field(
         default=False,
         description="Also validate every response against its documented model and check "

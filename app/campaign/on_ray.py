@@ -14,34 +14,21 @@ preset of its own kernel (a probe task pinned to each node asks it), its side na
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from app.ray_cluster import connect
+
 from .driver import CampaignSpec, Progress
 from .runner import KVM_SIDE, CampaignResult, SequenceOutcome, aggregate, run_chunk
 
 TASK_RETRIES = 3
+__all__ = ["connect", "kvm_nodes", "run_on_ray"]
 # Ray's API is only partly annotated; calls into it go through this untyped alias.
 _ray: Any = ray
-
-
-def connect(address: str, num_cpus: int | None = None) -> None:
-    """Join a cluster: "auto" (the one RAY_ADDRESS or this machine's running head names),
-    "local" (start a private one on this machine), or an address ("HOST:6379",
-    "ray://HOST:10001"). Idempotent within a process."""
-    if ray.is_initialized():
-        return
-    env = {"env_vars": {"PYTHONHASHSEED": "0"}}
-    if address == "local":
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 runtime_env=env, logging_level=logging.WARNING, log_to_driver=False)
-    else:
-        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING,
-                 log_to_driver=False)
 
 
 @ray.remote(max_retries=TASK_RETRIES)

@@ -49,6 +49,13 @@ def add_parser(sub: Any) -> None:
                    help="stop (bounded) after S seconds per profile (default 600)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes (default 1)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="search on a Ray cluster: 'auto' (the running one), 'local' (start "
+                        "one here) or an address; --workers partitions (needs the 'ray' "
+                        "extra; explores the unreduced graph)")
+    p.add_argument("--swarm", type=int, default=0, metavar="N",
+                   help="with --ray: N randomized depth-first searches instead of the "
+                        "exhaustive BFS (verdict violation or bounded, never verified)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line and profile instead of tables")
     p.add_argument("--markdown", action="store_true",
@@ -94,10 +101,13 @@ def main(args: argparse.Namespace) -> int:
 
     console = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
-    if args.max_states < 1 or args.max_seconds <= 0 or args.workers < 1:
+    if args.max_states < 1 or args.max_seconds <= 0 or args.workers < 1 or args.swarm < 0:
         err.print("irqlab: --max-states, --max-seconds and --workers must be positive")
         return EXIT_ERROR
-    options = Options(args.max_states, args.max_seconds, args.workers)
+    if args.swarm and not args.ray:
+        err.print("irqlab: --swarm needs --ray")
+        return EXIT_ERROR
+    options = Options(args.max_states, args.max_seconds, args.workers, args.ray, args.swarm)
     try:
         docs = [(label, parse(doc)) for label, doc in _documents(args)]
         plan = [(label, exp, profiles_arg(args.profile, exp)) for label, exp in docs]
@@ -113,6 +123,9 @@ def main(args: argparse.Namespace) -> int:
             except EngineError as exc:
                 where = f" (at {exc.field})" if exc.field else ""
                 err.print(f"irqlab: {label} under {prof}: {exc.detail}{where}")
+                return EXIT_ERROR
+            except (RuntimeError, ConnectionError) as exc:  # a Ray search that failed
+                err.print(f"irqlab: {label} under {prof}: {exc}")
                 return EXIT_ERROR
             results.append(result)
             if args.counterexample_dir and result["counterexample"]:

@@ -20,17 +20,19 @@ GRACE_SECONDS = 30.0  # past the budget, for the worker to start and shape its a
 
 
 def _worker(doc: dict[str, Any], profiles: list[str], max_states: int, max_seconds: float,
-            memory_mb: int, out: Any) -> None:
+            memory_mb: int, out: Any, ray: str | None = None, ray_workers: int = 1) -> None:
     """Runs in the child process: one exploration per profile, progress and results sent
-    back on `out`."""
+    back on `out`. With `ray`, the search runs on that cluster (this process only drives it,
+    and Ray's own processes need more address space than a search's limit)."""
     import resource
 
-    if memory_mb > 0:
+    if memory_mb > 0 and ray is None:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     from .run import Options, explore
 
-    options = Options(max_states=max_states, max_seconds=max_seconds)
+    options = Options(max_states=max_states, max_seconds=max_seconds, ray=ray,
+                      workers=ray_workers if ray else 1)
     try:
         for prof in profiles:
             last = [0.0]
@@ -50,6 +52,8 @@ def _worker(doc: dict[str, Any], profiles: list[str], max_states: int, max_secon
                           f"({memory_mb} MB)"))
     except EngineError as exc:
         out.put(("error", f"{exc.detail} (at {exc.field})" if exc.field else exc.detail))
+    except (RuntimeError, ConnectionError) as exc:  # a Ray search that lost an actor
+        out.put(("error", str(exc)))
     except Exception as exc:  # an irqlab bug: report it rather than dying silently
         out.put(("error", f"internal error: {type(exc).__name__}: {exc}"))
 
@@ -79,8 +83,9 @@ class Job:
 
 class JobManager:
     def __init__(self, max_jobs: int, max_states: int, max_seconds: float, memory_mb: int,
-                 keep: int = 64) -> None:
+                 keep: int = 64, ray: str | None = None, ray_workers: int = 1) -> None:
         self.max_jobs = max_jobs
+        self.ray, self.ray_workers = ray, ray_workers
         self.max_states = max_states
         self.max_seconds = max_seconds
         self.memory_mb = memory_mb
@@ -98,7 +103,8 @@ class JobManager:
         job = Job(uuid.uuid4().hex[:16], name, profiles, time.time())
         out = self.ctx.Queue()
         proc = self.ctx.Process(
-            target=_worker, args=(doc, profiles, max_states, max_seconds, self.memory_mb, out),
+            target=_worker, args=(doc, profiles, max_states, max_seconds, self.memory_mb, out,
+                                  self.ray, self.ray_workers),
             daemon=True, name=f"irqlab-explore-{job.id}")
         job.process = proc
         with self.lock:

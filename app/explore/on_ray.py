@@ -37,7 +37,11 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from app.ray_cluster import connect
+
 from .model_api import Action, Model, ModelFactory
+
+__all__ = ["Budget", "DistributedResult", "bfs_on_ray", "connect", "swarm_on_ray"]
 
 _ray: Any = ray  # Ray's API is only partly annotated
 

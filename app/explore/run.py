@@ -34,6 +34,11 @@ class Options:
     max_states: int = 1_000_000
     max_seconds: float = 600.0
     workers: int = 1
+    # On a Ray cluster (the 'ray' extra): "auto", "local" or an address; None in process.
+    ray: str | None = None
+    # With `ray`: 0 for the distributed BFS over `workers` partitions, N > 0 for a swarm of N
+    # randomized depth-first searches (verdict violation or bounded, never verified).
+    swarm: int = 0
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -43,7 +48,10 @@ def check_model(model: IrqModel, options: Options,
                 progress: Progress | None = None) -> tuple[str, str | None, list[Any],
                                                              list[Any], dict[str, Any]]:
     """(verdict, property, trace actions, trace states, stats) of one search: the generic
-    checker when this installation has it, else the plain breadth-first search."""
+    checker when this installation has it, else the plain breadth-first search; with
+    `options.ray`, the distributed search of app.explore.on_ray."""
+    if options.ray is not None:
+        return _on_ray(model, options, progress)
     try:
         checker: Any = importlib.import_module("app.explore.checker")
     except ModuleNotFoundError:
@@ -81,6 +89,44 @@ def _with_checker(checker: Any, model: IrqModel, options: Options,
     for a in trace:
         states.append(model.step(states[-1], a))
     return r.verdict, r.property, trace, states, stats
+
+
+def _on_ray(model: IrqModel, options: Options,
+            progress: Progress | None) -> tuple[str, str | None, list[Any], list[Any],
+                                                dict[str, Any]]:
+    """The search on a Ray cluster (app.explore.on_ray): the unreduced graph, partitioned over
+    `options.workers` actors, or a swarm. A run that loses an actor is an error, not a
+    verdict."""
+    try:
+        from . import on_ray
+    except ImportError:
+        raise invalid("a Ray search needs the 'ray' extra (pip install -e '.[ray]')",
+                      "ray") from None
+    on_ray.connect(options.ray or "auto")
+    factory: ModelFactory[Any] = ModelFactory(build_model, (model.exp.raw, model.profile))
+
+    def report(p: dict[str, Any]) -> None:
+        if progress is not None:
+            progress({"states": p["states"], "frontier": p["frontier"],
+                      "max_depth": p["depth"], "per_worker": p["per_worker"],
+                      "seconds": round(p["seconds"], 3)})
+
+    if options.swarm > 0:
+        r = on_ray.swarm_on_ray(factory, members=options.swarm,
+                                max_states_each=max(1, options.max_states // options.swarm))
+    else:
+        r = on_ray.bfs_on_ray(factory, parts=max(1, options.workers),
+                              budget=on_ray.Budget(max_states=options.max_states,
+                                                   max_seconds=options.max_seconds),
+                              progress=report)
+    if r.verdict == "error":
+        raise RuntimeError(r.error or "the Ray search failed")
+    states = [model.initial()]
+    for a in r.counterexample:
+        states.append(model.step(states[-1], a))
+    stats = dict(r.stats, reductions=[])
+    stats["states_per_s"] = stats.get("states_per_second", 0)
+    return r.verdict, r.property, list(r.counterexample), states, stats
 
 
 def profiles_arg(value: str | None, exp: Exploration) -> list[str]:

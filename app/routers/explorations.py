@@ -131,7 +131,9 @@ def _manager(request: Request, settings: Settings) -> JobManager:
     if manager is None:
         manager = JobManager(settings.max_explorations, settings.max_exploration_states,
                              settings.max_exploration_seconds,
-                             settings.max_exploration_memory_mb)
+                             settings.max_exploration_memory_mb,
+                             ray=settings.exploration_ray,
+                             ray_workers=settings.exploration_ray_workers)
         request.app.state.explorations = manager
     return manager
 
