@@ -13,9 +13,11 @@ from starlette.routing import BaseRoute
 from app import __version__
 from app.api import bodies, kvm_ops, ops, problems, scenario_models
 from app.api.middleware import BodyLimitMiddleware
+from app.api.openapi_extras import SERVERS, WALKTHROUGH, assign_operation_ids, order_paths
 from app.api.registry import Registry
 from app.routers import ALL
 from app.settings import Settings, get_settings
+from app.web import docs
 
 DESCRIPTION = """\
 Deterministic models of Linux KVM's x86 interrupt controllers (an IOAPIC per VM, a local
@@ -77,14 +79,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.getLogger("irqlab").setLevel(settings.log_level.upper().replace("TRACE", "DEBUG"))
-    app = FastAPI(title="irqlab", version=__version__, description=DESCRIPTION,
-                  openapi_tags=TAGS, lifespan=lifespan)
+    app = FastAPI(title="irqlab", version=__version__, description=DESCRIPTION + WALKTHROUGH,
+                  openapi_tags=TAGS, servers=SERVERS, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # offline pages: app.web.docs
     app.state.settings = settings
     ops.VALIDATE_RESPONSES = settings.validate_responses
     app.state.registry = Registry(settings.max_vms, settings.max_vcpus,
                                   settings.max_events_per_vm, settings.max_kvm_vms,
                                   settings.max_kvm_vcpus)
     problems.install(app)
+    docs.install(app)
     for router in ALL:
         # The routers' prefixes, tags and responses were applied when their routes were
         # declared, so the routes go straight into the app's table: FastAPI matches an
@@ -93,17 +97,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Starlette takes the first route whose pattern matches and FastAPI tries them in order,
     # so the table is ordered by how often a scenario driver calls each route; no two of our
     # paths can match the same request, so order changes cost, not behaviour.
+    declared = list(app.router.routes)
     app.router.routes.sort(key=_route_rank)
+    assign_operation_ids(app.router.routes)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    _finish_openapi(app)
+    _finish_openapi(app, declared)
     return app
 
 
-def _finish_openapi(app: FastAPI) -> None:
-    """Three touches to the generated document: the Problem schema that error responses
+def _finish_openapi(app: FastAPI, declared: list[BaseRoute]) -> None:
+    """Four touches to the generated document: the Problem schema that error responses
     reference under application/problem+json, the scenario document's schemas (the scenario
-    routes read their body themselves, JSON or YAML, so FastAPI does not see the model), and
-    integral bounds as JSON integers (FastAPI's OpenAPI model types minimum/maximum as float,
+    routes read their body themselves, JSON or YAML, so FastAPI does not see the model),
+    paths in reading order (`declared`: the routers' order, see order_paths), and integral
+    bounds as JSON integers (FastAPI's OpenAPI model types minimum/maximum as float,
     so `le=255` would read 255.0)."""
     generate = app.openapi
 
@@ -131,6 +138,7 @@ def _finish_openapi(app: FastAPI) -> None:
                 if schemas.setdefault(name, schema) != schema:
                     raise RuntimeError(f"two different OpenAPI schemas named {name!r}")
             fix(spec)
+            order_paths(spec, declared, TAGS)
         assert app.openapi_schema is not None
         return app.openapi_schema
 

@@ -1,0 +1,75 @@
+"""/docs (Swagger UI) and /redoc (ReDoc) from assets installed with the package.
+
+FastAPI's own pages load Swagger UI, ReDoc, a favicon and Google Fonts from CDNs, so on a
+machine without internet access they are blank. The built assets come from the
+`fastapi-offline` package (a pinned runtime dependency: Swagger UI and ReDoc's standalone
+bundle as package data, upgraded with pip like everything else) and are served from
+/static/docs. Each page also carries a Content-Security-Policy that lets it load nothing but
+this server's own URLs: ReDoc's sidebar shows a logo from its vendor's CDN, which the browser
+then refuses (ReDoc hides the image when it fails), and any future asset that tries to reach
+out is stopped the same way instead of leaking a request.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+STATIC_URL = "/static/docs"
+
+# Only this origin; inline script and styles are what Swagger UI's page and ReDoc's
+# styled-components use; data: and blob: for their icons and ReDoc's search worker.
+CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; "
+       "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+       "worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'self'")
+
+SWAGGER_PARAMETERS = {
+    # No badge from the public validator service (a request to another host).
+    "validatorUrl": None,
+    "docExpansion": "list",
+    "deepLinking": True,
+    "displayOperationId": True,
+    "defaultModelsExpandDepth": 0,
+    "tryItOutEnabled": False,
+    "displayRequestDuration": True,
+}
+
+
+def asset_dir() -> Path:
+    """Where fastapi-offline installed the Swagger UI and ReDoc bundles."""
+    return Path(str(files("fastapi_offline") / "static"))
+
+
+def install(app: FastAPI) -> None:
+    """Add /docs, /redoc and the static assets they load (none in the OpenAPI document).
+    The app must be built with docs_url=None and redoc_url=None."""
+    app.mount(STATIC_URL, StaticFiles(directory=asset_dir()), name="docs-static")
+    title = app.title
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{title} - Swagger UI",
+            swagger_js_url=f"{root}{STATIC_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{STATIC_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{STATIC_URL}/favicon.png",
+            swagger_ui_parameters=SWAGGER_PARAMETERS)
+        page.headers["content-security-policy"] = CSP
+        return page
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{title} - ReDoc",
+            redoc_js_url=f"{root}{STATIC_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{STATIC_URL}/favicon.png", with_google_fonts=False)
+        page.headers["content-security-policy"] = CSP
+        return page
