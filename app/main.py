@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute
 
 from app import __version__
 from app.api import bodies, kvm_ops, ops, problems, scenario_models
+from app.api.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from app.api.middleware import BodyLimitMiddleware
 from app.api.openapi_extras import SERVERS, WALKTHROUGH, assign_operation_ids, order_paths
 from app.api.registry import Registry
@@ -87,8 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = Registry(settings.max_vms, settings.max_vcpus,
                                   settings.max_events_per_vm, settings.max_kvm_vms,
                                   settings.max_kvm_vcpus)
+    app.state.metrics = Metrics(app.state.registry)
     problems.install(app)
     docs.install(app)
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     for router in ALL:
         # The routers' prefixes, tags and responses were applied when their routes were
         # declared, so the routes go straight into the app's table: FastAPI matches an
@@ -101,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes.sort(key=_route_rank)
     assign_operation_ids(app.router.routes)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees 413s
     _finish_openapi(app, declared)
     return app
 

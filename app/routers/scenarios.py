@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from app.api import examples as X
-from app.api import ops
+from app.api import metrics, ops
 from app.api import scenario_diff as D
 from app.api import scenario_models as SM
 from app.api import scenarios as S
@@ -89,7 +89,8 @@ _RUN_DESC = _VMS + (
 )
 async def run_document(request: Request, settings: SettingsDep) -> Response:
     doc = S.parse_document(await request.body(), request.headers.get("content-type"))
-    return await S.run(doc, settings)
+    with metrics.of(request).running("scenario-run"):
+        return await S.run(doc, settings)
 
 
 @router.post(
@@ -110,7 +111,8 @@ async def run_document(request: Request, settings: SettingsDep) -> Response:
 async def diff_document(request: Request, settings: SettingsDep,
                         registry: RegistryDep) -> Response:
     doc = S.parse_document(await request.body(), request.headers.get("content-type"))
-    return await D.diff(doc, settings, registry)
+    with metrics.of(request).running("scenario-diff"):
+        return await D.diff(doc, settings, registry)
 
 
 @router.get(
@@ -155,7 +157,7 @@ async def get_scenario(name: Annotated[str, Path(examples=["seed-race-split"])])
 )
 async def run_library_scenario(
     name: Annotated[str, Path(examples=["seed-race-split"])],
-    settings: SettingsDep,
+    settings: SettingsDep, request: Request,
     profile: Annotated[T.ProfileName | None, Query(
         description="Replace every variant's vm.profile (GET /v1/profiles).",
         examples=["linux-6.1"])] = None,
@@ -163,4 +165,5 @@ async def run_library_scenario(
         description="Replace every variant's vm.irqchip.")] = None,
 ) -> Response:
     doc = S.override_vm(S.document(name), profile, irqchip)
-    return await S.run(doc, settings)
+    with metrics.of(request).running("scenario-run"):
+        return await S.run(doc, settings)

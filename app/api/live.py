@@ -1,0 +1,52 @@
+"""Who is watching which VM: an in-process publish/subscribe for the live dashboard.
+
+The registry (app/api/registry.py) is the one place operations on VMs are applied; after each
+one that moved a VM's event log (and after a VM is created, restored or deleted) it tells the
+hub, which marks the VM dirty for every subscriber and wakes them. A subscriber only learns
+*which* VMs changed, never the changes: it reads the state itself when it is ready, so a burst
+of a thousand line changes costs a watcher one read, and a slow browser never makes the
+operation wait. With no subscriber the registry's cost is one test of an empty set per
+operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+# Marks "the set of VMs changed" (a VM was created or deleted).
+VM_LIST = ""
+
+
+class Subscriber:
+    """One watcher: the VMs changed since it last looked, and an event that wakes it."""
+
+    __slots__ = ("dirty", "wake")
+
+    def __init__(self) -> None:
+        self.dirty: set[str] = set()
+        self.wake = asyncio.Event()
+
+    def take(self) -> set[str]:
+        """The VMs changed since the last call (VM_LIST among them if the list changed)."""
+        dirty, self.dirty = self.dirty, set()
+        self.wake.clear()
+        return dirty
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.subscribers: set[Subscriber] = set()
+
+    def subscribe(self) -> Subscriber:
+        sub = Subscriber()
+        self.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+
+    def changed(self, vm_id: str) -> None:
+        """Called on the event loop (asyncio.Event is not thread-safe)."""
+        for sub in self.subscribers:
+            sub.dirty.add(vm_id)
+            sub.wake.set()
