@@ -18,7 +18,7 @@ from app.api.openapi_extras import SERVERS, WALKTHROUGH, assign_operation_ids, o
 from app.api.registry import Registry
 from app.routers import ALL
 from app.settings import Settings, get_settings
-from app.web import docs
+from app.web import dashboard, docs
 
 DESCRIPTION = """\
 Deterministic models of Linux KVM's x86 interrupt controllers (an IOAPIC per VM, a local
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics(app.state.registry)
     problems.install(app)
     docs.install(app)
+    dashboard.install(app)
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     for router in ALL:
         # The routers' prefixes, tags and responses were applied when their routes were

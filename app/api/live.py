@@ -36,6 +36,14 @@ class Subscriber:
 class Hub:
     def __init__(self) -> None:
         self.subscribers: set[Subscriber] = set()
+        self.closed = False
+
+    def close(self) -> None:
+        """The server is stopping: wake every subscriber for the last time, so open streams
+        end and the server's graceful shutdown does not wait for them. On the event loop."""
+        self.closed = True
+        for sub in self.subscribers:
+            sub.wake.set()
 
     def subscribe(self) -> Subscriber:
         sub = Subscriber()
