@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app import cli_events
 from app.settings import get_settings
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -624,6 +625,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="run every variant on this behaviour preset")
     library_run.add_argument("--irqchip", choices=["kernel", "split"],
                              help="run every variant with this irqchip mode")
+    cli_events.add_parser(sub)
     return parser
 
 
@@ -654,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.cmd == "diff":
         return _diff(args)
+    if args.cmd == "events":
+        return cli_events.run(args)
     if args.cmd == "run" or getattr(args, "library_cmd", None) == "run":
         return _run(args)
     return _library(args)
