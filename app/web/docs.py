@@ -5,13 +5,15 @@ machine without internet access they are blank. The built assets come from the
 `fastapi-offline` package (a pinned runtime dependency: Swagger UI and ReDoc's standalone
 bundle as package data, upgraded with pip like everything else) and are served from
 /static/docs. Each page also carries a Content-Security-Policy that lets it load nothing but
-this server's own URLs: ReDoc's sidebar shows a logo from its vendor's CDN, which the browser
-then refuses (ReDoc hides the image when it fails), and any future asset that tries to reach
-out is stopped the same way instead of leaking a request.
+this server's own URLs, so a future asset that tries to reach out is refused by the browser.
+ReDoc's bundle has one such URL built in, the vendor logo in its sidebar footer (no option
+turns it off), which a browser would still try (and a CSP refusal still shows as an attempted
+request): the bundle is served with that URL replaced by an empty inline image.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 
 STATIC_URL = "/static/docs"
 
@@ -41,6 +43,16 @@ SWAGGER_PARAMETERS = {
 }
 
 
+REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+EMPTY_IMAGE = b"data:image/svg+xml,%3Csvg xmlns=%27http://www.w3.org/2000/svg%27/%3E"
+
+
+@cache
+def redoc_bundle() -> bytes:
+    """ReDoc's standalone bundle with its one built-in remote URL made local."""
+    return (asset_dir() / "redoc.standalone.js").read_bytes().replace(REDOC_LOGO, EMPTY_IMAGE)
+
+
 def asset_dir() -> Path:
     """Where fastapi-offline installed the Swagger UI and ReDoc bundles."""
     return Path(str(files("fastapi_offline") / "static"))
@@ -49,8 +61,15 @@ def asset_dir() -> Path:
 def install(app: FastAPI) -> None:
     """Add /docs, /redoc and the static assets they load (none in the OpenAPI document).
     The app must be built with docs_url=None and redoc_url=None."""
-    app.mount(STATIC_URL, StaticFiles(directory=asset_dir()), name="docs-static")
     title = app.title
+
+    # Before the mount: Starlette takes the first route that matches.
+    @app.get(f"{STATIC_URL}/redoc.standalone.js", include_in_schema=False)
+    async def redoc_js() -> Response:
+        return Response(redoc_bundle(), media_type="text/javascript",
+                        headers={"cache-control": "public, max-age=3600"})
+
+    app.mount(STATIC_URL, StaticFiles(directory=asset_dir()), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:

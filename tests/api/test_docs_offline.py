@@ -93,3 +93,11 @@ def test_route_table_still_hot_first() -> None:
     app = create_app()
     first = [getattr(r, "path", "") for r in app.router.routes[:3]]
     assert first == ["/healthz", "/readyz", "/v1/vms/{vm}/ioapic/pins/{pin}/line"]
+
+
+@pytest.mark.anyio
+async def test_redoc_bundle_served_without_its_remote_logo(client: httpx.AsyncClient) -> None:
+    r = await client.get("/static/docs/redoc.standalone.js")
+    assert r.status_code == 200 and len(r.content) > 500_000
+    assert b"cdn.redoc.ly" not in r.content
+    assert b"data:image/svg+xml" in r.content
