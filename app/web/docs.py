@@ -73,22 +73,29 @@ def install(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        page = get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}", title=f"{title} - Swagger UI",
-            swagger_js_url=f"{root}{STATIC_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{STATIC_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{STATIC_URL}/favicon.png",
-            swagger_ui_parameters=SWAGGER_PARAMETERS)
-        page.headers["content-security-policy"] = CSP
-        return page
+        spec, static = _urls(request, app)
+        return _same_origin(get_swagger_ui_html(
+            openapi_url=spec, title=f"{title} - Swagger UI",
+            swagger_js_url=f"{static}/swagger-ui-bundle.js",
+            swagger_css_url=f"{static}/swagger-ui.css",
+            swagger_favicon_url=f"{static}/favicon.png",
+            swagger_ui_parameters=SWAGGER_PARAMETERS))
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        page = get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}", title=f"{title} - ReDoc",
-            redoc_js_url=f"{root}{STATIC_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{STATIC_URL}/favicon.png", with_google_fonts=False)
-        page.headers["content-security-policy"] = CSP
-        return page
+        spec, static = _urls(request, app)
+        return _same_origin(get_redoc_html(
+            openapi_url=spec, title=f"{title} - ReDoc",
+            redoc_js_url=f"{static}/redoc.standalone.js",
+            redoc_favicon_url=f"{static}/favicon.png", with_google_fonts=False))
+
+
+def _urls(request: Request, app: FastAPI) -> tuple[str, str]:
+    """The OpenAPI document's and the assets' URLs under the app's root path."""
+    root = request.scope.get("root_path", "")
+    return f"{root}{app.openapi_url}", f"{root}{STATIC_URL}"
+
+
+def _same_origin(page: HTMLResponse) -> HTMLResponse:
+    page.headers["content-security-policy"] = CSP
+    return page
