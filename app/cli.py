@@ -24,7 +24,6 @@ difference, 1 some difference, 2 a malformed document, no usable KVM or an unrea
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -637,22 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         from app.engine import ENGINE_BUILD
 
         print(f"irqlab: engine {ENGINE_BUILD}", file=sys.stderr, flush=True)
-        from app.main import app
-
-        class Server(uvicorn.Server):
-            def handle_exit(self, sig: int, frame: Any) -> None:
-                # Open dashboard streams (/ui/stream) end first; otherwise uvicorn's graceful
-                # shutdown would wait for them forever.
-                try:
-                    loop = asyncio.get_running_loop()
-                except RuntimeError:  # not serving (yet or any more)
-                    pass
-                else:
-                    loop.call_soon_threadsafe(app.state.registry.hub.close)
-                super().handle_exit(sig, frame)
-
-        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
-        Server(config).run()
+        uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.log_level)
         return EXIT_OK
     if args.cmd == "diff":
         return _diff(args)

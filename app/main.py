@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute
 
 from app import __version__
 from app.api import bodies, kvm_ops, ops, problems, scenario_models
+from app.api.live import close_on_exit_signals
 from app.api.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from app.api.middleware import BodyLimitMiddleware
 from app.api.openapi_extras import SERVERS, WALKTHROUGH, assign_operation_ids, order_paths
@@ -68,12 +69,15 @@ def _route_rank(route: BaseRoute) -> int:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Startup: the KVM watchdog's signal handler (only the main thread, where uvicorn runs
-    the event loop, may install it). Shutdown: close every VM, releasing the kvm ones' fds."""
+    the event loop, may install it) and the exit signals' hook that ends open dashboard
+    streams. Shutdown: close every VM, releasing the kvm ones' fds."""
     kvm_ops.install_kick_handler()
+    registry: Registry = app.state.registry
+    restore_signals = close_on_exit_signals(registry.hub)  # open /ui streams end on shutdown
     try:
         yield
     finally:
-        registry: Registry = app.state.registry
+        restore_signals()
         await registry.close_all()
 
 

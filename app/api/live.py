@@ -12,6 +12,10 @@ operation.
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
 
 # Marks "the set of VMs changed" (a VM was created or deleted).
 VM_LIST = ""
@@ -58,3 +62,34 @@ class Hub:
         for sub in self.subscribers:
             sub.dirty.add(vm_id)
             sub.wake.set()
+
+
+def close_on_exit_signals(hub: Hub) -> Callable[[], None]:
+    """Make SIGINT/SIGTERM close the hub before the server's own handler runs, so open
+    dashboard streams end and the server's graceful shutdown does not wait for them (uvicorn
+    waits for every response in progress, and a stream never finishes by itself). Chains the
+    handlers the server installed (uvicorn's handle_exit); returns the function that puts them
+    back. Only the main thread may set signal handlers: elsewhere (an app under a test
+    client's thread) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Callable[[int, FrameType | None], object]] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if not callable(handler):  # default or ignored: no server handler to chain
+            continue
+        previous[sig] = handler
+
+        def close_then(signum: int, frame: FrameType | None,
+                       server: Callable[[int, FrameType | None], object] = handler) -> None:
+            loop.call_soon_threadsafe(hub.close)
+            server(signum, frame)
+
+        signal.signal(sig, close_then)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
