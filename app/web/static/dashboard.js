@@ -189,7 +189,12 @@ function renderVm(v) {
   renderVcpus(v.vcpus, v.vcpus_total);
   addEvents(v.events, v.reset);
   const img = document.querySelector("#timeline-svg img");
-  if (img) img.src = img.dataset.src.replace("{vm}", encodeURIComponent(v.id)) + "?seq=" + v.last_seq;
+  if (img) {
+    // The same window as the event list; `v` changes the URL whenever the log grows.
+    const after = Math.max(0, v.last_seq - maxEvents);
+    img.src = img.dataset.src.replace("{vm}", encodeURIComponent(v.id)) +
+      `?after=${after}&v=${v.last_seq}`;
+  }
   body.dataset.lastSeq = v.last_seq;
 }
 
