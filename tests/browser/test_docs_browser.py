@@ -29,6 +29,8 @@ def test_swagger_ui_lists_operations_and_tries_create_vm(
     status.wait_for(timeout=10_000)
     assert status.inner_text().strip() == "201"
     assert re.search(r'"id":\s*"race"', create.locator(".live-responses-table").inner_text())
+    screenshot(p, shots / "docs-try-it-out.png")
+    p.evaluate("window.scrollTo(0, 0)")
     screenshot(p, shots / "docs.png")
     page.assert_local()
 
