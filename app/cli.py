@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app import cli_events
 from app.settings import get_settings
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -726,6 +727,7 @@ def _parser() -> argparse.ArgumentParser:
     from app.explore import cli as explore_cli
 
     explore_cli.add_parser(sub)
+    cli_events.add_parser(sub)
     return parser
 
 
@@ -753,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
         from app.explore import cli as explore_cli
 
         return explore_cli.main(args)
+    if args.cmd == "events":
+        return cli_events.run(args)
     if args.cmd == "run" or getattr(args, "library_cmd", None) == "run":
         return _run(args)
     return _library(args)

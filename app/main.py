@@ -12,11 +12,15 @@ from starlette.routing import BaseRoute
 
 from app import __version__
 from app.api import bodies, kvm_ops, ops, problems, scenario_models
+from app.api.live import close_on_exit_signals
+from app.api.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from app.api.middleware import BodyLimitMiddleware
+from app.api.openapi_extras import SERVERS, WALKTHROUGH, assign_operation_ids, order_paths
 from app.api.registry import Registry
 from app.explore.doc_models import openapi_components as exploration_components
 from app.routers import ALL
 from app.settings import Settings, get_settings
+from app.web import dashboard, docs
 
 DESCRIPTION = """\
 Deterministic models of Linux KVM's x86 interrupt controllers (an IOAPIC per VM, a local
@@ -70,26 +74,34 @@ def _route_rank(route: BaseRoute) -> int:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Startup: the KVM watchdog's signal handler (only the main thread, where uvicorn runs
-    the event loop, may install it). Shutdown: close every VM, releasing the kvm ones' fds."""
+    the event loop, may install it) and the exit signals' hook that ends open dashboard
+    streams. Shutdown: close every VM, releasing the kvm ones' fds."""
     kvm_ops.install_kick_handler()
+    registry: Registry = app.state.registry
+    restore_signals = close_on_exit_signals(registry.hub)  # open /ui streams end on shutdown
     try:
         yield
     finally:
-        registry: Registry = app.state.registry
+        restore_signals()
         await registry.close_all()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.getLogger("irqlab").setLevel(settings.log_level.upper().replace("TRACE", "DEBUG"))
-    app = FastAPI(title="irqlab", version=__version__, description=DESCRIPTION,
-                  openapi_tags=TAGS, lifespan=lifespan)
+    app = FastAPI(title="irqlab", version=__version__, description=DESCRIPTION + WALKTHROUGH,
+                  openapi_tags=TAGS, servers=SERVERS, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # offline pages: app.web.docs
     app.state.settings = settings
     ops.VALIDATE_RESPONSES = settings.validate_responses
     app.state.registry = Registry(settings.max_vms, settings.max_vcpus,
                                   settings.max_events_per_vm, settings.max_kvm_vms,
                                   settings.max_kvm_vcpus)
+    app.state.metrics = Metrics(app.state.registry)
     problems.install(app)
+    docs.install(app)
+    dashboard.install(app)
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     for router in ALL:
         # The routers' prefixes, tags and responses were applied when their routes were
         # declared, so the routes go straight into the app's table: FastAPI matches an
@@ -98,17 +110,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Starlette takes the first route whose pattern matches and FastAPI tries them in order,
     # so the table is ordered by how often a scenario driver calls each route; no two of our
     # paths can match the same request, so order changes cost, not behaviour.
+    declared = list(app.router.routes)
     app.router.routes.sort(key=_route_rank)
+    assign_operation_ids(app.router.routes)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    _finish_openapi(app)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees 413s
+    _finish_openapi(app, declared)
     return app
 
 
-def _finish_openapi(app: FastAPI) -> None:
-    """Three touches to the generated document: the Problem schema that error responses
+def _finish_openapi(app: FastAPI, declared: list[BaseRoute]) -> None:
+    """Four touches to the generated document: the Problem schema that error responses
     reference under application/problem+json, the scenario document's schemas (the scenario
-    routes read their body themselves, JSON or YAML, so FastAPI does not see the model), and
-    integral bounds as JSON integers (FastAPI's OpenAPI model types minimum/maximum as float,
+    routes read their body themselves, JSON or YAML, so FastAPI does not see the model),
+    paths in reading order (`declared`: the routers' order, see order_paths), and integral
+    bounds as JSON integers (FastAPI's OpenAPI model types minimum/maximum as float,
     so `le=255` would read 255.0)."""
     generate = app.openapi
 
@@ -137,6 +153,7 @@ def _finish_openapi(app: FastAPI) -> None:
                 if schemas.setdefault(name, schema) != schema:
                     raise RuntimeError(f"two different OpenAPI schemas named {name!r}")
             fix(spec)
+            order_paths(spec, declared, TAGS)
         assert app.openapi_schema is not None
         return app.openapi_schema
 

@@ -91,6 +91,19 @@ class Settings(BaseSettings):
         default=2, ge=1, le=1024,
         description="Partition actors per exploration job on Ray (IRQLAB_EXPLORATION_RAY).",
     )
+    ui_vcpus: int = Field(
+        default=16, ge=1, le=KVM_MAX_VCPUS,
+        description="Most vCPUs per VM the live dashboard (/ui) shows (the first ones).",
+    )
+    ui_events: int = Field(
+        default=200, ge=1, le=10_000,
+        description="Events in the live dashboard's timeline (the last ones).",
+    )
+    ui_interval_ms: int = Field(
+        default=50, ge=0, le=10_000,
+        description="Least time between two live dashboard updates of one browser: changes "
+                    "in between are sent together.",
+    )
     validate_responses: bool = Field(
         default=False,
         description="Also validate every response against its documented model and check "

@@ -231,6 +231,10 @@ def validation_problem(errors: list[dict[str, Any]] | Any, instance: str | None)
 
 async def _on_engine_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, EngineError)
+    limit = (exc.limit if isinstance(exc, LimitError)
+             else exc.extra.get("limit") if isinstance(exc, DocumentError) else None)
+    if limit is not None:
+        count_refusal(request, limit)
     return engine_problem(exc, request.url.path)
 
 
@@ -260,6 +264,14 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response("internal-error", f"{type(exc).__name__}: an irqlab bug",
                             instance=request.url.path)
+
+
+def count_refusal(request: Request, limit: str) -> None:
+    """A service limit or budget refused the request: irqlab_budget_refusals_total{limit}
+    (app/api/metrics.py), on apps that have metrics."""
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.refused(limit)
 
 
 def install(app: FastAPI) -> None:

@@ -30,6 +30,7 @@ import anyio.to_thread
 from app.engine.errors import EngineError, ErrorKind, not_found
 from app.engine.vm import Vm, VmConfig
 
+from .live import VM_LIST, Hub
 from .problems import LimitError
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ class Registry:
         self.max_events = max_events  # per VM log (IRQLAB_MAX_EVENTS_PER_VM)
         self._lock = threading.Lock()
         self._vms: dict[str, VmEntry] = {}
+        self.hub = Hub()  # the live dashboard's watchers (app/api/live.py)
 
     def __len__(self) -> int:
         with self._lock:
@@ -110,7 +112,9 @@ class Registry:
                 vm_id = self._new_id()
             entry = VmEntry(vm_id, vm)
             self._vms[vm_id] = entry
-            return entry
+        if self.hub.subscribers:
+            self.hub.changed(VM_LIST)
+        return entry
 
     def _check_kvm_free(self) -> None:
         """Caller holds self._lock."""
@@ -167,7 +171,9 @@ class Registry:
                 built[0].id = vm_id
                 entry = VmEntry(vm_id, None, built[0])
                 self._vms[vm_id] = entry
-                return entry
+            if self.hub.subscribers:
+                self.hub.changed(VM_LIST)
+            return entry
         except BaseException:
             if pending:
                 with self._lock:
@@ -216,9 +222,22 @@ class Registry:
         async with entry.lock:
             if entry.deleted:
                 raise not_found(f"no VM with id {vm_id!r}", "vm")
-            if entry.model is not None and len(entry.model.vcpus) <= INLINE_MAX_VCPUS:
-                return work(entry)
-            return await anyio.to_thread.run_sync(work, entry)
+            if not self.hub.subscribers:
+                if entry.model is not None and len(entry.model.vcpus) <= INLINE_MAX_VCPUS:
+                    return work(entry)
+                return await anyio.to_thread.run_sync(work, entry)
+            # Someone watches: tell them if the VM changed (its log moved, it was replaced
+            # by a restore, or it is a kvm VM, whose changes are not all logged).
+            model = entry.model
+            seq = model.log.next_seq if model is not None else -1
+            try:
+                if model is not None and len(model.vcpus) <= INLINE_MAX_VCPUS:
+                    return work(entry)
+                return await anyio.to_thread.run_sync(work, entry)
+            finally:
+                after = entry.model
+                if after is not model or after is None or after.log.next_seq != seq:
+                    self.hub.changed(vm_id)
 
     async def delete(self, vm_id: str) -> None:
         with self._lock:
@@ -226,6 +245,8 @@ class Registry:
         if entry is None:
             raise not_found(f"no VM with id {vm_id!r}", "vm")
         await self._retire(entry)
+        if self.hub.subscribers:
+            self.hub.changed(VM_LIST)
 
     async def _retire(self, entry: VmEntry) -> None:
         async with entry.lock:  # wait for operations already queued, then retire the entry
@@ -245,3 +266,8 @@ class Registry:
     def ids(self) -> list[str]:
         with self._lock:
             return list(self._vms)
+
+    def entries(self) -> list[VmEntry]:
+        """The VMs' entries, oldest first (for reads that need no VM lock, e.g. metrics)."""
+        with self._lock:
+            return list(self._vms.values())

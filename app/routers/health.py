@@ -52,7 +52,7 @@ async def readyz(registry: RegistryDep) -> dict[str, Any]:
         "example": PROBLEM_TYPES["invalid-operation"].model_dump()}}},
         **problem_responses(404, 422)},
 )
-async def problem_type(slug: str = Path(examples=["invalid-operation"])) -> ProblemType:
+async def get_problem_type(slug: str = Path(examples=["invalid-operation"])) -> ProblemType:
     if slug not in PROBLEM_TYPES:
         raise not_found(f"no problem type {slug!r}", "slug")
     return PROBLEM_TYPES[slug]

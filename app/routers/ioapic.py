@@ -95,7 +95,7 @@ async def patch_pin(
                 "the 0x40 EOI register with version 0x20).",
     responses={**X.response("mmio"), **problem_responses(404, 413, 422)},
 )
-async def mmio(
+async def ioapic_mmio(
     vm: VmPath, body: Annotated[M.MmioRequest, Body(openapi_examples=X.REQUESTS["mmio"])],
     request: Request,
 ) -> Response:
@@ -121,7 +121,7 @@ line_router = APIRouter(prefix="/v1/vms/{vm}/ioapic", tags=["ioapic"],
     openapi_extra={**json_body_openapi(M.LineRequest, X.REQUESTS["line"]),
                    **manual_path_openapi("vm", "pin")},
 )
-async def line(request: Request) -> Response:
+async def drive_line(request: Request) -> Response:
     # The hottest route: path parameters and body are parsed here, not by FastAPI's solver.
     vm, pin = path_vm(request), path_pin(request)
     body = await json_body(request, M.LineRequest)

@@ -27,7 +27,7 @@ router = APIRouter(prefix="/v1/vms/{vm}", tags=["reports"],
                 "+ the routing table). Example cut to one pin and one vCPU.",
     responses={**X.response("state"), **problem_responses(404)},
 )
-async def state(vm: VmPath, request: Request) -> Response:
+async def get_state(vm: VmPath, request: Request) -> Response:
     return await view(request, vm, M.VmState, ops.state, KO.state)
 
 
@@ -40,7 +40,7 @@ async def state(vm: VmPath, request: Request) -> Response:
                 "this is the trace a kvm tracepoint session would give.",
     responses={**X.response("events"), **problem_responses(404, 422)},
 )
-async def events(
+async def list_events(
     vm: VmPath, request: Request,
     after: Annotated[int, Query(ge=0, description="Return events after this seq.")] = 0,
     limit: Annotated[int | None, Query(ge=1, description="Page size.")] = None,
@@ -104,6 +104,6 @@ bitmaps_router = APIRouter(prefix="/v1/vms/{vm}", tags=["reports"],
     responses={**X.response("bitmaps"), **problem_responses(404)},
     openapi_extra=manual_path_openapi("vm"),
 )
-async def bitmaps(request: Request) -> Response:
+async def get_bitmaps(request: Request) -> Response:
     return await view(request, path_vm(request), M.Bitmaps, lambda e: e.vm.bitmaps(),
                       KO.bitmaps)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from app.api import examples as X
-from app.api import ops
+from app.api import metrics, ops
 from app.api import pictures as PIC
 from app.api import scenario_diff as D
 from app.api import scenario_models as SM
@@ -100,7 +100,8 @@ async def run_document(request: Request, settings: SettingsDep,
                        observe: PIC.ObserveQuery = False) -> Response:
     doc = S.parse_document(await request.body(), request.headers.get("content-type"))
     fmt_ = PIC.negotiate(fmt, request.headers.get("accept"))
-    return await S.run(doc, settings, fmt_, variant, observe)
+    with metrics.of(request).running("scenario-run"):
+        return await S.run(doc, settings, fmt_, variant, observe)
 
 
 @router.post(
@@ -121,7 +122,8 @@ async def run_document(request: Request, settings: SettingsDep,
 async def diff_document(request: Request, settings: SettingsDep,
                         registry: RegistryDep) -> Response:
     doc = S.parse_document(await request.body(), request.headers.get("content-type"))
-    return await D.diff(doc, settings, registry)
+    with metrics.of(request).running("scenario-diff"):
+        return await D.diff(doc, settings, registry)
 
 
 @router.get(
@@ -179,7 +181,8 @@ async def run_library_scenario(
 ) -> Response:
     doc = S.override_vm(S.document(name), profile, irqchip)
     fmt_ = PIC.negotiate(fmt, request.headers.get("accept"))
-    return await S.run(doc, settings, fmt_, variant, observe)
+    with metrics.of(request).running("scenario-run"):
+        return await S.run(doc, settings, fmt_, variant, observe)
 
 
 _GET_PICTURE = (

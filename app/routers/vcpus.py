@@ -73,7 +73,7 @@ async def patch_lapic(
                 "vcpu_scan_ioapic; LOAD_EOI_EXITMAP; EVENT).",
     responses={**X.response("enter_eoi"), **problem_responses(404)},
 )
-async def enter(vm: VmPath, n: VcpuPath, request: Request
+async def enter_guest(vm: VmPath, n: VcpuPath, request: Request
                 ) -> Response:
     return await act(request, vm, M.EnterResult, lambda v: v.enter(n))
 
@@ -98,7 +98,7 @@ async def exit_guest(vm: VmPath, n: VcpuPath, request: Request
                 "Pending requests are consumed first (the vCPU must be in the guest).",
     responses={**X.response("ack"), **problem_responses(404)},
 )
-async def ack(vm: VmPath, n: VcpuPath, request: Request
+async def ack_interrupt(vm: VmPath, n: VcpuPath, request: Request
               ) -> Response:
     return await act(request, vm, M.AckResult, lambda v: v.ack(n),
                      kvm=lambda h: KO.ack(h, n))
@@ -114,7 +114,7 @@ async def ack(vm: VmPath, n: VcpuPath, request: Request
                 "now). With APICv a vector not in the EOI-exit bitmap is retired by the CPU.",
     responses={**X.response("eoi"), **problem_responses(404, 413, 422)},
 )
-async def eoi(
+async def write_eoi(
     vm: VmPath, n: VcpuPath, request: Request,
     body: Annotated[M.EoiRequest | None, Body(openapi_examples=X.REQUESTS["eoi"])] = None,
 ) -> Response:
