@@ -130,6 +130,7 @@ def _finish_openapi(app: FastAPI) -> None:
             for name, schema in scenario_models.openapi_components().items():
                 if schemas.setdefault(name, schema) != schema:
                     raise RuntimeError(f"two different OpenAPI schemas named {name!r}")
+            problems.add_body_problems(spec)
             fix(spec)
         assert app.openapi_schema is not None
         return app.openapi_schema

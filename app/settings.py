@@ -50,6 +50,16 @@ class Settings(BaseSettings):
                     "a settle step's `budget`); more: 422. Settle steps without one use at "
                     "most this.",
     )
+    max_document_nodes: int = Field(
+        default=200_000, ge=1,
+        description="Most values (objects, lists, scalars) a scenario document may hold, "
+                    "counted with every YAML alias expanded; more: 422. Checked while "
+                    "parsing, before anything walks the document.",
+    )
+    max_document_depth: int = Field(
+        default=64, ge=2, le=500,
+        description="Deepest nesting of a scenario document (JSON or YAML); deeper: 422.",
+    )
     max_events_per_vm: int = Field(
         default=200_000, ge=2,
         description="Most events a VM's log keeps; past it the oldest half is dropped (seqs "

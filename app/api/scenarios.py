@@ -10,24 +10,24 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from collections import deque
 from typing import Any
 
-import yaml
 from fastapi import Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app import scenarios as library
 from app.engine.errors import EngineError, not_found
+from app.engine.ints import grammar_int
 from app.engine.scenario import DEFAULT_SETTLE_BUDGET, STEP_OPS, run_scenario, variants
 from app.settings import Settings
 
 from . import ops
 from . import scenario_models as SM
 from .problems import DocumentError, UnsupportedMediaType
+from .safe_load import DEFAULT_LIMITS, DocumentLimits, load_json, load_yaml
 
 JSON_MEDIA_TYPES = ("application/json",)
 YAML_MEDIA_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
@@ -36,90 +36,34 @@ ACCEPTED = "application/json, application/yaml or text/yaml"
 # ---- reading documents
 
 
-def parse_document(body: bytes, content_type: str | None) -> Any:
+def parse_document(body: bytes, content_type: str | None,
+                   limits: DocumentLimits = DEFAULT_LIMITS) -> Any:
     """The body as a document: YAML for application/yaml or text/yaml, JSON for
-    application/json (or no Content-Type); anything else is 415."""
+    application/json (or no Content-Type); anything else is 415. Bounded (safe_load.py)."""
     media = (content_type or "").split(";")[0].strip().lower() or "application/json"
     if media in YAML_MEDIA_TYPES:
-        return parse_yaml(body)
+        return load_yaml(body, limits)
     if media in JSON_MEDIA_TYPES or media.endswith("+json"):
-        return parse_json(body)
+        return load_json(body, limits)
     raise UnsupportedMediaType(media, ACCEPTED)
 
 
-def parse_json(text: bytes | str) -> Any:
-    def constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    try:
-        return json.loads(text, parse_constant=constant)
-    except json.JSONDecodeError as exc:
-        raise DocumentError(f"JSON syntax error at line {exc.lineno}, column {exc.colno}: "
-                            f"{exc.msg}", "body", error_type="json_invalid",
-                            line=exc.lineno, column=exc.colno) from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DocumentError(f"not JSON: {exc}", "body", error_type="json_invalid") from None
-    except RecursionError:
-        raise DocumentError("the document is nested too deeply", "body",
-                            error_type="json_invalid") from None
+def parse_json(text: bytes | str, limits: DocumentLimits = DEFAULT_LIMITS) -> Any:
+    return load_json(text, limits)
 
 
-def parse_yaml(text: bytes | str) -> Any:
-    """yaml.safe_load, refusing what JSON cannot say (timestamps, binary, non-finite floats,
-    keys that are not strings or integers), so a YAML document runs as its JSON twin."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "syntax error"
-        if mark is None:
-            raise DocumentError(f"YAML syntax error: {problem}", "body",
-                                error_type="yaml_invalid") from None
-        line, column = mark.line + 1, mark.column + 1
-        raise DocumentError(f"YAML syntax error at line {line}, column {column}: {problem}",
-                            "body", error_type="yaml_invalid", line=line,
-                            column=column) from None
-    except yaml.YAMLError as exc:
-        raise DocumentError(f"not YAML: {exc}", "body", error_type="yaml_invalid") from None
-    except RecursionError:
-        raise DocumentError("the document is nested too deeply", "body",
-                            error_type="yaml_invalid") from None
-    _json_values(doc, "")
-    return doc
+def parse_yaml(text: bytes | str, limits: DocumentLimits = DEFAULT_LIMITS) -> Any:
+    """YAML with aliases, depth and size bounded, refusing what JSON cannot say (timestamps,
+    binary, non-finite floats, keys that are not strings or integers), so a YAML document
+    runs as its JSON twin."""
+    return load_yaml(text, limits)
 
 
-def _json_values(value: Any, path: str) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(key, bool) or not isinstance(key, str | int):
-                raise DocumentError(f"object keys are strings or integers, not {key!r}",
-                                    path or "body")
-            _json_values(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _json_values(item, f"{path}[{i}]")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise DocumentError(f"{value} is not a JSON number", path or "body")
-    elif value is not None and not isinstance(value, str | int | bool):
-        raise DocumentError(f"a YAML {type(value).__name__} is not a JSON value (quote it)",
-                            path or "body")
+def document_limits(settings: Settings) -> DocumentLimits:
+    return DocumentLimits(settings.max_document_nodes, settings.max_document_depth)
 
 
 # ---- limits and overrides
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value, 0)
-        except ValueError:
-            return None
-    return None
 
 
 def _over(what: str, value: int, field: str, setting: str, maximum: int) -> DocumentError:
@@ -162,7 +106,7 @@ def check_limits(doc: Any, settings: Settings) -> Any:
     if "settle_budget" in doc:
         budgets.insert(0, ("settle_budget", doc["settle_budget"]))
     for field, value in budgets:
-        n = _as_int(value)
+        n = grammar_int(value)
         if n is not None and n > cap:
             raise _over("settle budget", n, field, "IRQLAB_MAX_SETTLE_BUDGET", cap)
     vms = [("vm", doc.get("vm"))]
@@ -204,6 +148,9 @@ def execute(doc: Any) -> dict[str, Any]:
     """run_scenario(doc), with every way the engine refuses the document as DocumentError:
     its EngineError (the path it names), or, where a malformed element makes it fail in
     another way, the path the document models find."""
+    found = locate(doc)  # the document models first: strict types and ranges everywhere
+    if found is not None:
+        raise DocumentError(found[1], found[0])
     try:
         return run_scenario(doc)
     except DocumentError:
@@ -220,6 +167,7 @@ def execute(doc: Any) -> dict[str, Any]:
 
 
 _INSTANCE = re.compile(r" or instance of \w+")
+_PLAIN_TYPES = {"int", "str", "bool", "list", "dict", "none", "float"}
 _MODEL_NAMES = {name for name, obj in vars(SM).items() if isinstance(obj, type)}
 
 
@@ -235,6 +183,7 @@ def locate(doc: Any) -> tuple[str, str] | None:
             for item in err["loc"]:
                 if isinstance(item, str) and (
                         item == "[key]" or "[" in item or "(" in item or item in _MODEL_NAMES
+                        or item.startswith("constrained-") or item in _PLAIN_TYPES
                         or (item in STEP_OPS and parts and isinstance(parts[-1], int))):
                     continue  # union members and discriminator tags, not document keys
                 parts.append(item)

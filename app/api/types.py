@@ -6,7 +6,6 @@ Integers (vectors, offsets, raw register values, ids) are accepted as JSON integ
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, WithJsonSchema
@@ -14,9 +13,16 @@ from pydantic_core import PydanticCustomError
 
 from app.engine import flags as F
 from app.engine import rte as R
+from app.engine.ints import HEX_PATTERN, int_from_text
 
-HEX_PATTERN = r"^0[xX][0-9a-fA-F]+$"
-_HEX = re.compile(HEX_PATTERN)
+__all__ = ["HEX_PATTERN", "int_or_hex"]
+
+
+def shown(value: Any) -> str:
+    """A value as an error message quotes it (pydantic fills a template's {name} with str(),
+    so the repr is made here), cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def int_or_hex(value: Any) -> Any:
@@ -25,12 +31,13 @@ def int_or_hex(value: Any) -> Any:
     if isinstance(value, bool):
         raise PydanticCustomError("int_not_bool", "booleans are not accepted as integers")
     if isinstance(value, str):
-        if not _HEX.fullmatch(value):
+        n = int_from_text(value)
+        if n is None:
             raise PydanticCustomError(
-                "int_or_hex", 'expected a JSON integer or a "0x…" hex string, got {value!r}',
-                {"value": value},
+                "int_or_hex", 'expected a JSON integer or a "0x…" hex string, got {value}',
+                {"value": shown(value)},
             )
-        return int(value, 16)
+        return n
     return value
 
 
@@ -98,8 +105,8 @@ DeliveryMode = Annotated[
 def _profile(value: str) -> str:
     if value not in F.PRESETS:
         raise PydanticCustomError(
-            "unknown_profile", "unknown profile {value!r}; known: {known}",
-            {"value": value, "known": ", ".join(F.PRESETS)},
+            "unknown_profile", "unknown profile {value}; known: {known}",
+            {"value": shown(value), "known": ", ".join(F.PRESETS)},
         )
     return value
 
@@ -113,8 +120,8 @@ ProfileName = Annotated[
 def _flag(value: str) -> str:
     if value not in F.FLAGS:
         raise PydanticCustomError(
-            "unknown_flag", "unknown behaviour flag {value!r}; see GET /v1/profiles",
-            {"value": value},
+            "unknown_flag", "unknown behaviour flag {value}; see GET /v1/profiles",
+            {"value": shown(value)},
         )
     return value
 

@@ -30,6 +30,7 @@ from . import invariants
 from . import rte as R
 from .errors import EngineError, invalid
 from .events import event_dict
+from .ints import grammar_int
 from .msi import LapicIrq, irq_to_msi
 from .state import VmConfig
 from .vm import Vm, config_from_dict
@@ -46,20 +47,22 @@ HANDLER_FORBIDDEN = ("settle",)
 BITMAP_FIELDS = ("irr", "isr", "tmr", "pir", "handled_vectors", "eoi_exit_bitmap")
 
 
-def parse_int(value: Any, where: str, lo: int = 0, hi: int = (1 << 64) - 1) -> int:
-    """An integer given as a JSON number or a "0x..." string (never a boolean)."""
+def parse_int(value: Any, where: str, lo: int = 0, hi: int = (1 << 64) - 1,
+              key: bool = False) -> int:
+    """An integer under irqlab's one grammar (ints.py): a JSON number or a "0x..." string,
+    never a boolean; `key` also takes decimal strings (JSON object keys)."""
     if isinstance(value, bool):
         raise invalid("booleans are not integers here", where)
-    if isinstance(value, str):
-        try:
-            value = int(value, 0)
-        except ValueError:
-            raise invalid(f"{value!r} is not an integer", where) from None
-    if not isinstance(value, int):
+    n = grammar_int(value, key)
+    if n is None:
+        if isinstance(value, str):
+            shown = value if len(value) <= 40 else value[:40] + "…"
+            raise invalid(f"{shown!r} is not an integer (a JSON integer or a \"0x…\" string"
+                          + (", or decimal digits as a key)" if key else ")"), where)
         raise invalid("expected an integer", where)
-    if not lo <= value <= hi:
+    if not lo <= n <= hi:
         raise invalid(f"must be in {lo}..{hi}", where)
-    return value
+    return n
 
 
 def _need_list(value: Any, where: str) -> list[Any]:
@@ -433,7 +436,7 @@ class Runner:
             elif key == "pins":
                 _need_dict(value, w)
                 for pin_s, fields in value.items():
-                    pin = parse_int(pin_s, f"{w}.{pin_s}", 0, R.NUM_PINS - 1)
+                    pin = parse_int(pin_s, f"{w}.{pin_s}", 0, R.NUM_PINS - 1, key=True)
                     view = vm.pin_view(pin)
                     _need_dict(fields, f"{w}.{pin_s}")
                     for f, exp in fields.items():
@@ -445,7 +448,7 @@ class Runner:
             elif key == "vcpus":
                 _need_dict(value, w)
                 for n_s, fields in value.items():
-                    n = parse_int(n_s, f"{w}.{n_s}", 0, len(vm.vcpus) - 1)
+                    n = parse_int(n_s, f"{w}.{n_s}", 0, len(vm.vcpus) - 1, key=True)
                     view = vm.vcpu_view(n)
                     _need_dict(fields, f"{w}.{n_s}")
                     for f, exp in fields.items():
@@ -515,7 +518,7 @@ class Runner:
             elif key == "resamplers":
                 _need_dict(value, w)
                 for gsi_s, count in value.items():
-                    gsi = parse_int(gsi_s, f"{w}.{gsi_s}", 0, 4095)
+                    gsi = parse_int(gsi_s, f"{w}.{gsi_s}", 0, 4095, key=True)
                     check(f"resamplers.{gsi}", count, vm.resamplers.get(gsi))
             else:
                 raise invalid(f"unknown expectation {key!r}", w)
@@ -575,7 +578,7 @@ def _parse_handlers(handlers: Any) -> dict[int, list[dict[str, Any]]]:
         raise invalid("handlers maps a vector to a list of steps", "handlers")
     out: dict[int, list[dict[str, Any]]] = {}
     for key, steps in handlers.items():
-        vec = parse_int(key, f"handlers.{key}", 0, 255)
+        vec = parse_int(key, f"handlers.{key}", 0, 255, key=True)
         if not isinstance(steps, list):
             raise invalid("a handler is a list of steps", f"handlers.{key}")
         for i, s in enumerate(steps):
@@ -694,7 +697,7 @@ def run_scenario(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": doc.get("name"),
         "description": doc.get("description"),
-        "commits": doc.get("commits", []),
+        "commits": doc.get("commits") or [],
         "passed": all(r["passed"] for r in runs),
         "variants": runs,
     }

@@ -6,7 +6,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import yaml
+from app.api.safe_load import DocumentLimits, load_yaml
 
 
 @cache
@@ -14,7 +14,7 @@ def _load_all() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for entry in sorted(resources.files(__package__).iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".yaml"):
-            doc = yaml.safe_load(entry.read_text(encoding="utf-8"))
+            doc = load_yaml(entry.read_text(encoding="utf-8"), DocumentLimits())
             out[doc["name"]] = doc
     return out
 

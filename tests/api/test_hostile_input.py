@@ -1,0 +1,124 @@
+"""Hostile input from issue 10: each "what was seen" reproduced as a request, each a 4xx
+naming the field or the limit (never a 500, never a hang)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.conftest import assert_problem
+
+pytestmark = pytest.mark.anyio
+
+YAML = {"content-type": "application/yaml"}
+
+
+def alias_bomb(levels: int = 10, width: int = 9) -> str:
+    """Anchors nesting `levels` deep, each a list of `width` aliases of the one below: about
+    400 bytes whose value has width**levels elements."""
+    lines = ["a0: &a0 [" + ", ".join(["x"] * width) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]"
+              for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\nsteps: []\n"
+
+
+async def test_yaml_alias_bomb_is_refused_at_once(client: httpx.AsyncClient) -> None:
+    start = time.monotonic()
+    r = await client.post("/v1/scenarios/run", content=alias_bomb(), headers=YAML)
+    body = assert_problem(r, 422, "body", "validation-error")
+    assert body["limit"] == "IRQLAB_MAX_DOCUMENT_NODES"
+    assert time.monotonic() - start < 2
+
+
+async def test_self_referencing_alias_is_422(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/scenarios/run", content="steps: &s [*s]\n", headers=YAML)
+    body = assert_problem(r, 422, "body")
+    assert "recursive" in body["detail"]
+
+
+@pytest.mark.parametrize("media", ["application/json", "application/yaml"])
+async def test_deep_documents_are_refused(client: httpx.AsyncClient, media: str) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    r = await client.post("/v1/scenarios/run", content=f'{{"steps": {deep}}}',
+                          headers={"content-type": media})
+    body = assert_problem(r, 422, "body")
+    assert body["limit"] == "IRQLAB_MAX_DOCUMENT_DEPTH"
+
+
+async def test_commits_null_is_a_result(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/scenarios/run", json={"commits": None, "steps": []})
+    assert r.status_code == 200, r.text
+    assert r.json()["commits"] == []
+
+
+@pytest.mark.parametrize("field", ["name", "description"])
+async def test_document_strings_are_typed(client: httpx.AsyncClient, field: str) -> None:
+    r = await client.post("/v1/scenarios/run", json={field: 5, "steps": []})
+    assert_problem(r, 422, field)
+
+
+@pytest.mark.parametrize("text", ["64", "0b1000000", "6_4", "0o100", " 64", "1e1", "٦٤"])
+async def test_scenarios_take_the_rest_api_integer_grammar(
+        client: httpx.AsyncClient, make_vm: Any, text: str) -> None:
+    doc = {"steps": [{"op": "write_rte", "pin": 3, "entry": {"vector": text}}]}
+    r = await client.post("/v1/scenarios/run", json=doc)
+    assert_problem(r, 422, "steps[0].entry.vector")
+    vm = await make_vm()
+    r = await client.patch(f"/v1/vms/{vm}/ioapic/pins/3", json={"vector": text})
+    assert_problem(r, 422, "vector")
+
+
+@pytest.mark.parametrize("scalar", ["0b1000000", "6_4", "0o100", "1:04"])
+async def test_yaml_plain_scalars_follow_the_grammar(client: httpx.AsyncClient,
+                                                     scalar: str) -> None:
+    doc = f"steps:\n  - {{op: write_rte, pin: 3, entry: {{vector: {scalar}}}}}\n"
+    r = await client.post("/v1/scenarios/run", content=doc, headers=YAML)
+    assert_problem(r, 422, "steps[0].entry.vector")
+
+
+async def test_yaml_hex_and_decimal_plain_scalars_are_integers(
+        client: httpx.AsyncClient) -> None:
+    doc = ("steps:\n  - {op: write_rte, pin: 3, entry: {vector: 0x41}}\n"
+           "  - {op: expect, pins: {3: {vector: 65}}}\n")
+    r = await client.post("/v1/scenarios/run", content=doc, headers=YAML)
+    assert r.status_code == 200, r.text
+    assert r.json()["passed"] is True
+
+
+async def test_422_messages_quote_the_value(client: httpx.AsyncClient, make_vm: Any) -> None:
+    vm = await make_vm()
+    r = await client.patch(f"/v1/vms/{vm}/ioapic/pins/3", json={"vector": "zz"})
+    body = assert_problem(r, 422, "vector")
+    assert "{value" not in body["detail"] and "'zz'" in body["detail"]
+    r = await client.post("/v1/vms", json={"profile": "nope"})
+    body = assert_problem(r, 422, "profile")
+    assert "{value" not in body["detail"] and "'nope'" in body["detail"]
+
+
+async def test_405_allows_every_method_of_the_path(client: httpx.AsyncClient,
+                                                   make_vm: Any) -> None:
+    vm = await make_vm()
+    r = await client.put(f"/v1/vms/{vm}")
+    assert_problem(r, 405)
+    assert set(r.headers["allow"].split(", ")) == {"GET", "DELETE"}
+
+
+async def test_malformed_json_is_the_body_fault(client: httpx.AsyncClient,
+                                               make_vm: Any) -> None:
+    vm = await make_vm()
+    r = await client.post(f"/v1/vms/{vm}/msi", content=b"{bad",
+                          headers={"content-type": "application/json"})
+    assert_problem(r, 422, "body")
+
+
+def test_openapi_documents_the_middleware_problems() -> None:
+    from app.main import create_app
+
+    spec = create_app().openapi()
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if "requestBody" in op:
+                assert {"400", "413"} <= set(op["responses"]), (method, path)
