@@ -345,7 +345,7 @@ async def test_counter_at_least(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize(("bound", "field"), [
-    ({"at_most": 1}, "steps[0].counters.n.at_most"),
+    ({"at_most": 1}, "steps[0].counters.n.at_least"),
     ({"at_least": 1, "equals": 2}, "steps[0].counters.n.equals"),
     ({"at_least": -1}, "steps[0].counters.n.at_least"),
 ])
