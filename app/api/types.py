@@ -41,7 +41,7 @@ def int_or_hex(value: Any) -> Any:
     return value
 
 
-def _schema(lo: int, hi: int) -> WithJsonSchema:
+def int_schema(lo: int, hi: int) -> WithJsonSchema:
     # Bounds above 2**53 are not exact as JSON numbers (and FastAPI's OpenAPI model turns
     # them into floats): state them in words instead.
     integer: dict[str, Any] = {"type": "integer", "minimum": lo}
@@ -56,15 +56,15 @@ def _schema(lo: int, hi: int) -> WithJsonSchema:
 
 _V = BeforeValidator(int_or_hex)
 
-U1 = Annotated[int, _V, Field(ge=0, le=1), _schema(0, 1)]
-U8 = Annotated[int, _V, Field(ge=0, le=0xFF), _schema(0, 0xFF)]
-U32 = Annotated[int, _V, Field(ge=0, le=0xFFFFFFFF), _schema(0, 0xFFFFFFFF)]
-U64 = Annotated[int, _V, Field(ge=0, le=(1 << 64) - 1), _schema(0, (1 << 64) - 1)]
-UInt = Annotated[int, _V, Field(ge=0, le=(1 << 63) - 1), _schema(0, (1 << 63) - 1)]
+U1 = Annotated[int, _V, Field(ge=0, le=1), int_schema(0, 1)]
+U8 = Annotated[int, _V, Field(ge=0, le=0xFF), int_schema(0, 0xFF)]
+U32 = Annotated[int, _V, Field(ge=0, le=0xFFFFFFFF), int_schema(0, 0xFFFFFFFF)]
+U64 = Annotated[int, _V, Field(ge=0, le=(1 << 64) - 1), int_schema(0, (1 << 64) - 1)]
+UInt = Annotated[int, _V, Field(ge=0, le=(1 << 63) - 1), int_schema(0, (1 << 63) - 1)]
 Vector = U8
-IrqSource = Annotated[int, _V, Field(ge=0, le=63), _schema(0, 63)]
-VcpuIndex = Annotated[int, _V, Field(ge=0, le=0xFFFFFFFF), _schema(0, 0xFFFFFFFF)]
-VcpuCount = Annotated[int, _V, Field(ge=1, le=4096), _schema(1, 4096)]
+IrqSource = Annotated[int, _V, Field(ge=0, le=63), int_schema(0, 63)]
+VcpuIndex = Annotated[int, _V, Field(ge=0, le=0xFFFFFFFF), int_schema(0, 0xFFFFFFFF)]
+VcpuCount = Annotated[int, _V, Field(ge=1, le=4096), int_schema(1, 4096)]
 IoapicOffset = U8
 
 

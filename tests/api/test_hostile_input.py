@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -122,3 +123,62 @@ def test_openapi_documents_the_middleware_problems() -> None:
         for method, op in item.items():
             if "requestBody" in op:
                 assert {"400", "413"} <= set(op["responses"]), (method, path)
+
+
+# ---- snapshots: validated as strictly as a create request, restored VMs reachable
+
+
+def _set(path: str, value: Any) -> Any:
+    def mutate(snap: dict[str, Any]) -> None:
+        node: Any = snap
+        keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return mutate
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    *((f"vcpus.0.{f}", -1) for f in ("irr", "isr", "tmr", "pir", "handled", "eoi_exitmap")),
+    ("vcpus.0.irr", 1 << 256), ("vcpus.0.requests", 2**300), ("vcpus.0.requests", 16),
+    ("vcpus.0.tpr", 256), ("vcpus.0.pending_ioapic_eoi", -1), ("vcpus.0.highest_stale", -2),
+    ("vcpus.0.in_guest", 1), ("vcpus.0.irr", 1.0), ("vcpus.0.irr", "64"), ("vcpus.0.irr", True),
+    ("ioapic.irr", -5), ("ioapic.irr", 1 << 24), ("ioapic.ioregsel", 256), ("ioapic.id", 16),
+    ("ioapic.redir.3", -1), ("ioapic.irq_eoi.0", -1), ("ioapic.delayed_at", -1),
+    ("ioapic.version", 0x20), ("ioapic.flavour", "qemu"), ("time", -1), ("time", 2**300),
+    ("vcpus.0.idx", 1), ("vcpus.0.x2apic", True),
+])
+async def test_hostile_snapshot_is_422_naming_the_field(
+        client: httpx.AsyncClient, make_vm: Any, path: str, value: Any) -> None:
+    vm = await make_vm()
+    snap = (await client.get(f"/v1/vms/{vm}/snapshot")).json()
+    before = (await client.get(f"/v1/vms/{vm}/state")).json()
+    if path == "vcpus.0.x2apic":
+        snap["vcpus"][0]["apic_base_enabled"] = False
+    _set(path, value)(snap)
+    with anyio.fail_after(10):
+        r = await client.put(f"/v1/vms/{vm}/snapshot", json=snap)
+    field = path.replace(".0.", "[0].").replace(".3", "[3]").replace("irq_eoi.0", "irq_eoi[0]")
+    assert_problem(r, 422, field.replace("[0]", "[0]", 1))
+    assert (await client.get(f"/v1/vms/{vm}/state")).json() == before
+    r = await client.post(f"/v1/vms/{vm}/vcpus/0/eoi")
+    assert r.status_code == 200, r.text
+
+
+async def test_snapshot_integers_take_the_one_grammar(client: httpx.AsyncClient,
+                                                      make_vm: Any) -> None:
+    vm = await make_vm()
+    await client.post(f"/v1/vms/{vm}/msi", json={"address_lo": "0xfee00000", "data": "0x41"})
+    snap = (await client.get(f"/v1/vms/{vm}/snapshot")).json()
+    snap["vcpus"][0]["irr"] = hex(snap["vcpus"][0]["irr"])
+    r = await client.put(f"/v1/vms/{vm}/snapshot", json=snap)
+    assert r.status_code == 200, r.text
+    assert (await client.get(f"/v1/vms/{vm}/vcpus/0")).json()["irr"]["vectors"] == [0x41]
+
+
+def test_bit_iterator_refuses_negative_numbers() -> None:
+    from app.engine.bitmap import vectors
+
+    with pytest.raises(ValueError):
+        vectors(-1)
+    assert vectors((1 << 255) | 1) == [0, 255]
