@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
 from app import __version__
-from app.api import bodies, kvm_ops, ops, problems, scenario_models
+from app.api import bodies, bounded, kvm_ops, ops, problems, scenario_models
 from app.api.middleware import BodyLimitMiddleware
 from app.api.registry import Registry
 from app.routers import ALL
@@ -70,6 +70,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        bounded.close_pool(app)  # kill the worker processes of expensive requests at once
         registry: Registry = app.state.registry
         await registry.close_all()
 

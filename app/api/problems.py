@@ -78,6 +78,9 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
                     description="The HTTP request itself is malformed."),
         ProblemType(slug="method-not-allowed", status=405, title="Method Not Allowed",
                     description="The resource exists but does not support this method."),
+        ProblemType(slug="service-unavailable", status=503, title="Service Unavailable",
+                    description="The server is stopping: work in flight was cancelled. "
+                                "Retry against the restarted service."),
         ProblemType(slug="internal-error", status=500, title="Internal Server Error",
                     description="A bug in irqlab. Please report it with the request."),
     ]
@@ -129,7 +132,7 @@ class DocumentError(EngineError):
     validation problem, not a KVM refusal (those are results inside a run)."""
 
     def __init__(self, detail: str, field: str | None, *, error_type: str = "scenario_invalid",
-                 limit: str | None = None, maximum: int | None = None,
+                 limit: str | None = None, maximum: float | None = None,
                  line: int | None = None, column: int | None = None) -> None:
         super().__init__(ErrorKind.INVALID, detail, field or "body")
         self.error_type = error_type

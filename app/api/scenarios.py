@@ -2,8 +2,9 @@
 the service limits, the profile/irqchip override of library runs, and running a document with
 the engine's refusals of it turned into DocumentError (422 at the element's path).
 
-A run builds its own VMs, so it holds no VM lock; it is CPU-bound and runs in a worker thread
-(with the response validated and rendered there too) so the event loop stays responsive.
+A run builds its own VMs, so it holds no VM lock; it is CPU-bound, so the whole of it (parsing
+the body, checking, running, rendering) is one job for a worker process (run_job, through
+app/api/bounded.py) under the run budget, and the event loop only waits for its bytes.
 """
 
 from __future__ import annotations
@@ -12,21 +13,34 @@ import copy
 import json
 import re
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
+import pydantic_core
 from fastapi import Response
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from app import scenarios as library
 from app.engine.errors import EngineError, not_found
 from app.engine.ints import grammar_int
-from app.engine.scenario import DEFAULT_SETTLE_BUDGET, STEP_OPS, run_scenario, variants
+from app.engine.scenario import (
+    DEFAULT_SETTLE_BUDGET,
+    STEP_OPS,
+    BudgetExceeded,
+    RunBudget,
+    run_scenario,
+    variants,
+)
 from app.settings import Settings
 
-from . import ops
 from . import scenario_models as SM
-from .problems import DocumentError, UnsupportedMediaType
+from .problems import (
+    PROBLEM_MEDIA_TYPE,
+    DocumentError,
+    UnsupportedMediaType,
+    engine_problem,
+    problem_response,
+)
 from .safe_load import DEFAULT_LIMITS, DocumentLimits, load_json, load_yaml
 
 JSON_MEDIA_TYPES = ("application/json",)
@@ -71,9 +85,10 @@ def _over(what: str, value: int, field: str, setting: str, maximum: int) -> Docu
                          error_type="limit_exceeded", limit=setting, maximum=maximum)
 
 
-def check_limits(doc: Any, settings: Settings) -> Any:
+def check_limits(doc: Any, settings: RunLimits) -> Any:
     """Hold a document to IRQLAB_MAX_SCENARIO_STEPS (every step: top level, in handlers, in
-    `when` blocks), IRQLAB_MAX_SETTLE_BUDGET and IRQLAB_MAX_VCPUS. Returns the document to run:
+    `when` blocks), IRQLAB_MAX_SETTLE_BUDGET, IRQLAB_MAX_VCPUS and
+    IRQLAB_MAX_MATRIX_VARIANTS. Returns the document to run:
     when the engine's default settle budget is over the cap, settle steps without a budget
     get the cap. Shapes the engine would refuse are left for it to report."""
     if not isinstance(doc, dict):
@@ -111,6 +126,9 @@ def check_limits(doc: Any, settings: Settings) -> Any:
             raise _over("settle budget", n, field, "IRQLAB_MAX_SETTLE_BUDGET", cap)
     vms = [("vm", doc.get("vm"))]
     matrix = doc.get("matrix")
+    if isinstance(matrix, list) and len(matrix) > settings.max_matrix_variants:
+        raise _over("a matrix of", len(matrix), "matrix", "IRQLAB_MAX_MATRIX_VARIANTS",
+                    settings.max_matrix_variants)
     if isinstance(matrix, list):
         vms += [(f"matrix[{i}].vm", m.get("vm")) for i, m in enumerate(matrix)
                 if isinstance(m, dict)]
@@ -144,7 +162,7 @@ def override_vm(doc: dict[str, Any], profile: str | None = None,
 # ---- running
 
 
-def execute(doc: Any) -> dict[str, Any]:
+def execute(doc: Any, budget: RunBudget | None = None) -> dict[str, Any]:
     """run_scenario(doc), with every way the engine refuses the document as DocumentError:
     its EngineError (the path it names), or, where a malformed element makes it fail in
     another way, the path the document models find."""
@@ -152,7 +170,13 @@ def execute(doc: Any) -> dict[str, Any]:
     if found is not None:
         raise DocumentError(found[1], found[0])
     try:
-        return run_scenario(doc)
+        return run_scenario(doc, budget)
+    except BudgetExceeded as exc:
+        setting = _BUDGET_SETTINGS[exc.resource]
+        raise DocumentError(
+            f"the run needs more than {exc.maximum} {exc.resource} ({setting}; it stopped at "
+            f"{exc.where})", exc.where, error_type="limit_exceeded", limit=setting,
+            maximum=exc.maximum) from None
     except DocumentError:
         raise
     except EngineError as exc:
@@ -166,6 +190,7 @@ def execute(doc: Any) -> dict[str, Any]:
         raise DocumentError(found[1], found[0]) from exc
 
 
+_BUDGET_SETTINGS = {"steps": "IRQLAB_MAX_RUN_STEPS", "events": "IRQLAB_MAX_RUN_EVENTS"}
 _INSTANCE = re.compile(r" or instance of \w+")
 _PLAIN_TYPES = {"int", "str", "bool", "list", "dict", "none", "float"}
 _MODEL_NAMES = {name for name, obj in vars(SM).items() if isinstance(obj, type)}
@@ -206,16 +231,76 @@ def _path(parts: list[Any]) -> str:
     return out or "body"
 
 
-def _run_and_render(doc: Any) -> Response:
-    result = execute(doc)
-    SM.ScenarioResult.model_validate(result)  # the documented shape (a drift would be a bug)
-    return ops.render(None, result)
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    """What a run needs from the settings, small and picklable for a worker process."""
+
+    document: DocumentLimits
+    max_scenario_steps: int
+    max_settle_budget: int
+    max_vcpus: int
+    max_matrix_variants: int
+    max_run_steps: int
+    max_run_events: int
+    max_response_bytes: int
+    validate: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> RunLimits:
+        return cls(document_limits(settings), settings.max_scenario_steps,
+                   settings.max_settle_budget, settings.max_vcpus,
+                   settings.max_matrix_variants, settings.max_run_steps,
+                   settings.max_run_events, settings.max_response_bytes,
+                   settings.validate_responses)
 
 
-async def run(doc: Any, settings: Settings) -> Response:
-    """Check the limits, then run in a worker thread (no VM lock: the run has its own VMs)."""
-    doc = check_limits(doc, settings)
-    return await run_in_threadpool(_run_and_render, doc)
+Rendered = tuple[int, str, bytes]
+"""A response made in a worker process: status, media type, body."""
+
+
+def run_job(source: Any, content_type: str | None, parsed: bool, limits: RunLimits,
+            instance: str) -> Rendered:
+    """Parse (unless `parsed`), check, run and render a document under `limits`; every
+    refusal is rendered as its problem. Runs in a worker process (app/work/pool.py)."""
+    try:
+        doc = source if parsed else parse_document(source, content_type, limits.document)
+        doc = check_limits(doc, limits)
+        result = execute(doc, RunBudget(limits.max_run_steps, limits.max_run_events))
+        if limits.validate:
+            SM.ScenarioResult.model_validate(result)  # the documented shape (drift: a bug)
+        body = pydantic_core.to_json(result)
+        if len(body) > limits.max_response_bytes:
+            raise DocumentError(
+                f"the result is {len(body)} bytes, over the limit of "
+                f"{limits.max_response_bytes} (IRQLAB_MAX_RESPONSE_BYTES)", "body",
+                error_type="limit_exceeded", limit="IRQLAB_MAX_RESPONSE_BYTES",
+                maximum=limits.max_response_bytes)
+        return 200, "application/json", body
+    except EngineError as exc:
+        return _rendered(engine_problem(exc, instance))
+    except UnsupportedMediaType as exc:
+        return _rendered(problem_response("unsupported-media-type", exc.detail,
+                                          instance=instance))
+
+
+def check_job(source: Any, content_type: str | None, parsed: bool, limits: RunLimits,
+              instance: str) -> Rendered | Any:
+    """Parse and check a document and run it on the model under `limits` (POST
+    /v1/scenarios/diff's first half): the document, or the problem rendered."""
+    try:
+        doc = source if parsed else parse_document(source, content_type, limits.document)
+        doc = check_limits(doc, limits)
+        execute(doc, RunBudget(limits.max_run_steps, limits.max_run_events))
+        return doc
+    except EngineError as exc:
+        return _rendered(engine_problem(exc, instance))
+    except UnsupportedMediaType as exc:
+        return _rendered(problem_response("unsupported-media-type", exc.detail,
+                                          instance=instance))
+
+
+def _rendered(response: Response) -> Rendered:
+    return response.status_code, PROBLEM_MEDIA_TYPE, bytes(response.body)
 
 
 # ---- the library

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import invariants
@@ -45,6 +46,30 @@ STEP_OPS = (
 )
 HANDLER_FORBIDDEN = ("settle",)
 BITMAP_FIELDS = ("irr", "isr", "tmr", "pir", "handled_vectors", "eoi_exit_bitmap")
+
+
+class BudgetExceeded(Exception):
+    """A run needed more work than its RunBudget allows: not a KVM refusal and not a
+    malformed document, but a document too expensive to run here. `resource` is "steps" or
+    "events", `where` the step that was running."""
+
+    def __init__(self, resource: str, maximum: int, where: str) -> None:
+        super().__init__(f"the run needs more than {maximum} {resource}")
+        self.resource = resource
+        self.maximum = maximum
+        self.where = where
+
+
+@dataclass(slots=True)
+class RunBudget:
+    """What one run_scenario call may spend over all its variants: `steps` counts every step
+    run (top level, in handlers and when blocks) and every round of a settle; `events` counts
+    events logged. None: unbounded (the engine's own callers, the tests)."""
+
+    steps: int | None = None
+    events: int | None = None
+    spent_steps: int = 0
+    spent_events: int = 0  # by the variants already finished
 
 
 def parse_int(value: Any, where: str, lo: int = 0, hi: int = (1 << 64) - 1,
@@ -165,8 +190,9 @@ class Runner:
     """Runs the steps of one variant against one VM."""
 
     def __init__(self, doc: dict[str, Any], vm_cfg: dict[str, Any],
-                 expect_extra: dict[str, Any]) -> None:
+                 expect_extra: dict[str, Any], budget: RunBudget | None = None) -> None:
         self.doc = doc
+        self.budget = budget or RunBudget()
         try:
             self.vm = Vm(config_from_dict(vm_cfg))
         except TypeError as exc:
@@ -187,8 +213,18 @@ class Runner:
 
     # ---- operations ----
 
+    def charge(self, where: str) -> None:
+        """Spend one step of the budget; past it (or past its events) the run stops."""
+        b = self.budget
+        b.spent_steps += 1
+        if b.steps is not None and b.spent_steps > b.steps:
+            raise BudgetExceeded("steps", b.steps, where)
+        if b.events is not None and b.spent_events + self.vm.log.next_seq - 1 > b.events:
+            raise BudgetExceeded("events", b.events, where)
+
     def run_step(self, step: Any, where: str, vcpu: int | None = None,
                  depth: int = 0) -> dict[str, Any]:
+        self.charge(where)
         result = self._run_step(step, where, vcpu, depth)
         name = step.get("save")
         if name is not None:
@@ -306,7 +342,7 @@ class Runner:
         if op == "settle":
             budget = parse_int(step.get("budget", self.budget_default), f"{where}.budget",
                                1, 10_000_000)
-            return self.settle(budget)
+            return self.settle(budget, where)
         assert op == "expect"
         result = self.expect(step, where)
         if depth:
@@ -376,12 +412,13 @@ class Runner:
             taken.append(r)
         return taken
 
-    def settle(self, budget: int) -> dict[str, Any]:
+    def settle(self, budget: int, where: str = "settle") -> dict[str, Any]:
         vm = self.vm
         used = 0
         taken: list[list[int]] = []
         advanced = 0
         while True:
+            self.charge(where)
             changed = False
             for n, v in enumerate(vm.vcpus):
                 if used >= budget:
@@ -622,9 +659,10 @@ def variants(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, A
 
 def run_variant(doc: dict[str, Any], name: str, vm_cfg: dict[str, Any],
                 expect_extra: dict[str, Any],
-                on_step: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                on_step: Callable[[int, dict[str, Any]], None] | None = None,
+                budget: RunBudget | None = None) -> dict[str, Any]:
     try:
-        runner = Runner(doc, vm_cfg, expect_extra)
+        runner = Runner(doc, vm_cfg, expect_extra, budget)
     except EngineError as exc:
         if exc.field and not exc.field.startswith(("vm", "handlers", "settle")):
             exc.field = f"vm.{exc.field}"
@@ -659,6 +697,7 @@ def run_variant(doc: dict[str, Any], name: str, vm_cfg: dict[str, Any],
         if on_step is not None:
             on_step(i, entry)
     vm = runner.vm
+    runner.budget.spent_events += vm.log.next_seq - 1
     passed = passed and all(x["passed"] for x in runner.handler_expects)
     return {
         "name": name,
@@ -673,8 +712,10 @@ def run_variant(doc: dict[str, Any], name: str, vm_cfg: dict[str, Any],
     }
 
 
-def run_scenario(doc: dict[str, Any]) -> dict[str, Any]:
-    """Run every variant of a scenario document; deterministic for a given document."""
+def run_scenario(doc: dict[str, Any], budget: RunBudget | None = None) -> dict[str, Any]:
+    """Run every variant of a scenario document; deterministic for a given document. With a
+    budget, BudgetExceeded stops a run that needs more steps or events than it allows."""
+    budget = budget or RunBudget()
     if not isinstance(doc, dict):
         raise invalid("a scenario is an object", "")
     for key in doc:
@@ -684,7 +725,7 @@ def run_scenario(doc: dict[str, Any]) -> dict[str, Any]:
     runs = []
     for i, (name, cfg, extra) in enumerate(variants(doc)):
         try:
-            runs.append(run_variant(doc, name, cfg, extra))
+            runs.append(run_variant(doc, name, cfg, extra, budget=budget))
         except EngineError as exc:
             # A bad vm value that came from a matrix entry is that entry's fault.
             key = (exc.field or "").removeprefix("vm.").split(".")[0]

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
+from app.api import bounded as B
 from app.api import examples as X
 from app.api import ops
 from app.api import scenario_diff as D
@@ -30,8 +31,8 @@ def _problem(summary: str, exc: DocumentError) -> dict[str, Any]:
 
 
 def _document_problems() -> dict[int | str, dict[str, Any]]:
-    """The 413/415/422 entries, with scenario examples for 422."""
-    out = problem_responses(413, 415, 422)
+    """The 413/415/422/503 entries, with scenario examples for 422."""
+    out = problem_responses(413, 415, 422, 503)
     out[422] = copy.deepcopy(out[422])
     out[422]["description"] = "A malformed document, or one over a service limit"
     out[422]["content"]["application/problem+json"]["examples"] = {
@@ -88,8 +89,9 @@ _RUN_DESC = _VMS + (
     }}},
 )
 async def run_document(request: Request, settings: SettingsDep) -> Response:
-    doc = S.parse_document(await request.body(), request.headers.get("content-type"))
-    return await S.run(doc, settings)
+    return await B.respond(request, S.run_job, await request.body(),
+                           request.headers.get("content-type"), False,
+                           S.RunLimits.of(settings), request.url.path)
 
 
 @router.post(
@@ -109,8 +111,7 @@ async def run_document(request: Request, settings: SettingsDep) -> Response:
 )
 async def diff_document(request: Request, settings: SettingsDep,
                         registry: RegistryDep) -> Response:
-    doc = S.parse_document(await request.body(), request.headers.get("content-type"))
-    return await D.diff(doc, settings, registry)
+    return await D.diff(request, await request.body(), settings, registry)
 
 
 @router.get(
@@ -151,9 +152,10 @@ async def get_scenario(name: Annotated[str, Path(examples=["seed-race-split"])])
     responses={**_result_response("scenario_library_run", "The result (example: "
                                   "seed-race-split with profile=linux-6.1, cut to one "
                                   "variant)"),
-               **problem_responses(404, 422)},
+               **problem_responses(404, 422, 503)},
 )
 async def run_library_scenario(
+    request: Request,
     name: Annotated[str, Path(examples=["seed-race-split"])],
     settings: SettingsDep,
     profile: Annotated[T.ProfileName | None, Query(
@@ -163,4 +165,5 @@ async def run_library_scenario(
         description="Replace every variant's vm.irqchip.")] = None,
 ) -> Response:
     doc = S.override_vm(S.document(name), profile, irqchip)
-    return await S.run(doc, settings)
+    return await B.respond(request, S.run_job, doc, None, True, S.RunLimits.of(settings),
+                           request.url.path)
