@@ -67,9 +67,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Startup: the KVM watchdog's signal handler (only the main thread, where uvicorn runs
     the event loop, may install it). Shutdown: close every VM, releasing the kvm ones' fds."""
     kvm_ops.install_kick_handler()
+    undo_signals = bounded.kill_work_on_stop_signals(app)
     try:
         yield
     finally:
+        undo_signals()
         bounded.close_pool(app)  # kill the worker processes of expensive requests at once
         registry: Registry = app.state.registry
         await registry.close_all()

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, Response
@@ -110,3 +114,35 @@ async def respond(request: Request, fn: Callable[..., tuple[int, str, bytes]],
                                 "was cancelled", instance=request.url.path,
                                 headers={"Retry-After": "1"})
     return Response(body, status_code=status, media_type=media_type)
+
+
+def kill_work_on_stop_signals(app: FastAPI) -> Callable[[], None]:
+    """On SIGTERM/SIGINT, kill the app's running work at once (its requests answer 503) and
+    then do what the signal did before (uvicorn's graceful shutdown, which would otherwise
+    wait for those requests up to IRQLAB_MAX_RUN_SECONDS). Call from the lifespan startup,
+    on the main thread, after the server installed its handlers; returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        # Not pool.close() here: a signal handler may interrupt the main thread inside the
+        # pool's lock; the loop runs it next, which is prompt enough.
+        loop.call_soon_threadsafe(close_pool, app)
+        before = previous.get(signum)
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:  # no server handler: the signal's default action
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, handler)
+
+    def undo() -> None:
+        for sig, before in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, before)
+
+    return undo

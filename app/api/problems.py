@@ -271,13 +271,16 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this request's path."""
-    methods: set[str] = set()
+    """Every method served at this request's path: by the routes whose path is this one
+    literally if there are any (POST /v1/scenarios/run), else by the templated ones."""
+    literal: set[str] = set()
+    templated: set[str] = set()
     for route in request.app.router.routes:
         for method in getattr(route, "methods", None) or ():
             if route.matches({**request.scope, "method": method})[0] == Match.FULL:
-                methods.add(method)
-    return sorted(methods)
+                path = getattr(route, "path", "")
+                (templated if "{" in path else literal).add(method)
+    return sorted(literal or templated)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -129,8 +129,9 @@ BoundedLoader.add_constructor("tag:yaml.org,2002:bool", _bool)
 def load_yaml(text: bytes | str, limits: DocumentLimits) -> Any:
     """One YAML document, bounded (module docstring); a YAML error is DocumentError at
     `body` with its line and column; the result holds only JSON values."""
-    loader = BoundedLoader(text, limits)
+    loader: BoundedLoader | None = None
     try:
+        loader = BoundedLoader(text, limits)  # its reader already refuses bad characters
         doc = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -148,7 +149,8 @@ def load_yaml(text: bytes | str, limits: DocumentLimits) -> Any:
         raise DocumentError(f"not YAML: {type(exc).__name__}", "body",
                             error_type="yaml_invalid") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     check_values(doc, limits)
     return doc
 

@@ -180,8 +180,12 @@ class WorkerPool:
         """fn(*args) in a worker, under the limits (module docstring)."""
         worker = await self._acquire()
         loop = asyncio.get_running_loop()
-        exchange = loop.run_in_executor(
-            self._threads, worker.exchange, (fn, args, self.limits.cpu_seconds))
+        try:
+            exchange = loop.run_in_executor(
+                self._threads, worker.exchange, (fn, args, self.limits.cpu_seconds))
+        except RuntimeError:  # closed while the worker was starting
+            self._release(worker, False)
+            raise PoolClosed from None
         # If the wait below is abandoned, the worker is killed and this future fails: its
         # exception is expected, not "never retrieved".
         exchange.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -191,9 +195,9 @@ class WorkerPool:
                                                  self.limits.wall_seconds)
         except TimeoutError:
             raise LimitExceeded("wall", self.limits.wall_seconds) from None
-        except (EOFError, OSError) as exc:
-            if self.closed:
-                raise PoolClosed from None
+        except Exception as exc:
+            if self.closed:  # killed under the call (its pipe closed mid-read, whatever
+                raise PoolClosed from None  # that raised)
             raise WorkerFailed(f"the worker died ({type(exc).__name__}; a hard memory or "
                                "CPU limit?)") from None
         else:
