@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app.work.pool import LimitExceeded, Limits, PoolClosed, WorkerFailed, WorkerPool
-from tests.work_jobs import allocate, fail, pid, spin, square
+from tests.work_jobs import allocate, fail, pid, spin, square, wait_dead
 
 pytestmark = pytest.mark.anyio
 
@@ -18,15 +18,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def _alive(p: int) -> bool:
-    try:
-        os.kill(p, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{p}/stat") as f:  # a zombie is not alive
-        return f.read().split(") ")[1][0] != "Z"
 
 
 async def test_results_and_reuse() -> None:
@@ -74,11 +65,7 @@ async def test_wall_clock_kills_and_replaces() -> None:
         with pytest.raises(LimitExceeded) as info:
             await pool.call(spin, 30.0)
         assert info.value.resource == "wall" and time.monotonic() - start < 5
-        for _ in range(100):
-            if not _alive(victim):
-                break
-            await asyncio.sleep(0.02)
-        assert not _alive(victim)
+        await wait_dead(victim)
         assert await pool.call(square, 4) == 16
     finally:
         pool.close()
@@ -93,11 +80,7 @@ async def test_cancelling_a_call_kills_its_worker() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(100):
-            if not _alive(victim):
-                break
-            await asyncio.sleep(0.02)
-        assert not _alive(victim)
+        await wait_dead(victim)
     finally:
         pool.close()
 

@@ -1,10 +1,12 @@
 """Module-level functions the worker-pool tests send to worker processes (they must be
-importable by name there)."""
+importable by name there), and how the tests see a worker die."""
 
 from __future__ import annotations
 
 import os
 import time
+
+import anyio
 
 
 def square(n: int) -> int:
@@ -30,3 +32,18 @@ def spin(seconds: float) -> int:
 
 def allocate(nbytes: int) -> int:
     return len(bytearray(nbytes))
+
+
+def alive(p: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def wait_dead(p: int, timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while alive(p):
+            await anyio.sleep(0.02)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import assert_problem, client_for, make_app
+from tests.work_jobs import wait_dead
 
 pytestmark = pytest.mark.anyio
 
@@ -265,14 +266,6 @@ async def test_a_client_that_disconnects_cancels_its_run() -> None:
             victim = app.state.work_pool.pids()[0]
             await anyio.sleep(0.2)
             gone.set()
-            while _alive(victim):
-                await anyio.sleep(0.02)
+            await wait_dead(victim)
     app.state.work_pool.close()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
