@@ -18,7 +18,8 @@ Interface (function level, reused by scenario runs and later by the explorer's j
 `call` returns fn's return value or raises LimitExceeded (resource "cpu", "memory" or
 "wall", with the limit) or WorkerFailed (the worker died, or fn raised: fn should turn its own
 expected failures into return values, since exceptions cross the process boundary as text).
-The engine stays importable without any of this; workers import fn's module on first use
+Workers run at niceness +10, below the server. The engine stays importable without any of
+this; workers import fn's module on first use
 (forkserver: started from a clean process, never a fork of the threaded server).
 """
 
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import resource
 import signal
 import threading
@@ -39,6 +41,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+WORKER_NICENESS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,10 @@ def _worker_main(conn: multiprocessing.connection.Connection, memory_bytes: int)
     signal.signal(signal.SIGXCPU, _on_xcpu)
     if memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    # Below the server in the scheduler's eyes: on a busy machine the event loop (probes,
+    # cheap operations) gets the CPU first and the heavy work takes what is left.
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
     _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
     while True:
         try:
