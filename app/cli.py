@@ -82,7 +82,7 @@ class Local:
         doc = S.override_vm(source.doc, profile, irqchip) if isinstance(source.doc, dict) \
             else source.doc
         try:
-            return S.execute(doc, observe)
+            return S.execute(doc, observe=observe)
         except DocumentError as exc:
             raise CliError(f"{source.label}: malformed scenario document: "
                            f"{exc.field}: {exc.detail}") from None

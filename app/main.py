@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
 from app import __version__
-from app.api import bodies, kvm_ops, ops, problems, scenario_models
+from app.api import bodies, bounded, kvm_ops, ops, problems, scenario_models
 from app.api.live import close_on_exit_signals
 from app.api.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from app.api.middleware import BodyLimitMiddleware
@@ -79,10 +79,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     kvm_ops.install_kick_handler()
     registry: Registry = app.state.registry
     restore_signals = close_on_exit_signals(registry.hub)  # open /ui streams end on shutdown
+    undo_signals = bounded.kill_work_on_stop_signals(app)
     try:
         yield
     finally:
+        undo_signals()
         restore_signals()
+        bounded.close_pool(app)  # kill the worker processes of expensive requests at once
         await registry.close_all()
 
 
@@ -120,16 +123,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _finish_openapi(app: FastAPI, declared: list[BaseRoute]) -> None:
-    """Four touches to the generated document: the Problem schema that error responses
+    """Five touches to the generated document: the Problem schema that error responses
     reference under application/problem+json, the scenario document's schemas (the scenario
     routes read their body themselves, JSON or YAML, so FastAPI does not see the model),
     paths in reading order (`declared`: the routers' order, see order_paths), and integral
     bounds as JSON integers (FastAPI's OpenAPI model types minimum/maximum as float,
-    so `le=255` would read 255.0)."""
+    so `le=255` would read 255.0), and declared alternatives (anyOf) kept over the merged
+    response_model $ref."""
     generate = app.openapi
 
     def fix(node: Any) -> None:
         if isinstance(node, dict):
+            if "$ref" in node and "anyOf" in node:
+                # A response that declares alternatives to its response_model (a run's
+                # format=perfetto): FastAPI merged them; the alternatives are the schema.
+                del node["$ref"]
             for key, value in node.items():
                 if isinstance(value, float) and value.is_integer() and key in _BOUNDS:
                     node[key] = int(value)
@@ -152,6 +160,7 @@ def _finish_openapi(app: FastAPI, declared: list[BaseRoute]) -> None:
                                  *exploration_components().items()):
                 if schemas.setdefault(name, schema) != schema:
                     raise RuntimeError(f"two different OpenAPI schemas named {name!r}")
+            problems.add_body_problems(spec)
             fix(spec)
             order_paths(spec, declared, TAGS)
         assert app.openapi_schema is not None

@@ -55,6 +55,53 @@ class Settings(BaseSettings):
                     "a settle step's `budget`); more: 422. Settle steps without one use at "
                     "most this.",
     )
+    max_document_nodes: int = Field(
+        default=200_000, ge=1,
+        description="Most values (objects, lists, scalars) a scenario document may hold, "
+                    "counted with every YAML alias expanded; more: 422. Checked while "
+                    "parsing, before anything walks the document.",
+    )
+    max_document_depth: int = Field(
+        default=64, ge=2, le=500,
+        description="Deepest nesting of a scenario document (JSON or YAML); deeper: 422.",
+    )
+    max_matrix_variants: int = Field(
+        default=16, ge=1,
+        description="Most variants a scenario document's `matrix` may have; more: 422.",
+    )
+    max_run_steps: int = Field(
+        default=200_000, ge=1,
+        description="Most steps one scenario run (all variants) may take: every step run, "
+                    "in handlers and when blocks too, and every round of a settle; more: "
+                    "422 naming the step where it stopped.",
+    )
+    max_run_events: int = Field(
+        default=200_000, ge=1,
+        description="Most events one scenario run (all variants) may log; more: 422.",
+    )
+    max_response_bytes: int = Field(
+        default=16 << 20, ge=1024,
+        description="Largest scenario result (JSON bytes); larger: 422.",
+    )
+    workers: int = Field(
+        default=2, ge=1, le=64,
+        description="Worker processes for expensive requests (scenario runs, diffs' model "
+                    "half, big documents); more such requests wait for a free one.",
+    )
+    max_run_cpu_seconds: float = Field(
+        default=10.0, gt=0,
+        description="CPU seconds one expensive request may use in its worker; more: 422.",
+    )
+    max_run_seconds: float = Field(
+        default=30.0, gt=0,
+        description="Wall-clock seconds one expensive request may take in its worker (the "
+                    "worker is then killed and replaced); more: 422.",
+    )
+    max_run_memory_mb: int = Field(
+        default=1024, ge=0,
+        description="Address space of each worker process, in MiB (RLIMIT_AS; 0: "
+                    "unlimited); a request that needs more: 422.",
+    )
     max_events_per_vm: int = Field(
         default=200_000, ge=2,
         description="Most events a VM's log keeps; past it the oldest half is dropped (seqs "

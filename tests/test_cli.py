@@ -176,7 +176,7 @@ def test_internal_error_is_not_an_expectation_failure(
         capsys: pytest.CaptureFixture[str]) -> None:
     from app.api import scenarios as S
 
-    def boom(doc: object) -> dict[str, object]:
+    def boom(doc: object, observe: object = False, budget: object = None) -> dict[str, object]:
         raise RuntimeError("engine bug")
 
     monkeypatch.setattr(S, "run_scenario", boom)

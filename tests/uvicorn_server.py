@@ -26,10 +26,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def irqlab_server(log_level: str = "warning", timeout: float = 30.0) -> Iterator[str]:
-    """Yield the base URL of a fresh `irqlab serve` (through the CLI and its IRQLAB_* env)."""
+def irqlab_server(log_level: str = "warning", timeout: float = 30.0,
+                  env: dict[str, str] | None = None) -> Iterator[str]:
+    """Yield the base URL of a fresh `irqlab serve` (through the CLI and its IRQLAB_* env,
+    plus `env`)."""
     port = free_port()
-    env = {**os.environ, "IRQLAB_HOST": "127.0.0.1", "IRQLAB_PORT": str(port),
+    env = {**os.environ, **(env or {}), "IRQLAB_HOST": "127.0.0.1", "IRQLAB_PORT": str(port),
            "IRQLAB_LOG_LEVEL": log_level}
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

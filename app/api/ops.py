@@ -15,13 +15,14 @@ from pydantic import BaseModel, ValidationError
 
 from app.engine import flags as F
 from app.engine import rte as R
-from app.engine.errors import EngineError, invalid
+from app.engine.errors import EngineError
 from app.engine.msi import LapicIrq, irq_to_msi
 from app.engine.state import RouteEntry
 from app.engine.vm import Vm, VmConfig
 
 from . import kvm_ops
 from . import models as M
+from . import snapshot_models as SN
 from .registry import Registry, VmEntry
 
 # ---- VMs and profiles
@@ -193,28 +194,34 @@ def events_page(vm: Vm, after: int, limit: int) -> dict[str, Any]:
 
 
 def restore(entry: VmEntry, snapshot: dict[str, Any], registry: Registry) -> dict[str, Any]:
-    """Replace the VM with one restored from a snapshot (the id stays). The snapshot's
-    config is held to the same rules as POST /v1/vms (422 naming config.<field>)."""
+    """Replace the VM with one restored from a snapshot (the id stays). The snapshot is held
+    to the rules of a create request: its config to POST /v1/vms's, every other field to
+    its exact type and range (snapshot_models), and the VM it describes to the invariants
+    of one that operations reached (restored_vm); any failure is a 422 naming the field
+    and leaves the VM as it was."""
     config = snapshot.get("config")
     if isinstance(config, dict):
         try:
             parsed = M.VmCreate.model_validate(config)
         except ValidationError as exc:
-            raise RequestValidationError(
-                [{**e, "loc": ("body", "config", *e["loc"])} for e in exc.errors()]) from exc
+            raise _body_errors(exc, "config") from exc
         registry.check_vcpus(parsed.vcpus, "config.vcpus")
         if parsed.backend != "model":
             raise kvm_ops.unsupported("a snapshot restores a model-backend VM only",
                                       "config.backend")
-    vm = Vm.restore(snapshot)
-    registry.bound_log(vm)
     try:
-        vm.state()  # Vm.restore checks the shape, not every value: make sure it renders
-        vm.log.since(0, 1)
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise invalid(f"malformed snapshot: {exc!r}", "snapshot") from exc
+        checked = SN.Snapshot.model_validate(snapshot)
+    except ValidationError as exc:
+        raise _body_errors(exc) from exc
+    vm = SN.restored_vm(checked)
+    registry.bound_log(vm)
     entry.vm = vm
     return summary(entry)
+
+
+def _body_errors(exc: ValidationError, *prefix: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{**e, "loc": ("body", *prefix, *e["loc"])} for e in exc.errors()])
 
 
 # ---- responses

@@ -16,8 +16,6 @@ from starlette.concurrency import run_in_threadpool
 from app import pictures as P
 from app.settings import Settings
 
-from . import ops
-from . import scenario_models as SM
 from .kvm_ops import KvmHandle
 from .problems import DocumentError
 from .registry import Registry, VmEntry
@@ -101,7 +99,7 @@ def negotiate(fmt: str | None, accept: str | None) -> str:
     return "json"
 
 
-def _pick_variants(result: dict[str, Any], variant: str | None) -> list[dict[str, Any]]:
+def pick_variants(result: dict[str, Any], variant: str | None) -> list[dict[str, Any]]:
     variants: list[dict[str, Any]] = list(result["variants"])
     if variant is None:
         return variants
@@ -113,19 +111,11 @@ def _pick_variants(result: dict[str, Any], variant: str | None) -> list[dict[str
                         "an index from 0)", "variant")
 
 
-def render_run(doc: Any, fmt: str, variant: str | None, settings: Settings,
-               observe: bool = False) -> Response:
-    """Run the document observed and answer in `fmt` (in a worker thread: CPU-bound)."""
-    from .scenarios import execute
-
-    if fmt == "json":
-        result = execute(doc, observe)
-        result = {**result, "variants": _pick_variants(result, variant)}
-        SM.ScenarioResult.model_validate(result)
-        return ops.render(None, result)
-    result = execute(doc, observe=True)
-    chosen = _pick_variants(result, variant)
-    cap = settings.max_picture_events
+def render_picture(result: dict[str, Any], doc: Any, fmt: str, variant: str | None,
+                   cap: int) -> tuple[int, str, bytes, dict[str, str]]:
+    """An observed run's picture in `fmt` as (status, media type, body, headers); drawn where
+    the run ran (a worker process of app/work/pool.py)."""
+    chosen = pick_variants(result, variant)
     for v in chosen:
         if len(v["events"]) > cap:
             raise DocumentError(f"variant {v['name']!r} logged {len(v['events'])} events; "
@@ -138,8 +128,9 @@ def render_run(doc: Any, fmt: str, variant: str | None, settings: Settings,
         body = P.render_html({**result, "variants": chosen}, doc)
     else:
         body = _draw(fmt, [P.from_variant(v, name, doc) for v in chosen])
-    return picture_response(body, fmt, name)
-
+    r = picture_response(body, fmt, name)
+    headers = {"content-disposition": r.headers["content-disposition"]}
+    return 200, MEDIA[fmt], bytes(r.body), headers
 
 
 # ---- what the routes declare

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.engine.errors import EngineError, ErrorKind
 
@@ -77,6 +78,9 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
                     description="The HTTP request itself is malformed."),
         ProblemType(slug="method-not-allowed", status=405, title="Method Not Allowed",
                     description="The resource exists but does not support this method."),
+        ProblemType(slug="service-unavailable", status=503, title="Service Unavailable",
+                    description="The server is stopping: work in flight was cancelled. "
+                                "Retry against the restarted service."),
         ProblemType(slug="internal-error", status=500, title="Internal Server Error",
                     description="A bug in irqlab. Please report it with the request."),
     ]
@@ -128,7 +132,7 @@ class DocumentError(EngineError):
     validation problem, not a KVM refusal (those are results inside a run)."""
 
     def __init__(self, detail: str, field: str | None, *, error_type: str = "scenario_invalid",
-                 limit: str | None = None, maximum: int | None = None,
+                 limit: str | None = None, maximum: float | None = None,
                  line: int | None = None, column: int | None = None) -> None:
         super().__init__(ErrorKind.INVALID, detail, field or "body")
         self.error_type = error_type
@@ -222,8 +226,11 @@ def validation_problem(errors: list[dict[str, Any]] | Any, instance: str | None)
     items = []
     for err in errors:
         ctx = err.get("ctx") if isinstance(err.get("ctx"), dict) else None
-        items.append({"field": field_path(err.get("loc", ()), ctx), "message": err.get("msg"),
-                      "type": err.get("type")})
+        # A JSON syntax error is located at a character offset (FastAPI's loc is ("body",
+        # offset)): it is the body's fault, not an element's.
+        field = "body" if err.get("type") == "json_invalid" else field_path(
+            err.get("loc", ()), ctx)
+        items.append({"field": field, "message": err.get("msg"), "type": err.get("type")})
     first = items[0] if items else {"field": "body", "message": "invalid request"}
     return problem_response("validation-error", f"{first['field']}: {first['message']}",
                             instance=instance, field=first["field"], errors=items)
@@ -256,8 +263,30 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route for {request.method} {request.url.path}"
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route whose path matched; a path
+        # served by several routes (GET and DELETE /v1/vms/{vm}) allows all of theirs.
+        allowed = allowed_methods(request)
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        detail = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
     return problem_response(slug, detail, instance=request.url.path, status=exc.status_code,
-                            headers=dict(exc.headers) if exc.headers else None)
+                            headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method served at this request's path: by the routes whose path is this one
+    literally if there are any (POST /v1/scenarios/run), else by the templated ones."""
+    literal: set[str] = set()
+    templated: set[str] = set()
+    for route in request.app.router.routes:
+        if getattr(route, "refuses_methods", False):  # a literal path's 405 guard
+            continue
+        for method in getattr(route, "methods", None) or ():
+            if route.matches({**request.scope, "method": method})[0] == Match.FULL:
+                path = getattr(route, "path", "")
+                (templated if "{" in path else literal).add(method)
+    return sorted(literal or templated)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -326,3 +355,16 @@ _EXAMPLE_EXTRA: dict[str, dict[str, Any]] = {
     "limit-reached": {"field": "id", "limit": "IRQLAB_MAX_VMS", "max": 64},
     "payload-too-large": {"limit": "IRQLAB_MAX_BODY_BYTES", "max": 1048576},
 }
+
+
+def add_body_problems(spec: dict[str, Any]) -> None:
+    """Document on every operation with a request body the problems BodyLimitMiddleware
+    answers before any route sees it: 400 (a malformed Content-Length) and 413 (a body over
+    IRQLAB_MAX_BODY_BYTES)."""
+    extra = problem_responses(400, 413)
+    for item in spec.get("paths", {}).values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                responses = operation.setdefault("responses", {})
+                for status, entry in extra.items():
+                    responses.setdefault(str(status), entry)

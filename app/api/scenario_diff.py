@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import Response
+from fastapi import Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -20,9 +20,11 @@ from app.engine.scenario import variants
 from app.kvm.scenario_diff import diff_scenario
 from app.settings import Settings
 
+from . import bounded as B
 from . import kvm_ops, ops
+from .problems import problem_response
 from .registry import Registry
-from .scenarios import check_limits, execute
+from .scenarios import RunLimits, check_job
 
 # ---- response models
 
@@ -165,9 +167,24 @@ def check_kvm() -> None:
     kvm_ops.require_kvm("real KVM")
 
 
-async def diff(doc: Any, settings: Settings, registry: Registry) -> Response:
-    doc = check_limits(doc, settings)
-    await run_in_threadpool(execute, doc)  # a malformed document: 422 before any VM
+async def diff(request: Request, body: bytes, settings: Settings,
+               registry: Registry) -> Response:
+    """Parse, check and run the document on the model in a worker process under the run
+    budget (a malformed or too expensive document: 422 before any KVM VM), then run it on
+    real KVM in a thread (KVM VMs live in this process: the kvm slot and /dev/kvm fds)."""
+    try:
+        checked = await B.call(request, check_job, body, request.headers.get("content-type"),
+                               False, RunLimits.of(settings), request.url.path)
+    except B.ClientGone:
+        return problem_response("bad-request", "the client disconnected",
+                                instance=request.url.path)
+    except B.ServerStopping:
+        return problem_response("service-unavailable", "the server is stopping",
+                                instance=request.url.path, headers={"Retry-After": "1"})
+    if isinstance(checked, tuple):  # the problem the worker rendered
+        status, media_type, content = checked
+        return Response(content, status_code=status, media_type=media_type)
+    doc = checked
     check_kvm()
     async with registry.kvm_slot(_max_kvm_vcpus(doc)):
         return await run_in_threadpool(_diff_and_render, doc)

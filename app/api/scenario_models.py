@@ -17,7 +17,6 @@ vCPUs, vectors, GSIs) are decimal or "0x…" strings in JSON (YAML may also give
 from __future__ import annotations
 
 import copy
-import re
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -32,6 +31,8 @@ from pydantic import (
 )
 from pydantic.json_schema import models_json_schema
 from pydantic_core import PydanticCustomError
+
+from app.engine.ints import KEY_PATTERN, int_from_text
 
 from . import models as M
 from . import types as T
@@ -49,8 +50,6 @@ def _schema(lo: int, hi: int) -> WithJsonSchema:
     return WithJsonSchema({"anyOf": [integer, {"type": "string", "pattern": T.HEX_PATTERN}]})
 
 
-KEY_PATTERN = r"^(0[xX][0-9a-fA-F]+|[0-9]+)$"
-_KEY = re.compile(KEY_PATTERN)
 
 
 def _key_int(value: Any) -> Any:
@@ -58,10 +57,11 @@ def _key_int(value: Any) -> Any:
     if isinstance(value, bool):
         raise PydanticCustomError("int_not_bool", "booleans are not accepted as integers")
     if isinstance(value, str):
-        if not _KEY.fullmatch(value):
-            raise PydanticCustomError("int_key", "'{value}' is not an integer",
-                                      {"value": value})
-        return int(value, 0)
+        n = int_from_text(value, key=True)
+        if n is None:
+            raise PydanticCustomError("int_key", "{value} is not an integer",
+                                      {"value": T.shown(value)})
+        return n
     return value
 
 

@@ -2,32 +2,46 @@
 the service limits, the profile/irqchip override of library runs, and running a document with
 the engine's refusals of it turned into DocumentError (422 at the element's path).
 
-A run builds its own VMs, so it holds no VM lock; it is CPU-bound and runs in a worker thread
-(with the response validated and rendered there too) so the event loop stays responsive.
+A run builds its own VMs, so it holds no VM lock; it is CPU-bound, so the whole of it (parsing
+the body, checking, running, rendering) is one job for a worker process (run_job, through
+app/api/bounded.py) under the run budget, and the event loop only waits for its bytes.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
+import pydantic_core
 from fastapi import Response
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from app import scenarios as library
 from app.engine.errors import EngineError, not_found
-from app.engine.scenario import DEFAULT_SETTLE_BUDGET, STEP_OPS, run_scenario, variants
+from app.engine.ints import grammar_int
+from app.engine.scenario import (
+    DEFAULT_SETTLE_BUDGET,
+    STEP_OPS,
+    BudgetExceeded,
+    RunBudget,
+    run_scenario,
+    variants,
+)
 from app.settings import Settings
 
-from . import ops
 from . import scenario_models as SM
-from .problems import DocumentError, UnsupportedMediaType
+from .problems import (
+    PROBLEM_MEDIA_TYPE,
+    DocumentError,
+    UnsupportedMediaType,
+    engine_problem,
+    problem_response,
+)
+from .safe_load import DEFAULT_LIMITS, DocumentLimits, load_json, load_yaml
 
 JSON_MEDIA_TYPES = ("application/json",)
 YAML_MEDIA_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
@@ -36,90 +50,34 @@ ACCEPTED = "application/json, application/yaml or text/yaml"
 # ---- reading documents
 
 
-def parse_document(body: bytes, content_type: str | None) -> Any:
+def parse_document(body: bytes, content_type: str | None,
+                   limits: DocumentLimits = DEFAULT_LIMITS) -> Any:
     """The body as a document: YAML for application/yaml or text/yaml, JSON for
-    application/json (or no Content-Type); anything else is 415."""
+    application/json (or no Content-Type); anything else is 415. Bounded (safe_load.py)."""
     media = (content_type or "").split(";")[0].strip().lower() or "application/json"
     if media in YAML_MEDIA_TYPES:
-        return parse_yaml(body)
+        return load_yaml(body, limits)
     if media in JSON_MEDIA_TYPES or media.endswith("+json"):
-        return parse_json(body)
+        return load_json(body, limits)
     raise UnsupportedMediaType(media, ACCEPTED)
 
 
-def parse_json(text: bytes | str) -> Any:
-    def constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    try:
-        return json.loads(text, parse_constant=constant)
-    except json.JSONDecodeError as exc:
-        raise DocumentError(f"JSON syntax error at line {exc.lineno}, column {exc.colno}: "
-                            f"{exc.msg}", "body", error_type="json_invalid",
-                            line=exc.lineno, column=exc.colno) from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DocumentError(f"not JSON: {exc}", "body", error_type="json_invalid") from None
-    except RecursionError:
-        raise DocumentError("the document is nested too deeply", "body",
-                            error_type="json_invalid") from None
+def parse_json(text: bytes | str, limits: DocumentLimits = DEFAULT_LIMITS) -> Any:
+    return load_json(text, limits)
 
 
-def parse_yaml(text: bytes | str) -> Any:
-    """yaml.safe_load, refusing what JSON cannot say (timestamps, binary, non-finite floats,
-    keys that are not strings or integers), so a YAML document runs as its JSON twin."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "syntax error"
-        if mark is None:
-            raise DocumentError(f"YAML syntax error: {problem}", "body",
-                                error_type="yaml_invalid") from None
-        line, column = mark.line + 1, mark.column + 1
-        raise DocumentError(f"YAML syntax error at line {line}, column {column}: {problem}",
-                            "body", error_type="yaml_invalid", line=line,
-                            column=column) from None
-    except yaml.YAMLError as exc:
-        raise DocumentError(f"not YAML: {exc}", "body", error_type="yaml_invalid") from None
-    except RecursionError:
-        raise DocumentError("the document is nested too deeply", "body",
-                            error_type="yaml_invalid") from None
-    _json_values(doc, "")
-    return doc
+def parse_yaml(text: bytes | str, limits: DocumentLimits = DEFAULT_LIMITS) -> Any:
+    """YAML with aliases, depth and size bounded, refusing what JSON cannot say (timestamps,
+    binary, non-finite floats, keys that are not strings or integers), so a YAML document
+    runs as its JSON twin."""
+    return load_yaml(text, limits)
 
 
-def _json_values(value: Any, path: str) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(key, bool) or not isinstance(key, str | int):
-                raise DocumentError(f"object keys are strings or integers, not {key!r}",
-                                    path or "body")
-            _json_values(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _json_values(item, f"{path}[{i}]")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise DocumentError(f"{value} is not a JSON number", path or "body")
-    elif value is not None and not isinstance(value, str | int | bool):
-        raise DocumentError(f"a YAML {type(value).__name__} is not a JSON value (quote it)",
-                            path or "body")
+def document_limits(settings: Settings) -> DocumentLimits:
+    return DocumentLimits(settings.max_document_nodes, settings.max_document_depth)
 
 
 # ---- limits and overrides
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value, 0)
-        except ValueError:
-            return None
-    return None
 
 
 def _over(what: str, value: int, field: str, setting: str, maximum: int) -> DocumentError:
@@ -127,9 +85,10 @@ def _over(what: str, value: int, field: str, setting: str, maximum: int) -> Docu
                          error_type="limit_exceeded", limit=setting, maximum=maximum)
 
 
-def check_limits(doc: Any, settings: Settings) -> Any:
+def check_limits(doc: Any, settings: RunLimits) -> Any:
     """Hold a document to IRQLAB_MAX_SCENARIO_STEPS (every step: top level, in handlers, in
-    `when` blocks), IRQLAB_MAX_SETTLE_BUDGET and IRQLAB_MAX_VCPUS. Returns the document to run:
+    `when` blocks), IRQLAB_MAX_SETTLE_BUDGET, IRQLAB_MAX_VCPUS and
+    IRQLAB_MAX_MATRIX_VARIANTS. Returns the document to run:
     when the engine's default settle budget is over the cap, settle steps without a budget
     get the cap. Shapes the engine would refuse are left for it to report."""
     if not isinstance(doc, dict):
@@ -162,11 +121,14 @@ def check_limits(doc: Any, settings: Settings) -> Any:
     if "settle_budget" in doc:
         budgets.insert(0, ("settle_budget", doc["settle_budget"]))
     for field, value in budgets:
-        n = _as_int(value)
+        n = grammar_int(value)
         if n is not None and n > cap:
             raise _over("settle budget", n, field, "IRQLAB_MAX_SETTLE_BUDGET", cap)
     vms = [("vm", doc.get("vm"))]
     matrix = doc.get("matrix")
+    if isinstance(matrix, list) and len(matrix) > settings.max_matrix_variants:
+        raise _over("a matrix of", len(matrix), "matrix", "IRQLAB_MAX_MATRIX_VARIANTS",
+                    settings.max_matrix_variants)
     if isinstance(matrix, list):
         vms += [(f"matrix[{i}].vm", m.get("vm")) for i, m in enumerate(matrix)
                 if isinstance(m, dict)]
@@ -200,13 +162,22 @@ def override_vm(doc: dict[str, Any], profile: str | None = None,
 # ---- running
 
 
-def execute(doc: Any, observe: bool = False) -> dict[str, Any]:
+def execute(doc: Any, budget: RunBudget | None = None, observe: bool = False) -> dict[str, Any]:
     """run_scenario(doc), with every way the engine refuses the document as DocumentError:
     its EngineError (the path it names), or, where a malformed element makes it fail in
     another way, the path the document models find. `observe`: per-step last_seq and state
     (run_variant)."""
+    found = locate(doc)  # the document models first: strict types and ranges everywhere
+    if found is not None:
+        raise DocumentError(found[1], found[0])
     try:
-        return run_scenario(doc, observe=True) if observe else run_scenario(doc)
+        return run_scenario(doc, observe, budget)
+    except BudgetExceeded as exc:
+        setting = _BUDGET_SETTINGS[exc.resource]
+        raise DocumentError(
+            f"the run needs more than {exc.maximum} {exc.resource} ({setting}; it stopped at "
+            f"{exc.where})", exc.where, error_type="limit_exceeded", limit=setting,
+            maximum=exc.maximum) from None
     except DocumentError:
         raise
     except EngineError as exc:
@@ -220,7 +191,9 @@ def execute(doc: Any, observe: bool = False) -> dict[str, Any]:
         raise DocumentError(found[1], found[0]) from exc
 
 
+_BUDGET_SETTINGS = {"steps": "IRQLAB_MAX_RUN_STEPS", "events": "IRQLAB_MAX_RUN_EVENTS"}
 _INSTANCE = re.compile(r" or instance of \w+")
+_PLAIN_TYPES = {"int", "str", "bool", "list", "dict", "none", "float"}
 _MODEL_NAMES = {name for name, obj in vars(SM).items() if isinstance(obj, type)}
 
 
@@ -236,6 +209,7 @@ def locate(doc: Any) -> tuple[str, str] | None:
             for item in err["loc"]:
                 if isinstance(item, str) and (
                         item == "[key]" or "[" in item or "(" in item or item in _MODEL_NAMES
+                        or item.startswith("constrained-") or item in _PLAIN_TYPES
                         or (item in STEP_OPS and parts and isinstance(parts[-1], int))):
                     continue  # union members and discriminator tags, not document keys
                 parts.append(item)
@@ -258,22 +232,89 @@ def _path(parts: list[Any]) -> str:
     return out or "body"
 
 
-def _run_and_render(doc: Any) -> Response:
-    result = execute(doc)
-    SM.ScenarioResult.model_validate(result)  # the documented shape (a drift would be a bug)
-    return ops.render(None, result)
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    """What a run needs from the settings, small and picklable for a worker process."""
+
+    document: DocumentLimits
+    max_scenario_steps: int
+    max_settle_budget: int
+    max_vcpus: int
+    max_matrix_variants: int
+    max_run_steps: int
+    max_run_events: int
+    max_response_bytes: int
+    max_picture_events: int
+    validate: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> RunLimits:
+        return cls(document_limits(settings), settings.max_scenario_steps,
+                   settings.max_settle_budget, settings.max_vcpus,
+                   settings.max_matrix_variants, settings.max_run_steps,
+                   settings.max_run_events, settings.max_response_bytes,
+                   settings.max_picture_events, settings.validate_responses)
 
 
-async def run(doc: Any, settings: Settings, fmt: str = "json",
-              variant: str | None = None, observe: bool = False) -> Response:
-    """Check the limits, then run in a worker thread (no VM lock: the run has its own VMs).
-    A `fmt` other than json answers with a picture of the run (app.api.pictures)."""
-    doc = check_limits(doc, settings)
-    if fmt == "json" and variant is None and not observe:
-        return await run_in_threadpool(_run_and_render, doc)
-    from .pictures import render_run
+Rendered = tuple[int, str, bytes] | tuple[int, str, bytes, dict[str, str]]
+"""A response made in a worker process: status, media type, body (and headers)."""
 
-    return await run_in_threadpool(render_run, doc, fmt, variant, settings, observe)
+
+def run_job(source: Any, content_type: str | None, parsed: bool, limits: RunLimits,
+            instance: str, fmt: str = "json", variant: str | None = None,
+            observe: bool = False) -> Rendered:
+    """Parse (unless `parsed`), check, run and render a document under `limits`; every
+    refusal is rendered as its problem. A `fmt` other than json answers with a picture of the
+    run (app.api.pictures), `variant` picks variants. Runs in a worker process
+    (app/work/pool.py)."""
+    try:
+        doc = source if parsed else parse_document(source, content_type, limits.document)
+        doc = check_limits(doc, limits)
+        result = execute(doc, RunBudget(limits.max_run_steps, limits.max_run_events),
+                         observe=observe or fmt != "json")
+        if fmt != "json":
+            from .pictures import render_picture
+
+            return render_picture(result, doc, fmt, variant, limits.max_picture_events)
+        if variant is not None:
+            from .pictures import pick_variants
+
+            result = {**result, "variants": pick_variants(result, variant)}
+        if limits.validate:
+            SM.ScenarioResult.model_validate(result)  # the documented shape (drift: a bug)
+        body = pydantic_core.to_json(result)
+        if len(body) > limits.max_response_bytes:
+            raise DocumentError(
+                f"the result is {len(body)} bytes, over the limit of "
+                f"{limits.max_response_bytes} (IRQLAB_MAX_RESPONSE_BYTES)", "body",
+                error_type="limit_exceeded", limit="IRQLAB_MAX_RESPONSE_BYTES",
+                maximum=limits.max_response_bytes)
+        return 200, "application/json", body
+    except EngineError as exc:
+        return _rendered(engine_problem(exc, instance))
+    except UnsupportedMediaType as exc:
+        return _rendered(problem_response("unsupported-media-type", exc.detail,
+                                          instance=instance))
+
+
+def check_job(source: Any, content_type: str | None, parsed: bool, limits: RunLimits,
+              instance: str) -> Rendered | Any:
+    """Parse and check a document and run it on the model under `limits` (POST
+    /v1/scenarios/diff's first half): the document, or the problem rendered."""
+    try:
+        doc = source if parsed else parse_document(source, content_type, limits.document)
+        doc = check_limits(doc, limits)
+        execute(doc, RunBudget(limits.max_run_steps, limits.max_run_events))
+        return doc
+    except EngineError as exc:
+        return _rendered(engine_problem(exc, instance))
+    except UnsupportedMediaType as exc:
+        return _rendered(problem_response("unsupported-media-type", exc.detail,
+                                          instance=instance))
+
+
+def _rendered(response: Response) -> Rendered:
+    return response.status_code, PROBLEM_MEDIA_TYPE, bytes(response.body)
 
 
 # ---- the library

@@ -6,7 +6,6 @@ Integers (vectors, offsets, raw register values, ids) are accepted as JSON integ
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, WithJsonSchema
@@ -14,9 +13,16 @@ from pydantic_core import PydanticCustomError
 
 from app.engine import flags as F
 from app.engine import rte as R
+from app.engine.ints import HEX_PATTERN, int_from_text
 
-HEX_PATTERN = r"^0[xX][0-9a-fA-F]+$"
-_HEX = re.compile(HEX_PATTERN)
+__all__ = ["HEX_PATTERN", "int_or_hex"]
+
+
+def shown(value: Any) -> str:
+    """A value as an error message quotes it (pydantic fills a template's {name} with str(),
+    so the repr is made here), cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def int_or_hex(value: Any) -> Any:
@@ -25,16 +31,17 @@ def int_or_hex(value: Any) -> Any:
     if isinstance(value, bool):
         raise PydanticCustomError("int_not_bool", "booleans are not accepted as integers")
     if isinstance(value, str):
-        if not _HEX.fullmatch(value):
+        n = int_from_text(value)
+        if n is None:
             raise PydanticCustomError(
-                "int_or_hex", 'expected a JSON integer or a "0x…" hex string, got {value!r}',
-                {"value": value},
+                "int_or_hex", 'expected a JSON integer or a "0x…" hex string, got {value}',
+                {"value": shown(value)},
             )
-        return int(value, 16)
+        return n
     return value
 
 
-def _schema(lo: int, hi: int) -> WithJsonSchema:
+def int_schema(lo: int, hi: int) -> WithJsonSchema:
     # Bounds above 2**53 are not exact as JSON numbers (and FastAPI's OpenAPI model turns
     # them into floats): state them in words instead.
     integer: dict[str, Any] = {"type": "integer", "minimum": lo}
@@ -49,15 +56,15 @@ def _schema(lo: int, hi: int) -> WithJsonSchema:
 
 _V = BeforeValidator(int_or_hex)
 
-U1 = Annotated[int, _V, Field(ge=0, le=1), _schema(0, 1)]
-U8 = Annotated[int, _V, Field(ge=0, le=0xFF), _schema(0, 0xFF)]
-U32 = Annotated[int, _V, Field(ge=0, le=0xFFFFFFFF), _schema(0, 0xFFFFFFFF)]
-U64 = Annotated[int, _V, Field(ge=0, le=(1 << 64) - 1), _schema(0, (1 << 64) - 1)]
-UInt = Annotated[int, _V, Field(ge=0, le=(1 << 63) - 1), _schema(0, (1 << 63) - 1)]
+U1 = Annotated[int, _V, Field(ge=0, le=1), int_schema(0, 1)]
+U8 = Annotated[int, _V, Field(ge=0, le=0xFF), int_schema(0, 0xFF)]
+U32 = Annotated[int, _V, Field(ge=0, le=0xFFFFFFFF), int_schema(0, 0xFFFFFFFF)]
+U64 = Annotated[int, _V, Field(ge=0, le=(1 << 64) - 1), int_schema(0, (1 << 64) - 1)]
+UInt = Annotated[int, _V, Field(ge=0, le=(1 << 63) - 1), int_schema(0, (1 << 63) - 1)]
 Vector = U8
-IrqSource = Annotated[int, _V, Field(ge=0, le=63), _schema(0, 63)]
-VcpuIndex = Annotated[int, _V, Field(ge=0, le=0xFFFFFFFF), _schema(0, 0xFFFFFFFF)]
-VcpuCount = Annotated[int, _V, Field(ge=1, le=4096), _schema(1, 4096)]
+IrqSource = Annotated[int, _V, Field(ge=0, le=63), int_schema(0, 63)]
+VcpuIndex = Annotated[int, _V, Field(ge=0, le=0xFFFFFFFF), int_schema(0, 0xFFFFFFFF)]
+VcpuCount = Annotated[int, _V, Field(ge=1, le=4096), int_schema(1, 4096)]
 IoapicOffset = U8
 
 
@@ -98,8 +105,8 @@ DeliveryMode = Annotated[
 def _profile(value: str) -> str:
     if value not in F.PRESETS:
         raise PydanticCustomError(
-            "unknown_profile", "unknown profile {value!r}; known: {known}",
-            {"value": value, "known": ", ".join(F.PRESETS)},
+            "unknown_profile", "unknown profile {value}; known: {known}",
+            {"value": shown(value), "known": ", ".join(F.PRESETS)},
         )
     return value
 
@@ -113,8 +120,8 @@ ProfileName = Annotated[
 def _flag(value: str) -> str:
     if value not in F.FLAGS:
         raise PydanticCustomError(
-            "unknown_flag", "unknown behaviour flag {value!r}; see GET /v1/profiles",
-            {"value": value},
+            "unknown_flag", "unknown behaviour flag {value}; see GET /v1/profiles",
+            {"value": shown(value)},
         )
     return value
 

@@ -11,6 +11,10 @@ def highest(bits: int) -> int:
 
 
 def vectors(bits: int) -> list[int]:
+    """The set bits, ascending. A negative int has infinitely many (two's complement): that
+    is no bitmap, and refusing it keeps this loop finite."""
+    if bits < 0:
+        raise ValueError("a bitmap is never negative")
     out = []
     while bits:
         low = bits & -bits

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import invariants
@@ -31,6 +32,7 @@ from . import rte as R
 from .bitmap import vectors
 from .errors import EngineError, invalid
 from .events import event_dict
+from .ints import grammar_int
 from .msi import LapicIrq, irq_to_msi
 from .state import VmConfig, requests_list
 from .vm import Vm, config_from_dict
@@ -47,20 +49,46 @@ HANDLER_FORBIDDEN = ("settle",)
 BITMAP_FIELDS = ("irr", "isr", "tmr", "pir", "handled_vectors", "eoi_exit_bitmap")
 
 
-def parse_int(value: Any, where: str, lo: int = 0, hi: int = (1 << 64) - 1) -> int:
-    """An integer given as a JSON number or a "0x..." string (never a boolean)."""
+class BudgetExceeded(Exception):
+    """A run needed more work than its RunBudget allows: not a KVM refusal and not a
+    malformed document, but a document too expensive to run here. `resource` is "steps" or
+    "events", `where` the step that was running."""
+
+    def __init__(self, resource: str, maximum: int, where: str) -> None:
+        super().__init__(f"the run needs more than {maximum} {resource}")
+        self.resource = resource
+        self.maximum = maximum
+        self.where = where
+
+
+@dataclass(slots=True)
+class RunBudget:
+    """What one run_scenario call may spend over all its variants: `steps` counts every step
+    run (top level, in handlers and when blocks) and every round of a settle; `events` counts
+    events logged. None: unbounded (the engine's own callers, the tests)."""
+
+    steps: int | None = None
+    events: int | None = None
+    spent_steps: int = 0
+    spent_events: int = 0  # by the variants already finished
+
+
+def parse_int(value: Any, where: str, lo: int = 0, hi: int = (1 << 64) - 1,
+              key: bool = False) -> int:
+    """An integer under irqlab's one grammar (ints.py): a JSON number or a "0x..." string,
+    never a boolean; `key` also takes decimal strings (JSON object keys)."""
     if isinstance(value, bool):
         raise invalid("booleans are not integers here", where)
-    if isinstance(value, str):
-        try:
-            value = int(value, 0)
-        except ValueError:
-            raise invalid(f"{value!r} is not an integer", where) from None
-    if not isinstance(value, int):
+    n = grammar_int(value, key)
+    if n is None:
+        if isinstance(value, str):
+            shown = value if len(value) <= 40 else value[:40] + "…"
+            raise invalid(f"{shown!r} is not an integer (a JSON integer or a \"0x…\" string"
+                          + (", or decimal digits as a key)" if key else ")"), where)
         raise invalid("expected an integer", where)
-    if not lo <= value <= hi:
+    if not lo <= n <= hi:
         raise invalid(f"must be in {lo}..{hi}", where)
-    return value
+    return n
 
 
 def _need_list(value: Any, where: str) -> list[Any]:
@@ -188,8 +216,9 @@ class Runner:
     """Runs the steps of one variant against one VM."""
 
     def __init__(self, doc: dict[str, Any], vm_cfg: dict[str, Any],
-                 expect_extra: dict[str, Any]) -> None:
+                 expect_extra: dict[str, Any], budget: RunBudget | None = None) -> None:
         self.doc = doc
+        self.budget = budget or RunBudget()
         try:
             self.vm = Vm(config_from_dict(vm_cfg))
         except TypeError as exc:
@@ -210,8 +239,18 @@ class Runner:
 
     # ---- operations ----
 
+    def charge(self, where: str) -> None:
+        """Spend one step of the budget; past it (or past its events) the run stops."""
+        b = self.budget
+        b.spent_steps += 1
+        if b.steps is not None and b.spent_steps > b.steps:
+            raise BudgetExceeded("steps", b.steps, where)
+        if b.events is not None and b.spent_events + self.vm.log.next_seq - 1 > b.events:
+            raise BudgetExceeded("events", b.events, where)
+
     def run_step(self, step: Any, where: str, vcpu: int | None = None,
                  depth: int = 0) -> dict[str, Any]:
+        self.charge(where)
         result = self._run_step(step, where, vcpu, depth)
         name = step.get("save")
         if name is not None:
@@ -320,7 +359,7 @@ class Runner:
         if op == "settle":
             budget = parse_int(step.get("budget", self.budget_default), f"{where}.budget",
                                1, 10_000_000)
-            return self.settle(budget)
+            return self.settle(budget, where)
         assert op == "expect"
         result = self.expect(step, where)
         if depth:
@@ -390,12 +429,13 @@ class Runner:
             taken.append(r)
         return taken
 
-    def settle(self, budget: int) -> dict[str, Any]:
+    def settle(self, budget: int, where: str = "settle") -> dict[str, Any]:
         vm = self.vm
         used = 0
         taken: list[list[int]] = []
         advanced = 0
         while True:
+            self.charge(where)
             changed = False
             for n, v in enumerate(vm.vcpus):
                 if used >= budget:
@@ -450,7 +490,7 @@ class Runner:
             elif key == "pins":
                 _need_dict(value, w)
                 for pin_s, fields in value.items():
-                    pin = parse_int(pin_s, f"{w}.{pin_s}", 0, R.NUM_PINS - 1)
+                    pin = parse_int(pin_s, f"{w}.{pin_s}", 0, R.NUM_PINS - 1, key=True)
                     view = vm.pin_view(pin)
                     _need_dict(fields, f"{w}.{pin_s}")
                     for f, exp in fields.items():
@@ -462,7 +502,7 @@ class Runner:
             elif key == "vcpus":
                 _need_dict(value, w)
                 for n_s, fields in value.items():
-                    n = parse_int(n_s, f"{w}.{n_s}", 0, len(vm.vcpus) - 1)
+                    n = parse_int(n_s, f"{w}.{n_s}", 0, len(vm.vcpus) - 1, key=True)
                     view = vm.vcpu_view(n)
                     _need_dict(fields, f"{w}.{n_s}")
                     for f, exp in fields.items():
@@ -532,7 +572,7 @@ class Runner:
             elif key == "resamplers":
                 _need_dict(value, w)
                 for gsi_s, count in value.items():
-                    gsi = parse_int(gsi_s, f"{w}.{gsi_s}", 0, 4095)
+                    gsi = parse_int(gsi_s, f"{w}.{gsi_s}", 0, 4095, key=True)
                     check(f"resamplers.{gsi}", count, vm.resamplers.get(gsi))
             else:
                 raise invalid(f"unknown expectation {key!r}", w)
@@ -592,7 +632,7 @@ def _parse_handlers(handlers: Any) -> dict[int, list[dict[str, Any]]]:
         raise invalid("handlers maps a vector to a list of steps", "handlers")
     out: dict[int, list[dict[str, Any]]] = {}
     for key, steps in handlers.items():
-        vec = parse_int(key, f"handlers.{key}", 0, 255)
+        vec = parse_int(key, f"handlers.{key}", 0, 255, key=True)
         if not isinstance(steps, list):
             raise invalid("a handler is a list of steps", f"handlers.{key}")
         for i, s in enumerate(steps):
@@ -641,11 +681,12 @@ def step_state(vm: Vm) -> dict[str, Any]:
 def run_variant(doc: dict[str, Any], name: str, vm_cfg: dict[str, Any],
                 expect_extra: dict[str, Any],
                 on_step: Callable[[int, dict[str, Any]], None] | None = None,
-                observe: bool = False) -> dict[str, Any]:
+                observe: bool = False,
+                budget: RunBudget | None = None) -> dict[str, Any]:
     """Run one variant. `observe` adds to every step its `last_seq` (the log's last seq after
     it) and a `state` summary (step_state), which the timeline and report pictures use."""
     try:
-        runner = Runner(doc, vm_cfg, expect_extra)
+        runner = Runner(doc, vm_cfg, expect_extra, budget)
     except EngineError as exc:
         if exc.field and not exc.field.startswith(("vm", "handlers", "settle")):
             exc.field = f"vm.{exc.field}"
@@ -683,6 +724,7 @@ def run_variant(doc: dict[str, Any], name: str, vm_cfg: dict[str, Any],
         if on_step is not None:
             on_step(i, entry)
     vm = runner.vm
+    runner.budget.spent_events += vm.log.next_seq - 1
     passed = passed and all(x["passed"] for x in runner.handler_expects)
     return {
         "name": name,
@@ -697,9 +739,12 @@ def run_variant(doc: dict[str, Any], name: str, vm_cfg: dict[str, Any],
     }
 
 
-def run_scenario(doc: dict[str, Any], observe: bool = False) -> dict[str, Any]:
+def run_scenario(doc: dict[str, Any], observe: bool = False,
+                 budget: RunBudget | None = None) -> dict[str, Any]:
     """Run every variant of a scenario document; deterministic for a given document.
-    `observe`: see run_variant."""
+    `observe`: see run_variant. With a budget, BudgetExceeded stops a run that needs more
+    steps or events than it allows."""
+    budget = budget or RunBudget()
     if not isinstance(doc, dict):
         raise invalid("a scenario is an object", "")
     for key in doc:
@@ -709,7 +754,7 @@ def run_scenario(doc: dict[str, Any], observe: bool = False) -> dict[str, Any]:
     runs = []
     for i, (name, cfg, extra) in enumerate(variants(doc)):
         try:
-            runs.append(run_variant(doc, name, cfg, extra, observe=observe))
+            runs.append(run_variant(doc, name, cfg, extra, observe=observe, budget=budget))
         except EngineError as exc:
             # A bad vm value that came from a matrix entry is that entry's fault.
             key = (exc.field or "").removeprefix("vm.").split(".")[0]
@@ -722,7 +767,7 @@ def run_scenario(doc: dict[str, Any], observe: bool = False) -> dict[str, Any]:
     return {
         "name": doc.get("name"),
         "description": doc.get("description"),
-        "commits": doc.get("commits", []),
+        "commits": doc.get("commits") or [],
         "passed": all(r["passed"] for r in runs),
         "variants": runs,
     }

@@ -111,7 +111,7 @@ def parse(doc: Any) -> Exploration:
     handlers: dict[int, list[dict[str, Any]]] = {}
     paths: dict[int, str] = {}
     for key, steps in handlers_doc.items():
-        vec = parse_int(key, f"handlers.{key}", 0, 255)
+        vec = parse_int(key, f"handlers.{key}", 0, 255, key=True)
         if not isinstance(steps, list) or len(steps) > MAX_PROGRAM_STEPS:
             raise invalid(f"a handler is a list of at most {MAX_PROGRAM_STEPS} steps",
                           f"handlers.{key}")

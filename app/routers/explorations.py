@@ -13,6 +13,7 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import explorations as library
 from app.api import types as T
@@ -161,6 +162,17 @@ async def list_library() -> list[dict[str, Any]]:
         out.append({"name": n, "description": doc.get("description", ""),
                     "commits": doc.get("commits", []), "expect": doc.get("expect", {})})
     return out
+
+
+async def _library_method_not_allowed() -> None:
+    raise StarletteHTTPException(405)
+
+
+# /library is a literal path beside /{job_id}: without this guard DELETE /library would reach
+# cancel() and fail its job-id check (422); the spec says only GET is served there (405).
+router.add_api_route("/library", _library_method_not_allowed, include_in_schema=False,
+                     methods=["DELETE", "POST", "PUT", "PATCH"])
+router.routes[-1].refuses_methods = True  # type: ignore[attr-defined]
 
 
 def _check(doc: dict[str, Any], profiles: list[str]) -> str:

@@ -76,8 +76,12 @@ async def get_snapshot(vm: VmPath, request: Request) -> Response:
     description="Replace the VM (keeping its id) with one restored from a GET …/snapshot "
                 "document: KVM_SET_IRQCHIP + KVM_SET_LAPIC + QEMU's vmstate load. The "
                 "snapshot may come from another VM; its vCPU count is checked against "
-                "IRQLAB_MAX_VCPUS, and a malformed document is 400. Large snapshots may "
-                "need a larger IRQLAB_MAX_BODY_BYTES.",
+                "IRQLAB_MAX_VCPUS. Every field is checked as strictly as a create request "
+                "(exact types, ranges; integers as JSON integers or \"0x…\" strings) and "
+                "the VM it describes must be one operations could reach (its IOAPIC, vCPU "
+                "indices, routing table, and a trial run of operations on a copy): a 422 "
+                "naming the field otherwise; an event log KVM could not have written is 400. "
+                "Large snapshots may need a larger IRQLAB_MAX_BODY_BYTES.",
     responses={**X.response("summary"), **problem_responses(400, 404, 409, 413, 422)},
 )
 async def put_snapshot(

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
+from app.api import bounded as B
 from app.api import examples as X
 from app.api import metrics, ops
 from app.api import pictures as PIC
@@ -31,8 +32,8 @@ def _problem(summary: str, exc: DocumentError) -> dict[str, Any]:
 
 
 def _document_problems() -> dict[int | str, dict[str, Any]]:
-    """The 413/415/422 entries, with scenario examples for 422."""
-    out = problem_responses(413, 415, 422)
+    """The 413/415/422/503 entries, with scenario examples for 422."""
+    out = problem_responses(413, 415, 422, 503)
     out[422] = copy.deepcopy(out[422])
     out[422]["description"] = "A malformed document, or one over a service limit"
     out[422]["content"]["application/problem+json"]["examples"] = {
@@ -56,6 +57,10 @@ def _result_response(key: str, description: str,
     content: dict[str, Any] = {"application/json": {"example": X.RESPONSES[key]}}
     if pictures:  # ?format=svg|html|perfetto|vcd
         content.update(PIC.picture_content("svg", "html", "vcd"))
+        # format=perfetto is JSON too: the result or a Chrome trace-event document.
+        content["application/json"]["schema"] = {"anyOf": [
+            {"$ref": "#/components/schemas/ScenarioResult"},
+            PIC.picture_content("perfetto")["application/json"]["schema"]]}
     return {200: {"description": description, "content": content}}
 
 
@@ -98,10 +103,12 @@ _RUN_DESC = _VMS + (
 async def run_document(request: Request, settings: SettingsDep,
                        fmt: PIC.FormatQuery = None, variant: PIC.VariantQuery = None,
                        observe: PIC.ObserveQuery = False) -> Response:
-    doc = S.parse_document(await request.body(), request.headers.get("content-type"))
     fmt_ = PIC.negotiate(fmt, request.headers.get("accept"))
     with metrics.of(request).running("scenario-run"):
-        return await S.run(doc, settings, fmt_, variant, observe)
+        return await B.respond(request, S.run_job, await request.body(),
+                               request.headers.get("content-type"), False,
+                               S.RunLimits.of(settings), request.url.path, fmt_, variant,
+                               observe)
 
 
 @router.post(
@@ -121,9 +128,8 @@ async def run_document(request: Request, settings: SettingsDep,
 )
 async def diff_document(request: Request, settings: SettingsDep,
                         registry: RegistryDep) -> Response:
-    doc = S.parse_document(await request.body(), request.headers.get("content-type"))
     with metrics.of(request).running("scenario-diff"):
-        return await D.diff(doc, settings, registry)
+        return await D.diff(request, await request.body(), settings, registry)
 
 
 @router.get(
@@ -164,11 +170,11 @@ async def get_scenario(name: Annotated[str, Path(examples=["seed-race-split"])])
     responses={**_result_response("scenario_library_run", "The result (example: "
                                   "seed-race-split with profile=linux-6.1, cut to one "
                                   "variant), or its picture (`format`)", pictures=True),
-               **problem_responses(404, 422)},
+               **problem_responses(404, 422, 503)},
 )
 async def run_library_scenario(
-    name: Annotated[str, Path(examples=["seed-race-split"])],
     request: Request,
+    name: Annotated[str, Path(examples=["seed-race-split"])],
     settings: SettingsDep,
     profile: Annotated[T.ProfileName | None, Query(
         description="Replace every variant's vm.profile (GET /v1/profiles).",
@@ -182,7 +188,8 @@ async def run_library_scenario(
     doc = S.override_vm(S.document(name), profile, irqchip)
     fmt_ = PIC.negotiate(fmt, request.headers.get("accept"))
     with metrics.of(request).running("scenario-run"):
-        return await S.run(doc, settings, fmt_, variant, observe)
+        return await B.respond(request, S.run_job, doc, None, True, S.RunLimits.of(settings),
+                               request.url.path, fmt_, variant, observe)
 
 
 _GET_PICTURE = (
@@ -207,14 +214,16 @@ _Irqchip = Annotated[Literal["kernel", "split"] | None, Query(
                 + _GET_PICTURE,
     response_class=Response,
     responses={200: {"description": "The SVG", "content": PIC.picture_content("svg")},
-               **problem_responses(404, 422)},
+               **problem_responses(404, 422, 503)},
 )
-async def scenario_timeline(name: Annotated[str, Path(examples=["seed-race-split"])],
+async def scenario_timeline(request: Request,
+                            name: Annotated[str, Path(examples=["seed-race-split"])],
                             settings: SettingsDep, profile: _Profile = None,
                             irqchip: _Irqchip = None,
                             variant: PIC.VariantQuery = None) -> Response:
     doc = S.override_vm(S.document(name), profile, irqchip)
-    return await S.run(doc, settings, "svg", variant)
+    return await B.respond(request, S.run_job, doc, None, True, S.RunLimits.of(settings),
+                           request.url.path, "svg", variant)
 
 
 @router.get(
@@ -225,11 +234,13 @@ async def scenario_timeline(name: Annotated[str, Path(examples=["seed-race-split
                 "exit bitmap) highlighted." + _GET_PICTURE,
     response_class=Response,
     responses={200: {"description": "The report", "content": PIC.picture_content("html")},
-               **problem_responses(404, 422)},
+               **problem_responses(404, 422, 503)},
 )
-async def scenario_report(name: Annotated[str, Path(examples=["seed-race-split"])],
+async def scenario_report(request: Request,
+                          name: Annotated[str, Path(examples=["seed-race-split"])],
                           settings: SettingsDep, profile: _Profile = None,
                           irqchip: _Irqchip = None,
                           variant: PIC.VariantQuery = None) -> Response:
     doc = S.override_vm(S.document(name), profile, irqchip)
-    return await S.run(doc, settings, "html", variant)
+    return await B.respond(request, S.run_job, doc, None, True, S.RunLimits.of(settings),
+                           request.url.path, "html", variant)

@@ -7,7 +7,7 @@ from functools import cached_property
 from importlib import resources
 from typing import Any
 
-import yaml
+from app.api.safe_load import DocumentLimits, load_yaml
 
 
 class PackageLibrary:
@@ -22,7 +22,7 @@ class PackageLibrary:
         out: dict[str, dict[str, Any]] = {}
         for entry in sorted(resources.files(self.package).iterdir(), key=lambda p: p.name):
             if entry.name.endswith(".yaml"):
-                doc = yaml.safe_load(entry.read_text(encoding="utf-8"))
+                doc = load_yaml(entry.read_text(encoding="utf-8"), DocumentLimits())
                 out[doc["name"]] = doc
         return out
 
