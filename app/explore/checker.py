@@ -9,7 +9,7 @@ Entry point::
 process builds its own model). `progress(Progress)` is called at most every
 `options.progress_interval` seconds (and once at the end). `cancel` is a `threading.Event`, a
 `multiprocessing` event or any zero-argument callable returning True to stop; it is polled every
-few hundred states and the run ends `bounded` with `bound="cancelled"`.
+20 ms and the run ends `bounded` with `bound="cancelled"`.
 
 The result's `verdict` is "violation" (`property` names what failed, `counterexample` holds the
 actions from the initial state, shortest as argued below), "verified" (every reachable state was
@@ -95,7 +95,7 @@ S = TypeVar("S")
 Verdict: TypeAlias = Literal["violation", "verified", "bounded"]
 Cancel: TypeAlias = object  # threading/multiprocessing Event, zero-argument callable, or None
 
-_CHECK_EVERY = 256  # expansions between budget/cancel/progress checks
+_CHECK_PERIOD = 0.02  # seconds between budget/cancel/progress checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +285,8 @@ class _Search:
         found: tuple[str, int] | None = None  # (property, index in level `depth`)
         states_at_violation = 0
         last_progress = t0
-        countdown = _CHECK_EVERY
+        next_check = t0
+        monotonic = time.monotonic
 
         while frontier:
             states_before_expansion = len(visited)
@@ -297,10 +298,9 @@ class _Search:
             track = sleep or proviso
             expand = depth != max_depth
             for i, s in enumerate(frontier):
-                countdown -= 1
-                if countdown <= 0:
-                    countdown = _CHECK_EVERY
-                    now = time.monotonic()
+                now = monotonic()
+                if now >= next_check:
+                    next_check = now + _CHECK_PERIOD
                     if self.cancelled():
                         bound = "cancelled"
                     elif deadline is not None and now >= deadline:
@@ -366,7 +366,7 @@ class _Search:
                             next_sleeps.append(zs)
                             par.append(i)
                             act.append(k)
-                            if len(visited) == max_states:
+                            if len(visited) >= max_states > 0:
                                 bound = "max_states"
                                 break
                         else:

@@ -75,7 +75,9 @@ class ProgramModel:
         finally_: Pred | None = None,
         symmetric: bool = False,
         declare_futures: bool = True,
+        modulus: int | None = None,
     ) -> None:
+        self.modulus = modulus  # when set, every write is reduced mod it (loops stay finite)
         self.programs = [list(p) for p in programs]
         self.names = sorted(variables)
         self.index = {v: i for i, v in enumerate(self.names)}
@@ -138,6 +140,8 @@ class ProgramModel:
             vars_[self.index[op[1]]] = locs[i] + op[2]
         elif kind == "goto":
             pcs[i] = op[1]
+        if self.modulus is not None:
+            vars_ = [v % self.modulus for v in vars_]
         return tuple(pcs), tuple(locs), tuple(vars_)
 
     def fingerprint(self, state: State) -> int:
