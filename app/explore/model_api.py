@@ -82,8 +82,7 @@ class Model(Protocol[S]):
         """Bytes `decode` turns back into an equal state (for worker processes)."""
         ...
 
-    def decode(self, data: bytes) -> S:
-        ...
+    def decode(self, data: bytes) -> S: ...
 
 
 @dataclass(frozen=True, slots=True)

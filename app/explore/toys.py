@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,3 +232,46 @@ def wide(n: int = 4, k: int = 6, shared_every: int = 3) -> ProgramModel:
         programs.append(prog)
     variables = {f"c{i}": 0 for i in range(n)} | {"s": 0}
     return ProgramModel(programs, variables, finally_=Pred((("s", ">=", 0),)))
+
+
+def random_program(
+    seed: int, n: int = 3, length: int = 3, loops: bool = False, properties: bool = True
+) -> ProgramModel:
+    """A random program of n processes over x, y, z (deterministic in `seed`); with `loops`,
+    some processes jump back, and writes are reduced mod 4 so the state space stays finite."""
+    rng = random.Random(seed)
+    variables = ("x", "y", "z")
+
+    def op() -> Op:
+        var = rng.choice(variables)
+        return rng.choice(
+            [
+                ("add", var, rng.randint(1, 2)),
+                ("copy", var, rng.choice(variables)),
+                ("load", var),
+                ("store", var, rng.randint(0, 1)),
+                ("await", var, rng.randint(0, 2)),
+                ("mul", var, 2, 3),
+            ]
+        )
+
+    programs = []
+    for _ in range(n):
+        prog = [op() for _ in range(rng.randint(1, length))]
+        if loops and rng.random() < 0.5:
+            prog.append(("goto", rng.randrange(len(prog))))
+        programs.append(prog)
+
+    def pred() -> Pred | None:
+        if not properties or rng.random() < 0.4:
+            return None
+        terms = tuple(
+            (rng.choice(variables), rng.choice(["==", "!=", "<=", ">="]), rng.randint(0, 3))
+            for _ in range(rng.randint(1, 2))
+        )
+        return Pred(terms, all_=rng.random() < 0.5)
+
+    init = {v: rng.randint(0, 2) for v in variables}
+    return ProgramModel(
+        programs, init, always=pred(), finally_=pred(), modulus=4 if loops else None
+    )
