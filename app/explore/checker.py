@@ -133,6 +133,8 @@ class CheckStats:
     terminal_states: int = 0
     seconds: float = 0.0
     states_per_second: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the search (all its processes)
+    critical_cpu_seconds: float = 0.0  # the busiest process's CPU time (workers: max over them)
     peak_rss_mib: float = 0.0
     visited_bytes: int = 0
     sleep_skipped_transitions: int = 0
@@ -250,6 +252,7 @@ class _Search:
         # One hot loop, kept in one function so locals stay locals (speed).
         model, opts = self.model, self.opts
         t0 = time.monotonic()
+        cpu0 = time.process_time()
         sleep, persistent, proviso, observed = plan(model, opts)
         symmetry = opts.symmetry
         fingerprint = model.fingerprint
@@ -271,7 +274,8 @@ class _Search:
         if symmetry:
             init = canonical(init)
         visited = FingerprintSet()
-        visited.add(fingerprint(init) & M64)
+        add = visited.add
+        add(fingerprint(init) & M64)
         frontier: list[Any] = [init]
         sleeps: list[frozenset[str]] = [EMPTY]
         parents: list[array[int]] = [array("I", [0])]
@@ -295,6 +299,7 @@ class _Search:
             next_index: dict[int, int] = {}
             par: array[int] = array("I")
             act: array[int] = array("H")
+            par_append, act_append = par.append, act.append
             track = sleep or proviso
             expand = depth != max_depth
             for i, s in enumerate(frontier):
@@ -355,33 +360,32 @@ class _Search:
                             c = succ
                             f = fingerprint(succ) & M64
                         if sleep:
-                            zs = child_sleep(sleeping, done, a)
+                            zs = child_sleep(sleeping, done, a) if sleeping or done else EMPTY
                             done.append(a)
                         else:
                             zs = EMPTY
-                        if visited.add(f):
+                        if add(f):
                             if track:
                                 next_index[f] = len(next_frontier)
                             next_frontier.append(c)
                             next_sleeps.append(zs)
-                            par.append(i)
-                            act.append(k)
-                            if len(visited) >= max_states > 0:
+                            par_append(i)
+                            act_append(k)
+                            if max_states > 0 and len(visited) >= max_states:
                                 bound = "max_states"
                                 break
-                        else:
+                        elif track:
+                            j = next_index.get(f)
+                            if j is None:
+                                if rest is not None:
+                                    full = True  # proviso: an edge back to depth <= this one
+                            elif next_sleeps[j]:
+                                next_sleeps[j] = next_sleeps[j] & zs
                             if symmetry and fingerprint(succ) & M64 != f:
                                 sym_merged += 1
-                            if track:
-                                j = next_index.get(f)
-                                if j is None:
-                                    if rest is not None:
-                                        full = True  # proviso: an edge back to depth <= this one
-                                elif sleep and next_sleeps[j]:
-                                    next_sleeps[j] = next_sleeps[j] & zs
-                    if bound is not None:
-                        break
-                    if full and rest:
+                        elif symmetry and fingerprint(succ) & M64 != f:
+                            sym_merged += 1
+                    if full and rest and bound is None:
                         chosen, rest = rest, None
                         continue
                     break
@@ -426,6 +430,8 @@ class _Search:
             terminal_states=terminals,
             seconds=seconds,
             states_per_second=n_states / seconds if seconds > 0 else 0.0,
+            cpu_seconds=time.process_time() - cpu0,
+            critical_cpu_seconds=time.process_time() - cpu0,
             peak_rss_mib=peak_rss_mib(),
             visited_bytes=visited.nbytes + trace_bytes,
             sleep_skipped_transitions=sleep_skipped,

@@ -5,8 +5,10 @@ fingerprint falls in its partition (`owner`): their slice of the visited set, of
 and of the per-level parent arrays. The search is level-synchronous: the coordinator tells every
 worker to expand its part of level d; a successor the worker owns is deduplicated locally, one
 owned by another worker is shipped to it (fingerprint, `Model.encode` bytes, sleep set, parent
-index, action index) in batches through that worker's inbox queue. When a worker has expanded
-its slice it sends every peer an end marker, then takes in what the peers sent it, in the
+index, action index) through that worker's inbox queue, once per level and state: the sender
+first deduplicates what it sends (intersecting the sleep sets of the arrivals it merges). When
+a worker has expanded its slice it sends every peer an end marker, then takes in what the peers
+sent it, in the
 order of the peers' ids (so the result does not depend on timing), and reports the level to the
 coordinator. Only states that cross partitions travel; the visited set is never shared.
 
@@ -50,7 +52,7 @@ from app.explore.model_api import Action, ActorFootprint, Model, ModelFactory
 from app.explore.reduction import EMPTY, child_sleep, persistent_indices
 from app.explore.visited import M64, FingerprintSet
 
-_BATCH = 512
+_BATCH = 4096
 _CHECK_PERIOD = 0.02
 _PRIME = 0xFFFFFFFB  # largest prime below 2**32: the partition does not reuse the table's bits
 
@@ -76,6 +78,7 @@ class _LevelReport:
     visited_bytes: int
     rss_mib: float
     peak_rss_mib: float
+    cpu_seconds: float
 
 
 def _parallel_plan(
@@ -108,6 +111,7 @@ class _Worker:
             deadline,
         )
         self.sleep, self.persistent, self.observed = _parallel_plan(model, opts)
+        self.cpu0 = time.process_time()
         self.visited = FingerprintSet()
         self.frontier: list[Any] = []
         self.sleeps: list[frozenset[str]] = []
@@ -144,7 +148,9 @@ class _Worker:
         par_w: array[int] = array("H")
         par_i: array[int] = array("I")
         act: array[int] = array("H")
-        outbox: list[list[tuple[int, bytes, tuple[str, ...], int, int]]] = [[] for _ in range(n)]
+        # Successors owned by peers, deduplicated here (a state is usually reached along several
+        # paths of one level): fingerprint -> [state, sleep set, parent index, action index].
+        outbox: list[dict[int, list[Any]]] = [{} for _ in range(n)]
         found: tuple[str, int] | None = None
         bound: str | None = None
         depth_cut = False
@@ -200,13 +206,13 @@ class _Worker:
                     done.append(a)
                 else:
                     zs = EMPTY
-                o = owner(f, n)
+                o = f % _PRIME % n  # owner(f, n), inlined
                 if o != wid:
-                    box = outbox[o]
-                    box.append((f, encode(c), tuple(sorted(zs)), i, k))
-                    if len(box) >= _BATCH:
-                        self.inboxes[o].put((wid, box))
-                        outbox[o] = []
+                    rec = outbox[o].get(f)
+                    if rec is None:
+                        outbox[o][f] = [c, zs, i, k]
+                    elif rec[1]:
+                        rec[1] = rec[1] & zs
                 elif visited.add(f):
                     next_index[f] = len(next_frontier)
                     next_frontier.append(c)
@@ -226,8 +232,13 @@ class _Worker:
                 break
         for o in range(n):
             if o != wid:
-                if outbox[o]:
-                    self.inboxes[o].put((wid, outbox[o]))
+                batch = [
+                    (f, encode(c), tuple(sorted(zs)), i, k)
+                    for f, (c, zs, i, k) in outbox[o].items()
+                ]
+                outbox[o] = {}
+                for start in range(0, len(batch), _BATCH):
+                    self.inboxes[o].put((wid, batch[start : start + _BATCH]))
                 self.inboxes[o].put((wid, None))
         # Take in the peers' successors, in peer order (deterministic whatever the timing).
         pending: dict[int, list[Any]] = {o: [] for o in range(n) if o != wid}
@@ -278,6 +289,7 @@ class _Worker:
             visited_bytes=visited.nbytes + sum(a.buffer_info()[1] * a.itemsize for a in trace),
             rss_mib=rss_mib(),
             peak_rss_mib=peak_rss_mib(),
+            cpu_seconds=time.process_time() - self.cpu0,
         )
 
 
@@ -389,6 +401,7 @@ def _coordinate(
     t0: float,
 ) -> CheckResult:
     n = len(conns)
+    cpu0 = time.process_time()
     for c in conns:
         _recv(c, "ready")
     model = factory()
@@ -478,6 +491,8 @@ def _coordinate(
         terminal_states=sum(r.terminals for r in reports),
         seconds=seconds,
         states_per_second=n_states / seconds if seconds > 0 else 0.0,
+        cpu_seconds=time.process_time() - cpu0 + sum(r.cpu_seconds for r in reports),
+        critical_cpu_seconds=max(r.cpu_seconds for r in reports),
         peak_rss_mib=peak_rss_mib() + sum(r.peak_rss_mib for r in reports),
         visited_bytes=sum(r.visited_bytes for r in reports),
         sleep_skipped_transitions=sum(r.sleep_skipped for r in reports),

@@ -16,7 +16,7 @@ so it is its own stable fingerprint source. They also show how a model declares 
 from __future__ import annotations
 
 import hashlib
-import json
+import marshal
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -164,11 +164,11 @@ class ProgramModel:
         return tuple(p for p, _ in pairs), tuple(q for _, q in pairs), state[2]
 
     def encode(self, state: State) -> bytes:
-        return json.dumps(state).encode()
+        return marshal.dumps(state)
 
     def decode(self, data: bytes) -> State:
-        pcs, locs, vars_ = json.loads(data)
-        return tuple(pcs), tuple(locs), tuple(vars_)
+        state: State = marshal.loads(data)
+        return state
 
     # -- optional hints for persistent sets --
     def actor_footprints(self, state: State) -> dict[str, ActorFootprint] | None:
@@ -275,3 +275,45 @@ def random_program(
     return ProgramModel(
         programs, init, always=pred(), finally_=pred(), modulus=4 if loops else None
     )
+
+
+class Ring:
+    """The cheapest model there is (states are ints below n, fingerprints are the ints): the
+    bench measures the checker's own cost per state on it."""
+
+    def __init__(self, n: int = 200_000) -> None:
+        self.n = n
+        self.inc = Action("inc", "a", frozenset({"v"}), frozenset({"v"}))
+        self.dbl = Action("dbl", "a", frozenset({"v"}), frozenset({"v"}))
+        self.both = [self.inc, self.dbl]
+        self.one = [self.inc]
+
+    def initial(self) -> int:
+        return 1
+
+    def actions(self, state: int) -> list[Action]:
+        if state + 1 >= self.n:
+            return []
+        return self.both if 2 * state < self.n else self.one
+
+    def step(self, state: int, action: Action) -> int:
+        return state + 1 if action is self.inc else 2 * state
+
+    def fingerprint(self, state: int) -> int:
+        return state
+
+    def violation(self, state: int, terminal: bool) -> str | None:
+        return None
+
+    def canonical(self, state: int) -> int:
+        return state
+
+    def encode(self, state: int) -> bytes:
+        return state.to_bytes(8, "little")
+
+    def decode(self, data: bytes) -> int:
+        return int.from_bytes(data, "little")
+
+
+def ring(n: int = 200_000) -> Ring:
+    return Ring(n)
