@@ -95,6 +95,15 @@ S = TypeVar("S")
 Verdict: TypeAlias = Literal["violation", "verified", "bounded"]
 Cancel: TypeAlias = object  # threading/multiprocessing Event, zero-argument callable, or None
 
+TIMING_FIELDS = (
+    "seconds",
+    "states_per_second",
+    "cpu_seconds",
+    "critical_cpu_seconds",
+    "peak_rss_mib",
+)
+"""`CheckStats` fields that vary from run to run; every other field is deterministic."""
+
 _CHECK_PERIOD = 0.02  # seconds between budget/cancel/progress checks
 
 

@@ -165,13 +165,13 @@ def test_cancel_by_callable() -> None:
 _SCRIPT = """
 import json
 from app.explore import toys
-from app.explore.checker import CheckOptions, check
+from app.explore.checker import TIMING_FIELDS, CheckOptions, check
 out = {}
 for name, model in [("lost", toys.lost_update(3, symmetric=True)), ("wide", toys.wide(3, 5))]:
     for sym in (False, True):
         r = check(model, CheckOptions(symmetry=sym, collect_terminals=True))
         d = r.to_dict()
-        for k in ("seconds", "states_per_second", "peak_rss_mib"):
+        for k in TIMING_FIELDS:
             d["stats"].pop(k)
         d["terminals"] = sorted(r.terminal_fingerprints)
         out[f"{name}-{sym}"] = d

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.explore.brute import enumerate_all
-from app.explore.checker import CheckOptions, check
+from app.explore.checker import TIMING_FIELDS, CheckOptions, check
 from app.explore.toys import Op, Pred, ProgramModel
 from tests.explore.helpers import CONFIGS, PLAIN, assert_counterexample_replays, without_properties
 
@@ -141,7 +141,7 @@ def test_same_result_twice(model: ProgramModel) -> None:
 
 
 def _strip(d: dict[str, Any]) -> dict[str, Any]:
-    for k in ("seconds", "states_per_second", "peak_rss_mib"):
+    for k in TIMING_FIELDS:
         d["stats"].pop(k)
     return d
 
