@@ -149,6 +149,7 @@ class CheckStats:
     sleep_skipped_transitions: int = 0
     persistent_pruned_transitions: int = 0
     persistent_reduced_states: int = 0
+    proviso_expansions: int = 0  # reduced states expanded fully by the cycle proviso
     symmetry_merged_transitions: int = 0
     workers: int = 1
 
@@ -291,7 +292,7 @@ class _Search:
         acts: list[array[int]] = [array("H", [0])]
 
         transitions = terminals = 0
-        sleep_skipped = pruned = reduced_states = sym_merged = 0
+        sleep_skipped = pruned = reduced_states = sym_merged = proviso_full = 0
         depth = 0
         complete_depth = -1
         bound: str | None = None
@@ -396,6 +397,7 @@ class _Search:
                             sym_merged += 1
                     if full and rest and bound is None:
                         chosen, rest = rest, None
+                        proviso_full += 1
                         continue
                     break
                 if bound is not None:
@@ -446,6 +448,7 @@ class _Search:
             sleep_skipped_transitions=sleep_skipped,
             persistent_pruned_transitions=pruned,
             persistent_reduced_states=reduced_states,
+            proviso_expansions=proviso_full,
             symmetry_merged_transitions=sym_merged,
         )
         if self.progress is not None:

@@ -17,11 +17,18 @@ to its distance (levels are barriers), all arrivals at a state within a level re
 before the next level starts, so its sleep set is the same intersection as in one process, and
 persistent sets depend on the state alone. Hence the same distinct states, the same verdict and
 a counterexample of the same (shortest) length; which of several violating states of that level
-is reported may differ (the one of the lowest worker id, first in its order). With `always`
-properties, persistent sets need the cycle proviso, which asks "was this successor visited at an
-earlier level?", a question only its owner can answer: in that mode workers do not use
-persistent sets (sleep sets still apply). A counterexample is rebuilt by asking the owners for
-each parent back to the initial state, then replayed in the coordinator.
+is reported may differ (the one of the lowest worker id, first in its order).
+
+With `always` properties, persistent sets need the cycle proviso: a reduced state is expanded
+fully when one of its reduced successors was visited at its level or before. Only the
+successor's owner can tell, so in that mode a level has three exchanges: (A) the successors,
+those of reduced states marked as questions; (R) each owner's answers (the fingerprints it
+already had from an earlier level); (B) the successors of the reduced states expanded fully
+after all. Whether a successor is "old" does not depend on the order of the level's work, so the
+reduced graph, hence the state count, is the same as in one process.
+
+A counterexample is rebuilt by asking the owners for each parent back to the initial state, then
+replayed in the coordinator.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ class _LevelReport:
     sleep_skipped: int
     pruned: int
     reduced: int
+    proviso: int
     sym_merged: int
     visited_bytes: int
     rss_mib: float
@@ -81,17 +89,9 @@ class _LevelReport:
     cpu_seconds: float
 
 
-def _parallel_plan(
-    model: Model[Any], opts: CheckOptions
-) -> tuple[bool, bool, frozenset[str] | None]:
-    sleep, persistent, proviso, observed = plan(model, opts)
-    if proviso:  # see the module docstring
-        persistent = False
-        sleep = opts.sleep_sets and not opts.symmetry
-    return sleep, persistent, observed
-
-
 class _Worker:
+    """One worker process's share of the search."""
+
     def __init__(
         self,
         wid: int,
@@ -104,13 +104,12 @@ class _Worker:
         deadline: float | None,
     ) -> None:
         self.wid, self.n, self.model, self.opts = wid, n, model, opts
-        self.inboxes, self.cancel, self.counters, self.deadline = (
-            inboxes,
-            cancel,
-            counters,
-            deadline,
+        self.inboxes, self.cancel = inboxes, cancel
+        self.counters, self.deadline = counters, deadline
+        self.sleep, self.persistent, self.proviso, self.observed = plan(model, opts)
+        self.footprints_of: Callable[[Any], dict[str, ActorFootprint] | None] | None = (
+            getattr(model, "actor_footprints", None) if self.persistent else None
         )
-        self.sleep, self.persistent, self.observed = _parallel_plan(model, opts)
         self.cpu0 = time.process_time()
         self.visited = FingerprintSet()
         self.frontier: list[Any] = []
@@ -121,6 +120,9 @@ class _Worker:
         self.terminal_fps: set[int] = set()
         self.transitions = self.terminals = 0
         self.sleep_skipped = self.pruned = self.reduced = self.sym_merged = 0
+        self.proviso_full = 0
+        self.stash: dict[str, list[tuple[int, Any]]] = {}
+        self._new_level()
         init = model.initial()
         if opts.symmetry:
             init = model.canonical(init)
@@ -130,27 +132,155 @@ class _Worker:
             self.frontier.append(init)
             self.sleeps.append(EMPTY)
 
-    def expand_level(self, depth: int) -> _LevelReport:
-        model, opts, n, wid = self.model, self.opts, self.n, self.wid
-        fingerprint, actions_of, step = model.fingerprint, model.actions, model.step
-        violation, canonical, encode = model.violation, model.canonical, model.encode
-        symmetry, sleep, visited = opts.symmetry, self.sleep, self.visited
-        footprints_of: Callable[[Any], dict[str, ActorFootprint] | None] | None = (
-            getattr(model, "actor_footprints", None) if self.persistent else None
-        )
-        share = -(-opts.max_states // n) if opts.max_states is not None else -1
-        mem_share = opts.max_memory_mib / n if opts.max_memory_mib is not None else None
-        expand = depth != (opts.max_depth if opts.max_depth is not None else -1)
-        states_before = len(visited)
-        next_frontier: list[Any] = []
-        next_sleeps: list[frozenset[str]] = []
-        next_index: dict[int, int] = {}
-        par_w: array[int] = array("H")
-        par_i: array[int] = array("I")
-        act: array[int] = array("H")
+    def _new_level(self) -> None:
+        self.next_frontier: list[Any] = []
+        self.next_sleeps: list[frozenset[str]] = []
+        self.next_index: dict[int, int] = {}
+        self.par_w_next: array[int] = array("H")
+        self.par_i_next: array[int] = array("I")
+        self.act_next: array[int] = array("H")
         # Successors owned by peers, deduplicated here (a state is usually reached along several
-        # paths of one level): fingerprint -> [state, sleep set, parent index, action index].
-        outbox: list[dict[int, list[Any]]] = [{} for _ in range(n)]
+        # paths of one level): fingerprint -> [state, sleep set, parent, action, askers], where
+        # askers are the reduced states here that wait to learn whether it is old (proviso).
+        self.outbox: list[dict[int, list[Any]]] = [{} for _ in range(self.n)]
+        self.full: set[int] = set()  # states here that the proviso expands fully
+
+    def _insert(self, f: int, c: Any, zs: frozenset[str], sender: int, i: int, k: int) -> bool:
+        """Add a successor this worker owns; True when it is new."""
+        if self.visited.add(f):
+            self.next_index[f] = len(self.next_frontier)
+            self.next_frontier.append(c)
+            self.next_sleeps.append(zs)
+            self.par_w_next.append(sender)
+            self.par_i_next.append(i)
+            self.act_next.append(k)
+            return True
+        j = self.next_index.get(f)
+        if j is not None and self.next_sleeps[j]:
+            self.next_sleeps[j] = self.next_sleeps[j] & zs
+        return False
+
+    def _successors(
+        self, i: int, s: Any, enabled: list[Action], chosen: Any, z: frozenset[str], ask: bool
+    ) -> bool:
+        """Generate the successors of state i by the actions `chosen`; False at max_states."""
+        model, n, wid, sleep, symmetry = (
+            self.model,
+            self.n,
+            self.wid,
+            self.sleep,
+            self.opts.symmetry,
+        )
+        step, fingerprint, canonical = model.step, model.fingerprint, model.canonical
+        sleeping = [a for a in enabled if a.name in z] if z else []
+        done: list[Action] = []
+        share = -(-self.opts.max_states // n) if self.opts.max_states is not None else -1
+        for k in chosen:
+            a = enabled[k]
+            if z and a.name in z:
+                self.sleep_skipped += 1
+                continue
+            succ = step(s, a)
+            self.transitions += 1
+            c = canonical(succ) if symmetry else succ
+            f = fingerprint(c) & M64
+            if sleep:
+                zs = child_sleep(sleeping, done, a) if sleeping or done else EMPTY
+                done.append(a)
+            else:
+                zs = EMPTY
+            o = f % _PRIME % n  # owner(f, n), inlined
+            if o != wid:
+                rec = self.outbox[o].get(f)
+                if rec is None:
+                    self.outbox[o][f] = [c, zs, i, k, [i] if ask else None]
+                else:
+                    if rec[1]:
+                        rec[1] = rec[1] & zs
+                    if ask:
+                        if rec[4] is None:
+                            rec[4] = [i]
+                        else:
+                            rec[4].append(i)
+            elif self._insert(f, c, zs, wid, i, k):
+                if len(self.visited) >= share > 0:
+                    return False
+            else:
+                if symmetry and fingerprint(succ) & M64 != f:
+                    self.sym_merged += 1
+                if ask and f not in self.next_index:
+                    self.full.add(i)  # proviso: an edge back to a level <= this one
+        return True
+
+    def _ship(self, phase: str) -> None:
+        """Send each peer what it owns (then an end marker), in insertion order."""
+        encode = self.model.encode
+        for o in range(self.n):
+            if o == self.wid:
+                continue
+            batch = [
+                (f, encode(c), tuple(sorted(zs)), i, k, asks is not None)
+                for f, (c, zs, i, k, asks) in self.outbox[o].items()
+            ]
+            for start in range(0, len(batch), _BATCH):
+                self.inboxes[o].put((self.wid, phase, batch[start : start + _BATCH]))
+            self.inboxes[o].put((self.wid, phase, None))
+
+    def _gather(self, phase: str) -> dict[int, list[Any]]:
+        """Every message of `phase` from every peer (up to their end markers), by peer."""
+        got: dict[int, list[Any]] = {o: [] for o in range(self.n) if o != self.wid}
+        ends = 0
+        for sender, payload in self.stash.pop(phase, []):
+            if payload is None:
+                ends += 1
+            else:
+                got[sender].append(payload)
+        inbox = self.inboxes[self.wid]
+        while ends < self.n - 1:
+            sender, ph, payload = inbox.get()
+            if ph != phase:  # a faster peer is already in a later phase of this level
+                self.stash.setdefault(ph, []).append((sender, payload))
+            elif payload is None:
+                ends += 1
+            else:
+                got[sender].append(payload)
+        return got
+
+    def _take_in(self, phase: str) -> dict[int, list[int]]:
+        """Insert what the peers sent, in peer order; for the proviso, the fingerprints each
+        peer asked about that were already visited at an earlier level."""
+        decode = self.model.decode
+        old: dict[int, list[int]] = {}
+        for sender, batches in sorted(self._gather(phase).items()):
+            olds: list[int] = []
+            for batch in batches:
+                for f, data, names, pi, k, asked in batch:
+                    zs = frozenset(names) if names else EMPTY
+                    if self.visited.add(f):
+                        self.next_index[f] = len(self.next_frontier)
+                        self.next_frontier.append(decode(data))
+                        self.next_sleeps.append(zs)
+                        self.par_w_next.append(sender)
+                        self.par_i_next.append(pi)
+                        self.act_next.append(k)
+                        continue
+                    j = self.next_index.get(f)
+                    if j is None:
+                        if asked:
+                            olds.append(f)
+                    elif self.next_sleeps[j]:
+                        self.next_sleeps[j] = self.next_sleeps[j] & zs
+            old[sender] = olds
+        return old
+
+    def expand_level(self, depth: int) -> _LevelReport:
+        model, opts, wid = self.model, self.opts, self.wid
+        actions_of, violation, fingerprint = model.actions, model.violation, model.fingerprint
+        mem_share = opts.max_memory_mib / self.n if opts.max_memory_mib is not None else None
+        expand = depth != (opts.max_depth if opts.max_depth is not None else -1)
+        states_before = len(self.visited)
+        self._new_level()
+        rests: dict[int, list[int]] = {}
         found: tuple[str, int] | None = None
         bound: str | None = None
         depth_cut = False
@@ -165,7 +295,7 @@ class _Worker:
                     bound = "max_seconds"
                 elif mem_share is not None and rss_mib() > mem_share:
                     bound = "max_memory"
-                self.counters[2 * wid] = len(visited)
+                self.counters[2 * wid] = len(self.visited)
                 self.counters[2 * wid + 1] = self.transitions
                 if bound is not None:
                     break
@@ -183,100 +313,58 @@ class _Worker:
                 depth_cut = True
                 continue
             order = None
-            if footprints_of is not None:
-                order = persistent_indices(enabled, footprints_of(s), self.observed)
-            chosen: Any = range(len(enabled)) if order is None else order
-            if order is not None:
-                self.pruned += len(enabled) - len(order)
-                self.reduced += 1
-            z = self.sleeps[i]
-            sleeping = [a for a in enabled if a.name in z] if z else []
-            done: list[Action] = []
-            for k in chosen:
-                a = enabled[k]
-                if z and a.name in z:
-                    self.sleep_skipped += 1
-                    continue
-                succ = step(s, a)
-                self.transitions += 1
-                c = canonical(succ) if symmetry else succ
-                f = fingerprint(c) & M64
-                if sleep:
-                    zs = child_sleep(sleeping, done, a)
-                    done.append(a)
-                else:
-                    zs = EMPTY
-                o = f % _PRIME % n  # owner(f, n), inlined
-                if o != wid:
-                    rec = outbox[o].get(f)
-                    if rec is None:
-                        outbox[o][f] = [c, zs, i, k]
-                    elif rec[1]:
-                        rec[1] = rec[1] & zs
-                elif visited.add(f):
-                    next_index[f] = len(next_frontier)
-                    next_frontier.append(c)
-                    next_sleeps.append(zs)
-                    par_w.append(wid)
-                    par_i.append(i)
-                    act.append(k)
-                    if len(visited) >= share > 0:
-                        bound = "max_states"
-                else:
-                    if symmetry and fingerprint(succ) & M64 != f:
-                        self.sym_merged += 1
-                    j = next_index.get(f)
-                    if j is not None and next_sleeps[j]:
-                        next_sleeps[j] = next_sleeps[j] & zs
-            if bound is not None:
-                break
-        for o in range(n):
-            if o != wid:
-                batch = [
-                    (f, encode(c), tuple(sorted(zs)), i, k)
-                    for f, (c, zs, i, k) in outbox[o].items()
-                ]
-                outbox[o] = {}
-                for start in range(0, len(batch), _BATCH):
-                    self.inboxes[o].put((wid, batch[start : start + _BATCH]))
-                self.inboxes[o].put((wid, None))
-        # Take in the peers' successors, in peer order (deterministic whatever the timing).
-        pending: dict[int, list[Any]] = {o: [] for o in range(n) if o != wid}
-        ends = 0
-        inbox = self.inboxes[wid]
-        while ends < n - 1:
-            sender, batch = inbox.get()
-            if batch is None:
-                ends += 1
+            if self.footprints_of is not None:
+                order = persistent_indices(enabled, self.footprints_of(s), self.observed)
+            if order is None:
+                chosen: Any = range(len(enabled))
             else:
-                pending[sender].append(batch)
-        decode = model.decode
-        for sender in sorted(pending):
-            for batch in pending[sender]:
-                for f, data, names, pi, k in batch:
-                    if visited.add(f):
-                        next_index[f] = len(next_frontier)
-                        next_frontier.append(decode(data))
-                        next_sleeps.append(frozenset(names) if names else EMPTY)
-                        par_w.append(sender)
-                        par_i.append(pi)
-                        act.append(k)
-                    elif sleep:
-                        j = next_index.get(f)
-                        if j is not None and next_sleeps[j]:
-                            next_sleeps[j] = next_sleeps[j] & frozenset(names)
-            pending[sender] = []
+                chosen = order
+                if self.proviso:
+                    rests[i] = [k for k in range(len(enabled)) if k not in order]
+                else:
+                    self.pruned += len(enabled) - len(order)
+                    self.reduced += 1
+            if not self._successors(i, s, enabled, chosen, self.sleeps[i], i in rests):
+                bound = "max_states"
+                break
+        self._ship("A")
+        old = self._take_in("A")
+        if self.proviso:
+            # Tell each peer which of its reduced states reached an old state here, then expand
+            # fully every reduced state of ours that did (here or at a peer).
+            for o, fps in old.items():
+                self.inboxes[o].put((wid, "R", fps))
+                self.inboxes[o].put((wid, "R", None))
+            for peer, answers in self._gather("R").items():
+                sent = self.outbox[peer]
+                for fps in answers:
+                    for f in fps:
+                        self.full.update(sent[f][4])
+            self.outbox = [{} for _ in range(self.n)]
+            if found is None and bound is None:
+                for i in sorted(self.full & rests.keys()):
+                    self.proviso_full += 1
+                    s = self.frontier[i]
+                    if not self._successors(i, s, actions_of(s), rests[i], EMPTY, False):
+                        bound = "max_states"
+                        break
+            self._ship("B")
+            self._take_in("B")
+        for i, rest in rests.items():
+            if i not in self.full:  # stayed reduced
+                self.pruned += len(rest)
+                self.reduced += 1
         if found is None and bound is None:
-            self.frontier, self.sleeps = next_frontier, next_sleeps
-            self.par_w.append(par_w)
-            self.par_i.append(par_i)
-            self.acts.append(act)
-        self.counters[2 * wid] = len(visited)
+            self.frontier, self.sleeps = self.next_frontier, self.next_sleeps
+            self.par_w.append(self.par_w_next)
+            self.par_i.append(self.par_i_next)
+            self.acts.append(self.act_next)
+        self.counters[2 * wid] = len(self.visited)
         trace = self.par_w + self.par_i + self.acts
         return _LevelReport(
             states_before=states_before,
-            states=len(visited),
-            frontier_next=len(next_frontier),
+            states=len(self.visited),
+            frontier_next=len(self.next_frontier),
             found=found,
             bound=bound,
             depth_cut=depth_cut,
@@ -285,8 +373,9 @@ class _Worker:
             sleep_skipped=self.sleep_skipped,
             pruned=self.pruned,
             reduced=self.reduced,
+            proviso=self.proviso_full,
             sym_merged=self.sym_merged,
-            visited_bytes=visited.nbytes + sum(a.buffer_info()[1] * a.itemsize for a in trace),
+            visited_bytes=self.visited.nbytes + sum(a.buffer_info()[1] * a.itemsize for a in trace),
             rss_mib=rss_mib(),
             peak_rss_mib=peak_rss_mib(),
             cpu_seconds=time.process_time() - self.cpu0,
@@ -405,7 +494,7 @@ def _coordinate(
     for c in conns:
         _recv(c, "ready")
     model = factory()
-    sleep, persistent, _ = _parallel_plan(model, opts)
+    sleep, persistent, _, _ = plan(model, opts)
     depth = 0
     complete_depth = -1
     bound: str | None = None
@@ -498,6 +587,7 @@ def _coordinate(
         sleep_skipped_transitions=sum(r.sleep_skipped for r in reports),
         persistent_pruned_transitions=sum(r.pruned for r in reports),
         persistent_reduced_states=sum(r.reduced for r in reports),
+        proviso_expansions=sum(r.proviso for r in reports),
         symmetry_merged_transitions=sum(r.sym_merged for r in reports),
         workers=n,
     )

@@ -317,3 +317,13 @@ class Ring:
 
 def ring(n: int = 200_000) -> Ring:
     return Ring(n)
+
+
+def random_program_observed(seed: int, n: int = 3, length: int = 3) -> ProgramModel:
+    """`random_program` with loops whose `always` property never fails but still reads some
+    variables: the search runs to the end in the mode where persistent sets need visibility and
+    the cycle proviso."""
+    m = random_program(seed, n, length, loops=True, properties=False)
+    reads = sorted({"x", "y", "z"} - {random.Random(seed).choice(["x", "y", "z"])})
+    m.always = Pred(tuple((v, ">=", 0) for v in reads))
+    return m

@@ -17,7 +17,7 @@ FACTORIES = [
     ModelFactory(toys.lost_update, (3, True)),
     ModelFactory(toys.wide, (4, 5)),
     ModelFactory(toys.spin_and_set),
-    *(ModelFactory(toys.random_program, (seed, 3, 3, seed % 2 == 1)) for seed in range(8)),
+    *(ModelFactory(toys.random_program, (seed, 3, 3, seed % 2 == 1)) for seed in range(12)),
 ]
 OPTIONS = {
     "plain": CheckOptions(sleep_sets=False, persistent_sets=False),
@@ -40,13 +40,13 @@ def test_two_workers_give_the_single_process_answer(name: str) -> None:
         two = check(factory, _with(opts, workers=2))
         assert two.stats.workers == 2
         assert (two.verdict, two.property is None) == (one.verdict, one.property is None), factory
+        assert two.reductions == one.reductions
+        assert two.stats.states == one.stats.states, factory
         if one.verdict == "violation":
-            assert_counterexample_replays(factory(), two)
-        if two.reductions == one.reductions:
-            assert two.stats.states == one.stats.states, factory
             assert len(two.counterexample) == len(one.counterexample)
-        else:  # always-properties: workers drop persistent sets (no cross-worker proviso)
-            assert "persistent_sets" in one.reductions
+            assert_counterexample_replays(factory(), two)
+        else:
+            assert two.stats.persistent_reduced_states == one.stats.persistent_reduced_states
 
 
 def test_two_workers_reach_the_same_terminal_states() -> None:
@@ -95,3 +95,17 @@ def test_a_worker_that_fails_is_reported() -> None:
 def test_workers_need_a_factory() -> None:
     with pytest.raises(TypeError, match="ModelFactory"):
         check(toys.counters(), CheckOptions(workers=2))
+
+
+def test_the_cycle_proviso_across_workers_gives_the_single_process_reduction() -> None:
+    fired = 0
+    for seed in range(12):
+        factory = ModelFactory(toys.random_program_observed, (seed, 3, 3))
+        one = check(factory, CheckOptions())
+        two = check(factory, CheckOptions(workers=2))
+        assert one.verdict == two.verdict == "verified"
+        assert one.reductions == two.reductions == ("persistent_sets",)
+        for field in ("states", "persistent_reduced_states", "proviso_expansions"):
+            assert getattr(two.stats, field) == getattr(one.stats, field), (seed, field)
+        fired += one.stats.proviso_expansions
+    assert fired > 0
