@@ -59,7 +59,6 @@ from app.explore.model_api import Action, ActorFootprint, Model, ModelFactory
 from app.explore.reduction import EMPTY, child_sleep, persistent_indices
 from app.explore.visited import M64, FingerprintSet
 
-_BATCH = 4096
 _CHECK_PERIOD = 0.02
 _PRIME = 0xFFFFFFFB  # largest prime below 2**32: the partition does not reuse the table's bits
 
@@ -145,25 +144,11 @@ class _Worker:
         self.outbox: list[dict[int, list[Any]]] = [{} for _ in range(self.n)]
         self.full: set[int] = set()  # states here that the proviso expands fully
 
-    def _insert(self, f: int, c: Any, zs: frozenset[str], sender: int, i: int, k: int) -> bool:
-        """Add a successor this worker owns; True when it is new."""
-        if self.visited.add(f):
-            self.next_index[f] = len(self.next_frontier)
-            self.next_frontier.append(c)
-            self.next_sleeps.append(zs)
-            self.par_w_next.append(sender)
-            self.par_i_next.append(i)
-            self.act_next.append(k)
-            return True
-        j = self.next_index.get(f)
-        if j is not None and self.next_sleeps[j]:
-            self.next_sleeps[j] = self.next_sleeps[j] & zs
-        return False
-
     def _successors(
         self, i: int, s: Any, enabled: list[Action], chosen: Any, z: frozenset[str], ask: bool
     ) -> bool:
         """Generate the successors of state i by the actions `chosen`; False at max_states."""
+        # Locals for speed: this is the workers' hot loop.
         model, n, wid, sleep, symmetry = (
             self.model,
             self.n,
@@ -172,16 +157,25 @@ class _Worker:
             self.opts.symmetry,
         )
         step, fingerprint, canonical = model.step, model.fingerprint, model.canonical
+        add, visited, outbox, next_index = (
+            self.visited.add,
+            self.visited,
+            self.outbox,
+            self.next_index,
+        )
+        next_frontier, next_sleeps = self.next_frontier, self.next_sleeps
+        par_w, par_i, act = self.par_w_next.append, self.par_i_next.append, self.act_next.append
+        transitions = 0
         sleeping = [a for a in enabled if a.name in z] if z else []
         done: list[Action] = []
-        share = -(-self.opts.max_states // n) if self.opts.max_states is not None else -1
+        share = -(-self.opts.max_states // n) if self.opts.max_states is not None else 0
         for k in chosen:
             a = enabled[k]
             if z and a.name in z:
                 self.sleep_skipped += 1
                 continue
             succ = step(s, a)
-            self.transitions += 1
+            transitions += 1
             c = canonical(succ) if symmetry else succ
             f = fingerprint(c) & M64
             if sleep:
@@ -191,9 +185,10 @@ class _Worker:
                 zs = EMPTY
             o = f % _PRIME % n  # owner(f, n), inlined
             if o != wid:
-                rec = self.outbox[o].get(f)
+                box = outbox[o]
+                rec = box.get(f)
                 if rec is None:
-                    self.outbox[o][f] = [c, zs, i, k, [i] if ask else None]
+                    box[f] = [c, zs, i, k, [i] if ask else None]
                 else:
                     if rec[1]:
                         rec[1] = rec[1] & zs
@@ -202,14 +197,26 @@ class _Worker:
                             rec[4] = [i]
                         else:
                             rec[4].append(i)
-            elif self._insert(f, c, zs, wid, i, k):
-                if len(self.visited) >= share > 0:
+            elif add(f):
+                next_index[f] = len(next_frontier)
+                next_frontier.append(c)
+                next_sleeps.append(zs)
+                par_w(wid)
+                par_i(i)
+                act(k)
+                if share and len(visited) >= share:
+                    self.transitions += transitions
                     return False
             else:
+                j = next_index.get(f)
+                if j is None:
+                    if ask:
+                        self.full.add(i)  # proviso: an edge back to a level <= this one
+                elif next_sleeps[j]:
+                    next_sleeps[j] = next_sleeps[j] & zs
                 if symmetry and fingerprint(succ) & M64 != f:
                     self.sym_merged += 1
-                if ask and f not in self.next_index:
-                    self.full.add(i)  # proviso: an edge back to a level <= this one
+        self.transitions += transitions
         return True
 
     def _ship(self, phase: str) -> None:
@@ -218,12 +225,19 @@ class _Worker:
         for o in range(self.n):
             if o == self.wid:
                 continue
-            batch = [
-                (f, encode(c), tuple(sorted(zs)), i, k, asks is not None)
-                for f, (c, zs, i, k, asks) in self.outbox[o].items()
-            ]
-            for start in range(0, len(batch), _BATCH):
-                self.inboxes[o].put((self.wid, phase, batch[start : start + _BATCH]))
+            box = self.outbox[o]
+            if box:
+                # Columns pickle much faster than one tuple per state.
+                recs = list(box.values())
+                batch = (
+                    array("Q", box.keys()),
+                    [encode(r[0]) for r in recs],
+                    [tuple(sorted(r[1])) if r[1] else () for r in recs],
+                    array("I", [r[2] for r in recs]),
+                    array("H", [r[3] for r in recs]),
+                    bytes(r[4] is not None for r in recs),
+                )
+                self.inboxes[o].put((self.wid, phase, batch))
             self.inboxes[o].put((self.wid, phase, None))
 
     def _gather(self, phase: str) -> dict[int, list[Any]]:
@@ -253,8 +267,10 @@ class _Worker:
         old: dict[int, list[int]] = {}
         for sender, batches in sorted(self._gather(phase).items()):
             olds: list[int] = []
-            for batch in batches:
-                for f, data, names, pi, k, asked in batch:
+            for fps, datas, sleeps, parents, acts, asks in batches:
+                for f, data, names, pi, k, asked in zip(
+                    fps, datas, sleeps, parents, acts, asks, strict=True
+                ):
                     zs = frozenset(names) if names else EMPTY
                     if self.visited.add(f):
                         self.next_index[f] = len(self.next_frontier)
