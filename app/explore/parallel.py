@@ -451,6 +451,10 @@ def check_parallel(
     ctx: Any = mp.get_context(
         "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     )
+    if ctx.get_start_method() == "forkserver":
+        # Workers fork from a server that already imported the checker and the model's module
+        # (takes effect when the server starts, i.e. on the first parallel search).
+        ctx.set_forkserver_preload([__name__, getattr(factory.build, "__module__", __name__)])
     inboxes = [ctx.Queue() for _ in range(n)]
     stop = ctx.Event()
     counters = ctx.RawArray("q", 2 * n)
