@@ -5,7 +5,7 @@ programs of atomic operations; the state is a tuple (program counters, locals, s
 so it is its own stable fingerprint source. They also show how a model declares footprints,
 `actor_footprints` (for persistent sets) and `observed` (the resources `always` properties read).
 
-- `program_model(...)`: any program, from a list of op lists (the hypothesis tests generate them).
+- `ProgramModel(...)`: any program, from a list of op lists (the hypothesis tests generate them).
 - `counters(n, k)`: n independent processes counting to k: (k+1)**n states, no bug.
 - `lost_update(n)`: n processes doing `tmp = x; x = tmp + 1`; finally x == n fails (shortest
   counterexample 2n steps: every process reads before any writes... at least two do).
@@ -182,17 +182,6 @@ class ProgramModel:
 
     def observed(self) -> frozenset[str] | None:
         return self.always.reads if self.always is not None else frozenset()
-
-
-def program_model(
-    programs: list[list[Op]],
-    variables: dict[str, int],
-    always: Pred | None = None,
-    finally_: Pred | None = None,
-    symmetric: bool = False,
-    declare_futures: bool = True,
-) -> ProgramModel:
-    return ProgramModel(programs, variables, always, finally_, symmetric, declare_futures)
 
 
 def counters(n: int = 3, k: int = 4) -> ProgramModel:

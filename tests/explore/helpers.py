@@ -45,3 +45,20 @@ def assert_counterexample_replays(model: Model[Any], result: CheckResult) -> Non
 
 def run(model: Model[Any], opts: CheckOptions) -> CheckResult:
     return check(model, opts)
+
+
+def canonical_terminals(model: ProgramModel) -> frozenset[int]:
+    """Fingerprints of the canonical forms of every reachable terminal state (plain DFS)."""
+    seen: set[Any] = set()
+    todo = [model.initial()]
+    out = set()
+    while todo:
+        s = todo.pop()
+        if s in seen:
+            continue
+        seen.add(s)
+        acts = model.actions(s)
+        if not acts:
+            out.add(model.fingerprint(model.canonical(s)) & (2**64 - 1))
+        todo.extend(model.step(s, a) for a in acts)
+    return frozenset(out)

@@ -17,7 +17,12 @@ from app.explore import toys
 from app.explore.brute import enumerate_all
 from app.explore.checker import CheckOptions, Progress, check
 from app.explore.model_api import Action
-from tests.explore.helpers import CONFIGS, PLAIN, assert_counterexample_replays
+from tests.explore.helpers import (
+    CONFIGS,
+    PLAIN,
+    assert_counterexample_replays,
+    canonical_terminals,
+)
 
 
 def test_independent_counters_have_k_plus_one_to_the_n_states() -> None:
@@ -72,24 +77,9 @@ def test_symmetry_reaches_the_canonical_terminal_states() -> None:
     plain = check(model, PLAIN)
     sym = check(model, CheckOptions(symmetry=True, collect_terminals=True))
     assert plain.terminal_fingerprints is not None
-    canon = {model.fingerprint(model.canonical(s)) & (2**64 - 1) for s in _terminal_states(model)}
-    assert sym.terminal_fingerprints == frozenset(canon)
+    assert sym.terminal_fingerprints == canonical_terminals(model)
     assert sym.stats.states < plain.stats.states
     assert sym.stats.symmetry_merged_transitions > 0
-
-
-def _terminal_states(model: toys.ProgramModel) -> list[Any]:
-    seen, todo, out = set(), [model.initial()], []
-    while todo:
-        s = todo.pop()
-        if s in seen:
-            continue
-        seen.add(s)
-        acts = model.actions(s)
-        if not acts:
-            out.append(s)
-        todo.extend(model.step(s, a) for a in acts)
-    return out
 
 
 def test_the_cycle_proviso_stops_persistent_sets_from_ignoring_a_visible_step() -> None:

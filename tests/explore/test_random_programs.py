@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 from app.explore.brute import enumerate_all
 from app.explore.checker import TIMING_FIELDS, CheckOptions, check
 from app.explore.toys import Op, Pred, ProgramModel
-from tests.explore.helpers import CONFIGS, PLAIN, assert_counterexample_replays, without_properties
+from tests.explore.helpers import (
+    CONFIGS,
+    PLAIN,
+    assert_counterexample_replays,
+    canonical_terminals,
+    without_properties,
+)
 
 VARS = ("x", "y", "z")
 
@@ -160,22 +166,6 @@ def symmetric_models(draw: st.DrawFn) -> ProgramModel:
     )
 
 
-def _canonical_terminals(model: ProgramModel) -> frozenset[int]:
-    seen: set[Any] = set()
-    todo = [model.initial()]
-    out = set()
-    while todo:
-        s = todo.pop()
-        if s in seen:
-            continue
-        seen.add(s)
-        acts = model.actions(s)
-        if not acts:
-            out.add(model.fingerprint(model.canonical(s)) & (2**64 - 1))
-        todo.extend(model.step(s, a) for a in acts)
-    return frozenset(out)
-
-
 @SETTINGS
 @given(symmetric_models())
 def test_symmetry_keeps_verdict_and_canonical_terminal_states(model: ProgramModel) -> None:
@@ -190,5 +180,5 @@ def test_symmetry_keeps_verdict_and_canonical_terminal_states(model: ProgramMode
                 assert len(r.counterexample) == len(plain.counterexample)
         clean = without_properties(model)
         rc = check(clean, opts)
-        assert rc.terminal_fingerprints == _canonical_terminals(clean)
+        assert rc.terminal_fingerprints == canonical_terminals(clean)
         assert rc.stats.states <= check(clean, PLAIN).stats.states
