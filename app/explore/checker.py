@@ -109,7 +109,13 @@ _CHECK_PERIOD = 0.02  # seconds between budget/cancel/progress checks
 
 @dataclass(frozen=True, slots=True)
 class CheckOptions:
-    """Budgets (None = unlimited) and reductions. Picklable (sent to worker processes)."""
+    """Budgets (None = unlimited) and reductions. Picklable (sent to worker processes).
+
+    max_states: distinct states stored; max_depth: states at this depth are still checked but
+    not expanded; max_seconds: wall time; max_memory_mib: resident memory (shared out among
+    workers). Reductions: see the module docstring; `collect_terminals` returns every terminal
+    state's fingerprint (for tests; costs a Python set).
+    """
 
     max_states: int | None = None
     max_depth: int | None = None

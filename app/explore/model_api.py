@@ -27,7 +27,9 @@ class Action:
     """One atomic step that is enabled in a state.
 
     `name` is stable and human-readable ("vcpu0 take", "device line 5=1"): counterexamples and
-    traces print it, and the search order is the order `Model.actions` returns. `actor` names the
+    traces print it, and the search order is the order `Model.actions` returns. Names are unique
+    among a state's enabled actions, and sleep sets recognise an action across states by its
+    name: an action that stays enabled after an independent step keeps its name. `actor` names the
     sequential process the step belongs to: two steps of one actor are never independent.
     `reads`/`writes` are abstract resource names ("ioapic.pin5", "vcpu1.lapic", "routes").
     `data` is the model's own payload (what `Model.step` needs); the checker never reads it.
