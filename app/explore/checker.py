@@ -6,7 +6,8 @@ Entry point::
         -> CheckResult
 
 `model_or_factory` is a `Model` or a `ModelFactory` (required for `workers > 1`: each worker
-process builds its own model). `progress(Progress)` is called at most every
+process builds its own model; in a daemonic process, which may not start others, the search
+runs in-process instead). `progress(Progress)` is called at most every
 `options.progress_interval` seconds (and once at the end). `cancel` is a `threading.Event`, a
 `multiprocessing` event or any zero-argument callable returning True to stop; it is polled every
 20 ms and the run ends `bounded` with `bound="cancelled"`.
@@ -79,6 +80,8 @@ Workers (`workers > 1`): see `app.explore.parallel`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import multiprocessing
 import os
 import resource
 import time
@@ -190,6 +193,10 @@ def check(
 ) -> CheckResult:
     """Search `model_or_factory`'s state space; see the module docstring."""
     opts = options or CheckOptions()
+    if opts.workers > 1 and multiprocessing.current_process().daemon:
+        # A daemonic process (e.g. a job runner's worker) may not start processes: search here;
+        # the answer is the same by construction, and stats.workers says 1.
+        opts = dataclasses.replace(opts, workers=1)
     if opts.workers > 1:
         if not isinstance(model_or_factory, ModelFactory):
             raise TypeError("workers > 1 needs a ModelFactory (each worker builds its model)")

@@ -3,7 +3,9 @@ as one process (the worker processes rebuild the model from a ModelFactory)."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import threading
+from typing import Any
 
 import pytest
 
@@ -109,3 +111,19 @@ def test_the_cycle_proviso_across_workers_gives_the_single_process_reduction() -
             assert getattr(two.stats, field) == getattr(one.stats, field), (seed, field)
         fired += one.stats.proviso_expansions
     assert fired > 0
+
+
+def _in_daemon(queue: Any) -> None:
+    r = check(ModelFactory(toys.lost_update, (3,)), CheckOptions(workers=2))
+    queue.put((r.verdict, r.stats.workers, r.stats.states))
+
+
+def test_a_daemonic_process_searches_in_process() -> None:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_in_daemon, args=(queue,), daemon=True)
+    proc.start()
+    got = queue.get(timeout=120)
+    proc.join(timeout=30)
+    one = check(toys.lost_update(3), CheckOptions())
+    assert got == ("violation", 1, one.stats.states)
