@@ -79,20 +79,17 @@ Workers (`workers > 1`): see `app.explore.parallel`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import multiprocessing
 import os
 import resource
 import time
-from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeAlias, TypeVar
 
-from app.explore.model_api import Action, ActorFootprint, Model, ModelFactory
-from app.explore.reduction import EMPTY, child_sleep, persistent_indices
-from app.explore.visited import M64, FingerprintSet
+from app.explore.model_api import Action, Model, ModelFactory
+from app.explore.visited import M64
 
 S = TypeVar("S")
 Verdict: TypeAlias = Literal["violation", "verified", "bounded"]
@@ -106,8 +103,6 @@ TIMING_FIELDS = (
     "peak_rss_mib",
 )
 """`CheckStats` fields that vary from run to run; every other field is deterministic."""
-
-_CHECK_PERIOD = 0.02  # seconds between budget/cancel/progress checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +201,11 @@ def check(
     model: Model[Any] = (
         model_or_factory() if isinstance(model_or_factory, ModelFactory) else model_or_factory
     )
-    return _Search(model, opts, progress, cancel).run()
+    from app.explore.search import InProcess, coordinate
+
+    t0, cpu0 = time.monotonic(), time.process_time()
+    levels = InProcess(model, opts, progress, cancel_probe(cancel), t0)
+    return coordinate(model, opts, levels, progress, t0, cpu0)
 
 
 def cancel_probe(cancel: Cancel) -> Callable[[], bool]:
@@ -254,253 +253,6 @@ def reductions_named(sleep: bool, persistent: bool, symmetry: bool) -> tuple[str
     if symmetry:
         names.append("symmetry")
     return tuple(names)
-
-
-class _Search:
-    """One single-process breadth-first search."""
-
-    def __init__(
-        self,
-        model: Model[Any],
-        opts: CheckOptions,
-        progress: Callable[[Progress], None] | None,
-        cancel: Cancel,
-    ) -> None:
-        self.model = model
-        self.opts = opts
-        self.progress = progress
-        self.cancelled = cancel_probe(cancel)
-
-    def run(self) -> CheckResult:
-        # One hot loop, kept in one function so locals stay locals (speed).
-        model, opts = self.model, self.opts
-        t0 = time.monotonic()
-        cpu0 = time.process_time()
-        sleep, persistent, proviso, observed = plan(model, opts)
-        symmetry = opts.symmetry
-        fingerprint = model.fingerprint
-        actions_of = model.actions
-        step = model.step
-        violation = model.violation
-        canonical = model.canonical
-        footprints_of: Callable[[Any], dict[str, ActorFootprint] | None] | None = (
-            getattr(model, "actor_footprints", None) if persistent else None
-        )
-        max_states = opts.max_states if opts.max_states is not None else -1
-        max_depth = opts.max_depth if opts.max_depth is not None else -1
-        deadline = t0 + opts.max_seconds if opts.max_seconds is not None else None
-        max_mem = opts.max_memory_mib
-        collect = opts.collect_terminals
-        terminal_fps: set[int] = set()
-
-        init = model.initial()
-        if symmetry:
-            init = canonical(init)
-        visited = FingerprintSet()
-        add = visited.add
-        add(fingerprint(init) & M64)
-        frontier: list[Any] = [init]
-        sleeps: list[frozenset[str]] = [EMPTY]
-        parents: list[array[int]] = [array("I", [0])]
-        acts: list[array[int]] = [array("H", [0])]
-
-        transitions = terminals = 0
-        sleep_skipped = pruned = reduced_states = sym_merged = proviso_full = 0
-        depth = 0
-        complete_depth = -1
-        bound: str | None = None
-        found: tuple[str, int] | None = None  # (property, index in level `depth`)
-        states_at_violation = 0
-        last_progress = t0
-        next_check = t0
-        monotonic = time.monotonic
-
-        while frontier:
-            states_before_expansion = len(visited)
-            next_frontier: list[Any] = []
-            next_sleeps: list[frozenset[str]] = []
-            next_index: dict[int, int] = {}
-            par: array[int] = array("I")
-            act: array[int] = array("H")
-            par_append, act_append = par.append, act.append
-            track = sleep or proviso
-            expand = depth != max_depth
-            for i, s in enumerate(frontier):
-                now = monotonic()
-                if now >= next_check:
-                    next_check = now + _CHECK_PERIOD
-                    if self.cancelled():
-                        bound = "cancelled"
-                    elif deadline is not None and now >= deadline:
-                        bound = "max_seconds"
-                    elif max_mem is not None and rss_mib() > max_mem:
-                        bound = "max_memory"
-                    if bound is not None:
-                        break
-                    if self.progress is not None and now - last_progress >= opts.progress_interval:
-                        last_progress = now
-                        self._report(len(visited), transitions, len(frontier) - i, depth, now - t0)
-                enabled = actions_of(s)
-                bad = violation(s, not enabled)
-                if bad is not None:
-                    found = (bad, i)
-                    states_at_violation = states_before_expansion
-                    break
-                if not enabled:
-                    terminals += 1
-                    if collect:
-                        terminal_fps.add(fingerprint(s) & M64)
-                    continue
-                if not expand:
-                    bound = bound or "max_depth"
-                    continue
-                order: list[int] | None = None
-                if footprints_of is not None:
-                    order = persistent_indices(enabled, footprints_of(s), observed)
-                rest: list[int] | None = None
-                if order is None:
-                    chosen: Any = range(len(enabled))
-                else:
-                    chosen = order
-                    if proviso:
-                        rest = [k for k in range(len(enabled)) if k not in order]
-                z = sleeps[i]
-                sleeping = [a for a in enabled if a.name in z] if z else []
-                done: list[Action] = []
-                while True:
-                    full = False
-                    for k in chosen:
-                        a = enabled[k]
-                        if z and a.name in z:
-                            sleep_skipped += 1
-                            continue
-                        succ = step(s, a)
-                        transitions += 1
-                        if symmetry:
-                            c = canonical(succ)
-                            f = fingerprint(c) & M64
-                        else:
-                            c = succ
-                            f = fingerprint(succ) & M64
-                        if sleep:
-                            zs = child_sleep(sleeping, done, a) if sleeping or done else EMPTY
-                            done.append(a)
-                        else:
-                            zs = EMPTY
-                        if add(f):
-                            if track:
-                                next_index[f] = len(next_frontier)
-                            next_frontier.append(c)
-                            next_sleeps.append(zs)
-                            par_append(i)
-                            act_append(k)
-                            if max_states > 0 and len(visited) >= max_states:
-                                bound = "max_states"
-                                break
-                        elif track:
-                            j = next_index.get(f)
-                            if j is None:
-                                if rest is not None:
-                                    full = True  # proviso: an edge back to depth <= this one
-                            elif next_sleeps[j]:
-                                next_sleeps[j] = next_sleeps[j] & zs
-                            if symmetry and fingerprint(succ) & M64 != f:
-                                sym_merged += 1
-                        elif symmetry and fingerprint(succ) & M64 != f:
-                            sym_merged += 1
-                    if full and rest and bound is None:
-                        chosen, rest = rest, None
-                        proviso_full += 1
-                        continue
-                    break
-                if bound is not None:
-                    break
-                if rest is not None:  # stayed reduced
-                    pruned += len(rest)
-                    reduced_states += 1
-                elif order is not None and not proviso:
-                    pruned += len(enabled) - len(order)
-                    reduced_states += 1
-            if found is not None or (bound is not None and bound != "max_depth"):
-                break
-            if bound is None:
-                complete_depth = depth
-            if not next_frontier:
-                break
-            parents.append(par)
-            acts.append(act)
-            frontier, sleeps = next_frontier, next_sleeps
-            depth += 1
-
-        seconds = time.monotonic() - t0
-        counterexample: tuple[Action, ...] = ()
-        verdict: Verdict
-        prop: str | None = None
-        if found is not None:
-            verdict = "violation"
-            prop = found[0]
-            counterexample = tuple(rebuild(model, parents, acts, depth, found[1], symmetry))
-            n_states = states_at_violation
-            bound = None
-        else:
-            n_states = len(visited)
-            verdict = "bounded" if bound is not None else "verified"
-        trace_bytes = sum(a.buffer_info()[1] * a.itemsize for a in parents + acts)
-        stats = CheckStats(
-            states=n_states,
-            transitions=transitions,
-            max_depth=depth,
-            complete_depth=complete_depth if found is None else depth - 1,
-            terminal_states=terminals,
-            seconds=seconds,
-            states_per_second=n_states / seconds if seconds > 0 else 0.0,
-            cpu_seconds=time.process_time() - cpu0,
-            critical_cpu_seconds=time.process_time() - cpu0,
-            peak_rss_mib=peak_rss_mib(),
-            visited_bytes=visited.nbytes + trace_bytes,
-            sleep_skipped_transitions=sleep_skipped,
-            persistent_pruned_transitions=pruned,
-            persistent_reduced_states=reduced_states,
-            proviso_expansions=proviso_full,
-            symmetry_merged_transitions=sym_merged,
-        )
-        if self.progress is not None:
-            self._report(n_states, transitions, 0, depth, seconds)
-        return CheckResult(
-            verdict=verdict,
-            property=prop,
-            counterexample=counterexample,
-            bound=bound,
-            stats=stats,
-            reductions=reductions_named(sleep, persistent, symmetry),
-            terminal_fingerprints=frozenset(terminal_fps) if collect else None,
-        )
-
-    def _report(
-        self, states: int, transitions: int, frontier: int, depth: int, secs: float
-    ) -> None:
-        assert self.progress is not None
-        rate = states / secs if secs > 0 else 0.0
-        with contextlib.suppress(Exception):  # a broken display must not kill the search
-            self.progress(Progress(states, transitions, frontier, depth, rate, secs))
-
-
-def rebuild(
-    model: Model[Any],
-    parents: list[array[int]],
-    acts: list[array[int]],
-    depth: int,
-    index: int,
-    symmetry: bool,
-) -> list[Action]:
-    """The actions from the initial state to state `index` of level `depth`."""
-    path: list[int] = []
-    i = index
-    for level in range(depth, 0, -1):
-        path.append(acts[level][i])
-        i = parents[level][i]
-    path.reverse()
-    return replay_indices(model, path, symmetry)
 
 
 def replay_indices(model: Model[Any], path: list[int], symmetry: bool) -> list[Action]:
