@@ -74,7 +74,8 @@ return the permutation). Persistent sets are computed on the representative and 
 the quotient. Counterexamples are replayed on concrete states by matching, at each step, the
 canonical fingerprint of the successor the search took.
 
-Workers (`workers > 1`): see `app.explore.parallel`.
+The search itself is in `app.explore.search` (one engine: a process alone is a partition that
+owns every state); workers (`workers > 1`) are in `app.explore.parallel`.
 """
 
 from __future__ import annotations
