@@ -17,7 +17,7 @@ from app.explore import toys
 from app.explore.brute import enumerate_all
 from app.explore.checker import CheckOptions, Progress, check
 from app.explore.model_api import Action
-from tests.explore.helpers import (
+from tests.explore.checker_helpers import (
     CONFIGS,
     PLAIN,
     assert_counterexample_replays,

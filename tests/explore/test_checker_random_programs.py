@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from app.explore.brute import enumerate_all
 from app.explore.checker import TIMING_FIELDS, CheckOptions, check
 from app.explore.toys import Op, Pred, ProgramModel
-from tests.explore.helpers import (
+from tests.explore.checker_helpers import (
     CONFIGS,
     PLAIN,
     assert_counterexample_replays,

@@ -13,7 +13,7 @@ from app.explore import toys
 from app.explore.checker import CheckOptions, check
 from app.explore.model_api import ModelFactory
 from app.explore.parallel import WorkerError
-from tests.explore.helpers import assert_counterexample_replays
+from tests.explore.checker_helpers import assert_counterexample_replays
 
 FACTORIES = [
     ModelFactory(toys.lost_update, (3, True)),
