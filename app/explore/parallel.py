@@ -1,16 +1,17 @@
 """`workers > 1`: the same breadth-first search in N processes that own hash partitions.
 
-Each worker process builds its own model from the `ModelFactory` and owns the states whose
-fingerprint falls in its partition (`owner`): their slice of the visited set, of the frontier,
-and of the per-level parent arrays. The search is level-synchronous: the coordinator tells every
-worker to expand its part of level d; a successor the worker owns is deduplicated locally, one
-owned by another worker is shipped to it (fingerprint, `Model.encode` bytes, sleep set, parent
-index, action index) through that worker's inbox queue, once per level and state: the sender
-first deduplicates what it sends (intersecting the sleep sets of the arrivals it merges). When
-a worker has expanded its slice it sends every peer an end marker, then takes in what the peers
-sent it, in the
-order of the peers' ids (so the result does not depend on timing), and reports the level to the
-coordinator. Only states that cross partitions travel; the visited set is never shared.
+Each worker process builds its own model from the `ModelFactory` and runs one
+`search.Partition`: it owns the states whose fingerprint falls in its partition
+(`search.owner`), i.e. their slice of the visited set, of the frontier and of the per-level
+parent arrays. The search is level-synchronous: `search.coordinate`, here in the parent process,
+has every worker expand its part of level d; a successor the worker owns is deduplicated
+locally, one owned by another worker is shipped to it (fingerprint, `Model.encode` bytes, sleep
+set, parent index, action index) through that worker's inbox queue, once per level and state:
+the sender first deduplicates what it sends (intersecting the sleep sets of the arrivals it
+merges). When a worker has expanded its slice it sends every peer an end marker, then takes in
+what the peers sent it, in the order of the peers' ids (so the result does not depend on
+timing), and reports the level to the coordinator. Only states that cross partitions travel;
+the visited set is never shared. This module holds the processes, pipes and queues.
 
 Why the answer is the one a single process gives: every state is still found at the level equal
 to its distance (levels are barriers), all arrivals at a state within a level reach its owner
