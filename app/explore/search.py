@@ -251,6 +251,14 @@ class Partition:
         """Insert what the peers sent, in peer order; for the proviso, the fingerprints each
         peer asked about that were already visited at an earlier level."""
         decode = self.model.decode
+        add, next_index, next_frontier, next_sleeps = (
+            self.visited.add,
+            self.next_index,
+            self.next_frontier,
+            self.next_sleeps,
+        )
+        par_w, par_i, act = self.par_w_next.append, self.par_i_next.append, self.act_next.append
+        track_index = self.sleep or self.proviso
         old: dict[int, list[int]] = {}
         for sender, batches in sorted(self._gather(phase).items()):
             olds: list[int] = []
@@ -259,20 +267,21 @@ class Partition:
                     fps, datas, sleeps, parents, acts, asks, strict=True
                 ):
                     zs = frozenset(names) if names else EMPTY
-                    if self.visited.add(f):
-                        self.next_index[f] = len(self.next_frontier)
-                        self.next_frontier.append(decode(data))
-                        self.next_sleeps.append(zs)
-                        self.par_w_next.append(sender)
-                        self.par_i_next.append(pi)
-                        self.act_next.append(k)
-                        continue
-                    j = self.next_index.get(f)
-                    if j is None:
-                        if asked:
-                            olds.append(f)
-                    elif self.next_sleeps[j]:
-                        self.next_sleeps[j] = self.next_sleeps[j] & zs
+                    if add(f):
+                        if track_index:
+                            next_index[f] = len(next_frontier)
+                        next_frontier.append(decode(data))
+                        next_sleeps.append(zs)
+                        par_w(sender)
+                        par_i(pi)
+                        act(k)
+                    elif track_index:
+                        j = next_index.get(f)
+                        if j is None:
+                            if asked:
+                                olds.append(f)
+                        elif next_sleeps[j]:
+                            next_sleeps[j] = next_sleeps[j] & zs
             old[sender] = olds
         return old
 
