@@ -27,7 +27,9 @@ class Action:
     """One atomic step that is enabled in a state.
 
     `name` is stable and human-readable ("vcpu0 take", "device line 5=1"): counterexamples and
-    traces print it, and the search order is the order `Model.actions` returns. `actor` names the
+    traces print it, and the search order is the order `Model.actions` returns. Names are unique
+    among a state's enabled actions, and sleep sets recognise an action across states by its
+    name: an action that stays enabled after an independent step keeps its name. `actor` names the
     sequential process the step belongs to: two steps of one actor are never independent.
     `reads`/`writes` are abstract resource names ("ioapic.pin5", "vcpu1.lapic", "routes").
     `data` is the model's own payload (what `Model.step` needs); the checker never reads it.
@@ -82,8 +84,7 @@ class Model(Protocol[S]):
         """Bytes `decode` turns back into an equal state (for worker processes)."""
         ...
 
-    def decode(self, data: bytes) -> S:
-        ...
+    def decode(self, data: bytes) -> S: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +98,44 @@ class ModelFactory(Generic[S]):
     def __call__(self) -> Model[S]:
         model: Model[S] = self.build(*self.args)
         return model
+
+
+# Optional methods a model may add (the checker looks them up with getattr; a model without them
+# is checked with sleep sets and symmetry only). They let the checker compute persistent sets.
+
+Footprint = tuple[frozenset[str], frozenset[str]]
+"""(reads, writes) over resource names, as on `Action`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActorFootprint:
+    """What one actor may touch, seen from a state (over-approximations are always safe).
+
+    `next`: the union of the footprints of EVERY step the actor could take from its current
+    position, enabled or not, including every resource deciding whether such a step is enabled
+    (for a program: its current instruction; for a vCPU: enter, take each vector, ...).
+    `ever`: the union over every step it could take from here on, after any steps of any actors
+    (a superset of `next`).
+    """
+
+    next: Footprint
+    ever: Footprint
+
+
+S_contra = TypeVar("S_contra", contravariant=True)
+
+
+class HasActorFootprints(Protocol[S_contra]):
+    def actor_footprints(self, state: S_contra) -> dict[str, ActorFootprint] | None:
+        """One entry for EVERY actor that may still take a step from `state`, now or later
+        (include actors with nothing enabled yet, e.g. a handler that runs only once an interrupt
+        is taken). None means "unknown here" (no persistent set at this state)."""
+        ...
+
+
+class HasObserved(Protocol):
+    def observed(self) -> frozenset[str] | None:
+        """The resources the `always` properties read (a step writing one is "visible").
+        frozenset() when the model has only `finally` (terminal-state) properties; None when
+        unknown (every step is visible, so persistent sets cannot reduce)."""
+        ...
