@@ -31,18 +31,24 @@ __all__ = ["connect", "kvm_nodes", "run_on_ray"]
 _ray: Any = ray
 
 
-@ray.remote(max_retries=TASK_RETRIES)
-def _chunk(seed: int, indices: list[int], profiles: list[str], irqchips: list[str],
-           kvm_profile: str | None, kvm_side: str) -> list[SequenceOutcome]:
+def _run_chunk(seed: int, indices: list[int], profiles: list[str], irqchips: list[str],
+               kvm_profile: str | None, kvm_side: str) -> list[SequenceOutcome]:
     return run_chunk(seed, indices, profiles, irqchips, kvm_profile, kvm_side)
 
 
-@ray.remote(num_cpus=0.1)
-def _probe() -> dict[str, Any]:
+# Ray's decorators applied as calls through the untyped alias: mypy --strict holds whether or
+# not the extra is installed.
+_chunk = _ray.remote(max_retries=TASK_RETRIES)(_run_chunk)
+
+
+def _probe_node() -> dict[str, Any]:
     from app.campaign.driver import local_kvm
 
     found = local_kvm()
     return {"node": os.uname().nodename, "kvm": found}
+
+
+_probe = _ray.remote(num_cpus=0.1)(_probe_node)
 
 
 def kvm_nodes() -> list[dict[str, Any]]:

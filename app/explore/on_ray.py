@@ -91,7 +91,9 @@ class _Partition:
         among them as (fingerprint, property)) in a deterministic order."""
         fresh: list[bytes] = []
         violation: tuple[int, str] | None = None
-        for fp, parent, name, enc in sorted(self.inbox, key=lambda it: it[0]):
+        # Sorted by (state, parent, action): which parent a state keeps, and so the
+        # counterexample, does not depend on the order the sends arrived in.
+        for fp, parent, name, enc in sorted(self.inbox, key=lambda it: it[:3]):
             if fp in self.parents:
                 continue
             self.parents[fp] = (parent, name)
@@ -105,8 +107,8 @@ class _Partition:
         return len(fresh), violation
 
     def expand(self) -> tuple[int, tuple[int, str] | None]:
-        """Expand the frontier, send successors to their owners; (transitions, first terminal
-        violation as (fingerprint, property))."""
+        """Expand the frontier, send successors to their owners; (transitions, the terminal
+        violation with the lowest fingerprint as (fingerprint, property))."""
         m = self.model
         out: list[list[Item]] = [[] for _ in range(self.parts)]
         sent: list[Any] = []
@@ -116,7 +118,8 @@ class _Partition:
             s = m.decode(enc)
             fp = m.fingerprint(s)
             acts = m.actions(s)
-            if not acts and violation is None:
+            if not acts and (violation is None or fp < violation[0]):
+                # The lowest fingerprint, whatever the partitioning: deterministic.
                 prop = m.violation(s, True)
                 if prop is not None:
                     violation = (fp, prop)
