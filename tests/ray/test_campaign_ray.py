@@ -45,7 +45,7 @@ def test_ray_kvm_nodes(ray_cluster: Any) -> None:
 
 
 def _chunk_workers() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ray::_chunk"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", "ray::_run_chunk"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 
