@@ -85,7 +85,8 @@ LABEL org.opencontainers.image.title="irqlab" \
 
 RUN groupadd --gid 10001 irqlab \
     && useradd --uid 10001 --gid irqlab --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin irqlab
+       --shell /usr/sbin/nologin irqlab \
+    && install -d -o irqlab -g irqlab -m 0700 /var/lib/irqlab
 
 # Root-owned and read-only for the service user.
 COPY --from=builder /opt/venv /opt/venv
@@ -96,7 +97,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     IRQLAB_HOST=127.0.0.1 \
-    IRQLAB_PORT=8000
+    IRQLAB_PORT=8000 \
+    IRQLAB_STATE_DIR=/var/lib/irqlab
+
+# VMs survive a restart of the container (README "Durability"): mount a volume here.
+VOLUME ["/var/lib/irqlab"]
 
 USER 10001:10001
 WORKDIR /

@@ -628,13 +628,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    settings = get_settings()
     if args.cmd == "serve":
-        import uvicorn
-
         from app.engine import ENGINE_BUILD
+        from app.serve import serve
 
         print(f"irqlab: engine {ENGINE_BUILD}", file=sys.stderr, flush=True)
-        uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.log_level)
+        serve(args.host, args.port, args.log_level, settings.shutdown_timeout)
         return EXIT_OK
     if args.cmd == "diff":
         return _diff(args)

@@ -12,8 +12,10 @@ from starlette.routing import BaseRoute
 
 from app import __version__
 from app.api import bodies, kvm_ops, ops, problems, scenario_models
+from app.api.durable import StateStore
 from app.api.middleware import BodyLimitMiddleware
 from app.api.registry import Registry
+from app.api.replay import restore_all
 from app.routers import ALL
 from app.settings import Settings, get_settings
 
@@ -65,12 +67,16 @@ def _route_rank(route: BaseRoute) -> int:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Startup: the KVM watchdog's signal handler (only the main thread, where uvicorn runs
-    the event loop, may install it). Shutdown: close every VM, releasing the kvm ones' fds."""
+    the event loop, may install it); durable VMs restored from IRQLAB_STATE_DIR. Shutdown:
+    close every VM, releasing the kvm ones' fds and syncing the durable ones' journals."""
     kvm_ops.install_kick_handler()
+    registry: Registry = app.state.registry
+    if registry.store is not None:
+        await restore_all(app, registry, registry.store)
+        registry.store.start()
     try:
         yield
     finally:
-        registry: Registry = app.state.registry
         await registry.close_all()
 
 
@@ -81,9 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   openapi_tags=TAGS, lifespan=lifespan)
     app.state.settings = settings
     ops.VALIDATE_RESPONSES = settings.validate_responses
+    store = None if settings.state_dir is None else StateStore(
+        settings.state_dir, settings.state_fsync, settings.state_fsync_interval_ms,
+        settings.state_snapshot_every)
     app.state.registry = Registry(settings.max_vms, settings.max_vcpus,
                                   settings.max_events_per_vm, settings.max_kvm_vms,
-                                  settings.max_kvm_vcpus)
+                                  settings.max_kvm_vcpus, settings.tenant_max_vms, store)
     problems.install(app)
     for router in ALL:
         # The routers' prefixes, tags and responses were applied when their routes were
