@@ -5,6 +5,7 @@
     irqlab library [--server URL | --local] [--json]
     irqlab library run NAME... [--profile P] [--irqchip M] [--server URL | --local] [--json]
     irqlab diff FILE... [--profile P] [--server URL | --local] [--json]
+    irqlab token add TENANT [--file PATH]
 
 `run` and `library` talk to an irqlab server (POST /v1/scenarios/run, GET /v1/scenarios, POST
 /v1/scenarios/{name}/run) or, with --local, run the engine in this process. Results are printed
@@ -618,12 +619,61 @@ def _parser() -> argparse.ArgumentParser:
         "run", parents=[common], help="run built-in scenarios", epilog=epilog,
         description="Run built-in scenarios. --profile / --irqchip replace vm.profile / "
                     "vm.irqchip in every variant (names and expectations are kept).")
+    token = sub.add_parser(
+        "token", help="manage bearer tokens (IRQLAB_TOKENS)",
+        description="Bearer tokens for the service's tenants (README \"Tenants and tokens\").")
+    token_sub = token.add_subparsers(dest="token_cmd", required=True)
+    token_add = token_sub.add_parser(
+        "add", help="make a token for TENANT and print it (once)",
+        description="Generate a token for TENANT, append its SHA-256 and the tenant to the "
+                    "token file (created with mode 0600) and print the token on standard "
+                    "output. Only the hash is stored: keep the token. The service reads the "
+                    "file at start-up.")
+    token_add.add_argument("tenant", metavar="TENANT")
+    token_add.add_argument("--file", type=Path, default=settings.tokens,
+                           help=f"token file (IRQLAB_TOKENS, now {settings.tokens})")
     library_run.add_argument("names", nargs="+", metavar="NAME")
     library_run.add_argument("--profile", choices=list(F.PRESETS),
                              help="run every variant on this behaviour preset")
     library_run.add_argument("--irqchip", choices=["kernel", "split"],
                              help="run every variant with this irqchip mode")
     return parser
+
+
+def _access_line(settings: Any, host: str) -> str:
+    """The start line's access part: open (no tokens) or the tenants, and the state dir."""
+    from app.api.tenants import TokenTable
+
+    if settings.tokens is None:
+        where = "anyone who can reach it" if host not in ("127.0.0.1", "::1", "localhost") \
+            else "local users (127.0.0.1)"
+        access = f"no tokens (IRQLAB_TOKENS unset): the API is open to {where}"
+    else:
+        table = TokenTable.load(settings.tokens)
+        access = (f"bearer tokens required: {len(table.by_hash)} tokens, "
+                  f"{len(table.tenants)} tenants ({settings.tokens})")
+    state = f"state in {settings.state_dir} (fsync {settings.state_fsync})" \
+        if settings.state_dir is not None else "VMs in memory only (IRQLAB_STATE_DIR unset)"
+    return f"{access}; {state}"
+
+
+def _token_add(args: argparse.Namespace) -> int:
+    from app.api.tenants import TokenFileError, add_token
+
+    if args.file is None:
+        print("irqlab token add: no token file: pass --file or set IRQLAB_TOKENS",
+              file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        token = add_token(args.file, args.tenant)
+    except (TokenFileError, OSError) as exc:
+        print(f"irqlab token add: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(token)
+    print(f"irqlab: token for tenant {args.tenant!r} added to {args.file} (only its hash is "
+          "stored: this is the only time it is shown; restart the service to use it)",
+          file=sys.stderr)
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -634,8 +684,11 @@ def main(argv: list[str] | None = None) -> int:
         from app.serve import serve
 
         print(f"irqlab: engine {ENGINE_BUILD}", file=sys.stderr, flush=True)
+        print(f"irqlab: {_access_line(settings, args.host)}", file=sys.stderr, flush=True)
         serve(args.host, args.port, args.log_level, settings.shutdown_timeout)
         return EXIT_OK
+    if args.cmd == "token":
+        return _token_add(args)
     if args.cmd == "diff":
         return _diff(args)
     if args.cmd == "run" or getattr(args, "library_cmd", None) == "run":

@@ -8,14 +8,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 
 from app import __version__
 from app.api import bodies, kvm_ops, ops, problems, scenario_models
+from app.api.access import AccessMiddleware, split_list
 from app.api.durable import StateStore
 from app.api.middleware import BodyLimitMiddleware
 from app.api.registry import Registry
 from app.api.replay import restore_all
+from app.api.tenants import TokenTable
 from app.routers import ALL
 from app.settings import Settings, get_settings
 
@@ -104,12 +107,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # paths can match the same request, so order changes cost, not behaviour.
     app.router.routes.sort(key=_route_rank)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    _finish_openapi(app)
+    # Added last = runs first: CORS (answers preflights), then the access checks.
+    tokens = None if settings.tokens is None else TokenTable.load(settings.tokens)
+    app.state.tokens = tokens
+    origins = split_list(settings.cors_origins)
+    app.add_middleware(AccessMiddleware, tokens=tokens, cors_origins=origins,
+                       allowed_hosts=split_list(settings.allowed_hosts))
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins,
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                           allow_headers=["authorization", "content-type"],
+                           expose_headers=["location"])
+    _finish_openapi(app, tokens is not None)
     return app
 
 
-def _finish_openapi(app: FastAPI) -> None:
-    """Three touches to the generated document: the Problem schema that error responses
+def _finish_openapi(app: FastAPI, tokens_required: bool) -> None:
+    """Four touches to the generated document: the bearer security scheme (/docs can
+    authorize; required on /v1 routes when tokens are configured, optional otherwise), the
+    Problem schema that error responses
     reference under application/problem+json, the scenario document's schemas (the scenario
     routes read their body themselves, JSON or YAML, so FastAPI does not see the model), and
     integral bounds as JSON integers (FastAPI's OpenAPI model types minimum/maximum as float,
@@ -139,11 +155,34 @@ def _finish_openapi(app: FastAPI) -> None:
             for name, schema in scenario_models.openapi_components().items():
                 if schemas.setdefault(name, schema) != schema:
                     raise RuntimeError(f"two different OpenAPI schemas named {name!r}")
+            _security(spec, tokens_required)
             fix(spec)
         assert app.openapi_schema is not None
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _security(spec: dict[str, Any], required: bool) -> None:
+    """The bearer scheme, the /v1 operations' security requirement, their 401, and the 415
+    of every operation with a request body (app.api.access answers both before routing)."""
+    spec["components"]["securitySchemes"] = {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "A token from `irqlab token add TENANT` (IRQLAB_TOKENS). Without "
+                       "IRQLAB_TOKENS no token is needed."}}
+    unauthorized = problems.problem_responses(401)[401]
+    media = problems.problem_responses(415)[415]
+    for path, item in spec["paths"].items():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            if path.startswith("/v1/"):
+                operation["security"] = [{"bearer": []}] if required else \
+                    [{"bearer": []}, {}]
+                if required:
+                    operation["responses"].setdefault("401", unauthorized)
+            if "requestBody" in operation:
+                operation["responses"].setdefault("415", media)
 
 
 _BOUNDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}

@@ -57,7 +57,7 @@ def kvm_app() -> Iterator[Callable[..., FastAPI]]:
     # Teardown runs outside the event loop: close any kvm VM a test left behind directly.
     for app in made:
         for vm_id in app.state.registry.ids("default"):
-            entry = app.state.registry._vms.get(vm_id)
+            entry = app.state.registry._vms.get(("default", vm_id))
             if entry is not None and entry.kvm is not None:
                 entry.kvm.close()
 
