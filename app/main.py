@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -77,10 +78,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if registry.store is not None:
         await restore_all(app, registry, registry.store)
         registry.store.start()
+    idle = app.state.settings.kvm_idle_seconds
+    reaper = asyncio.get_running_loop().create_task(_expire_idle_kvm(registry, idle)) \
+        if idle > 0 else None
     try:
         yield
     finally:
+        if reaper is not None:
+            reaper.cancel()
         await registry.close_all()
+
+
+async def _expire_idle_kvm(registry: Registry, idle_seconds: float) -> None:
+    """IRQLAB_KVM_IDLE_SECONDS: delete kvm-backend VMs no request used for that long
+    (checked a few times per period, so one lives at most ~1.25 periods unused)."""
+    while True:
+        await asyncio.sleep(max(0.05, min(idle_seconds / 4, 30.0)))
+        try:
+            await registry.expire_idle_kvm(idle_seconds)
+        except Exception:  # keep reaping: one VM failing to close must not stop it
+            logging.getLogger("irqlab.api").exception("idle kvm VM expiry failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -152,6 +152,10 @@ class DocumentError(EngineError):
                               ("column", column)) if v is not None}
 
 
+class ClientGone(Exception):
+    """The client of a request that creates a VM disconnected before it was answered."""
+
+
 class UnsupportedMediaType(Exception):
     def __init__(self, media_type: str, accepted: str) -> None:
         super().__init__(media_type)
@@ -277,6 +281,12 @@ async def _on_state_write(request: Request, exc: Exception) -> JSONResponse:
     return problem_response("state-unavailable", str(exc), instance=request.url.path)
 
 
+async def _on_client_gone(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    # Nobody reads it: 499 (client closed request) for the access log.
+    return problem_response("bad-request", str(exc), instance=request.url.path, status=499)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response("internal-error", f"{type(exc).__name__}: an irqlab bug",
@@ -289,6 +299,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(UnsupportedMediaType, _on_media_type)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(StateWriteError, _on_state_write)
+    app.add_exception_handler(ClientGone, _on_client_gone)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

@@ -30,7 +30,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -41,7 +41,7 @@ import anyio.to_thread
 from app.engine.errors import EngineError, ErrorKind, not_found
 from app.engine.vm import Vm, VmConfig
 
-from .problems import LimitError
+from .problems import ClientGone, LimitError
 
 if TYPE_CHECKING:
     from .durable import StateStore, VmJournal
@@ -185,11 +185,17 @@ class Registry:
                 self._kvm_pending -= 1
 
     async def create_kvm(self, tenant: str, vm_id: str | None, vcpus: int,
-                         check: Callable[[], None], build: Callable[[], KvmHandle]) -> VmEntry:
+                         check: Callable[[], None], build: Callable[[], KvmHandle],
+                         client_gone: Callable[[], Awaitable[None]] | None = None
+                         ) -> VmEntry:
         """A kvm-backend VM: the limits (IRQLAB_MAX_VCPUS, IRQLAB_MAX_KVM_VCPUS, IRQLAB_MAX_VMS,
         IRQLAB_MAX_KVM_VMS, a slot reserved while it is built), then `check()` (can this host
         make it), then `build()` in a worker thread; a VM that cannot be published (or whose
-        request was cancelled) is closed."""
+        request was cancelled) is closed.
+
+        Bound to the request: `client_gone` returns when the client disconnects. If that
+        happens while the VM is built, the VM is closed as soon as the build returns (a
+        build cannot be interrupted) and never published: ClientGone is raised."""
         self.check_vcpus(vcpus)
         if vcpus > self.max_kvm_vcpus:
             raise LimitError(f"at most {self.max_kvm_vcpus} vCPUs per kvm-backend VM "
@@ -201,10 +207,24 @@ class Registry:
             self._kvm_pending += 1
         built: list[KvmHandle] = []
         pending = True
+        gone = False
         try:
             check()
-            # Appended in the thread: a request cancelled meanwhile still closes the VM.
-            await anyio.to_thread.run_sync(lambda: built.append(build()))
+            async with anyio.create_task_group() as tg:
+                if client_gone is not None:
+                    async def watch() -> None:
+                        nonlocal gone
+                        await client_gone()
+                        gone = True
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(watch)
+                # Appended in the thread: a request cancelled meanwhile still closes the VM.
+                await anyio.to_thread.run_sync(lambda: built.append(build()))
+                tg.cancel_scope.cancel()  # stop the watcher
+            if gone:
+                raise ClientGone("the client disconnected while its kvm-backend VM was "
+                                 "built; the VM was closed")
             with self._lock:
                 self._kvm_pending -= 1
                 pending = False
@@ -223,6 +243,13 @@ class Registry:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(built[0].close)
             raise
+
+    async def unpublish(self, entry: VmEntry) -> None:
+        """Delete a VM whose creating request could not be answered (its client left)."""
+        with self._lock:
+            if self._vms.get((entry.tenant, entry.id)) is entry:
+                del self._vms[(entry.tenant, entry.id)]
+        await self._retire(entry)
 
     def _new_id(self, tenant: str) -> str:
         """Caller holds self._lock."""

@@ -11,7 +11,7 @@ from app.api import kvm_ops as KO
 from app.api import models as M
 from app.api import ops
 from app.api.deps import RegistryDep, VmPath
-from app.api.problems import problem_responses
+from app.api.problems import ClientGone, problem_responses
 from app.api.request_scope import tenant
 from app.api.run import view
 from app.engine.errors import EngineError, ErrorKind
@@ -45,11 +45,23 @@ async def create_vm(
         max_events = request.app.state.settings.max_events_per_vm
         entry = await registry.create_kvm(who, body.id, body.vcpus,
                                           lambda: KO.check_create(body),
-                                          lambda: KO.build(body, max_events))
+                                          lambda: KO.build(body, max_events),
+                                          client_gone=lambda: client_gone(request))
+        if await request.is_disconnected():  # left just after the build: not kept either
+            await registry.unpublish(entry)
+            raise ClientGone("the client disconnected before its kvm-backend VM was "
+                             "announced; the VM was deleted")
     else:
         entry = await registry.create(who, body.id, ops.vm_config(body))
     return await registry.run(who, entry.id, lambda e: ops.render(
         M.VmSummary, ops.summary(e), 201, {"Location": f"/v1/vms/{e.id}"}))
+
+
+async def client_gone(request: Request) -> None:
+    """Return when the client disconnects (the body was read already: the next message
+    the server has for this request is http.disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get(
