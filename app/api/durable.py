@@ -61,6 +61,10 @@ class VmJournal:
     file: JournalFile
     seq: int  # the last record written (or the snapshot's seq)
     since_snapshot: int = 0
+    synced: int = 0  # every record up to this seq is on stable storage
+    closed: bool = False  # deleted, or the service is stopping: nothing left to fsync
+    # Held by whoever fsyncs or replaces `file` (waiters share one fsync: group commit).
+    sync_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -90,11 +94,6 @@ def _write_atomic(path: Path, data: bytes, sync: bool) -> None:
     os.replace(tmp, path)
     if sync:
         _fsync_dir(path.parent)
-
-
-def _sync_all(journals: list[VmJournal]) -> None:
-    for j in journals:
-        j.file.sync()
 
 
 def _close_all(journals: list[VmJournal]) -> None:
@@ -144,7 +143,8 @@ class StateStore:
                 seq = int(doc["seq"])
                 records = [r for r in read.records if r.seq > seq]
                 last = records[-1].seq if records else seq
-                journal = VmJournal(vm_dir, JournalFile(str(journal_path)), last, len(records))
+                journal = VmJournal(vm_dir, JournalFile(str(journal_path)), last, len(records),
+                                    synced=last)
                 self._open.add(journal)
                 out.append(LoadedVm(tenant_dir.name, vm_dir.name, doc["snapshot"], records,
                                     journal))
@@ -157,12 +157,24 @@ class StateStore:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.fsync_interval)
-            dirty = [j for j in self._open if j.file.dirty]
-            if dirty:
+            for journal in [j for j in self._open if j.file.dirty]:
                 try:
-                    await anyio.to_thread.run_sync(_sync_all, dirty)
-                except OSError:
+                    await self._sync(journal, journal.seq)
+                except StateWriteError:
                     log.exception("state: periodic fsync failed")
+
+    async def wait_durable(self, journal: VmJournal, seq: int) -> None:
+        """Policy `always`: return once every record up to `seq` is fsynced."""
+        if self.fsync == "always" and journal.synced < seq:
+            await self._sync(journal, seq)
+
+    async def _sync(self, journal: VmJournal, seq: int) -> None:
+        async with journal.sync_lock:
+            if journal.synced >= seq or journal.closed:  # another fsync covered it
+                return
+            target = journal.seq  # what is written now; the fsync covers all of it
+            await self._io(journal.file.sync)
+            journal.synced = max(journal.synced, target)
 
     async def close(self) -> None:
         """At shutdown: fsync and close every journal (the VMs stay on disk)."""
@@ -171,6 +183,9 @@ class StateStore:
             self._flusher = None
         journals = list(self._open)
         self._open.clear()
+        for journal in journals:
+            async with journal.sync_lock:  # let a running fsync finish first
+                journal.closed = True
         await anyio.to_thread.run_sync(_close_all, journals)
 
     # ---- one VM's life (each called with the VM's lock held)
@@ -207,17 +222,6 @@ class StateStore:
             raise StateWriteError(f"journal write failed: {exc}") from exc
         journal.since_snapshot += 1
 
-    def needs_commit(self, journal: VmJournal) -> bool:
-        return (self.fsync == "always" and journal.file.dirty) or \
-            journal.since_snapshot >= self.snapshot_every
-
-    async def commit(self, journal: VmJournal, vm: Vm) -> None:
-        """After append, before the response: fsync (policy `always`) and compaction."""
-        if journal.since_snapshot >= self.snapshot_every:
-            await self.checkpoint(journal, vm)
-        elif self.fsync == "always":
-            await self._io(journal.file.sync)
-
     async def checkpoint(self, journal: VmJournal, vm: Vm) -> None:
         """Snapshot the VM at the journal's seq and start an empty journal. The snapshot is
         renamed into place first: until the new journal replaces the old one, the old
@@ -236,8 +240,10 @@ class StateStore:
             old.dirty = False  # its records are in the snapshot now
             old.close()
 
-        await self._io(write)
+        async with journal.sync_lock:  # no fsync of the old file may run meanwhile
+            await self._io(write)
         journal.since_snapshot = 0
+        journal.synced = journal.seq
 
     async def delete(self, journal: VmJournal) -> None:
         """The VM is gone: its snapshot first (what makes it exist at start-up), then the
@@ -252,7 +258,9 @@ class StateStore:
                 _fsync_dir(journal.dir)
             shutil.rmtree(journal.dir, ignore_errors=True)
 
-        await self._io(remove)
+        async with journal.sync_lock:  # let a running fsync finish first
+            journal.closed = True
+            await self._io(remove)
 
     async def _io(self, fn: Callable[[], T]) -> T:
         try:

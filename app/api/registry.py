@@ -297,18 +297,31 @@ class Registry:
                 raise not_found(f"no VM with id {vm_id!r}", "vm")
             entry.last_used = time.monotonic()
             journal = entry.journal
-            if journal is not None and (op is not None or checkpoint):
-                return await self._run_journaled(entry, journal, work, op, checkpoint)
-            if entry.model is not None and len(entry.model.vcpus) <= INLINE_MAX_VCPUS:
-                return work(entry)
-            return await anyio.to_thread.run_sync(work, entry)
+            if journal is None:
+                if entry.model is not None and len(entry.model.vcpus) <= INLINE_MAX_VCPUS:
+                    return work(entry)
+                return await anyio.to_thread.run_sync(work, entry)
+            failure: BaseException | None = None
+            try:
+                result = await self._run_journaled(entry, journal, work, op, checkpoint)
+            except BaseException as exc:  # answered below, once what it saw is durable
+                failure = exc
+            ticket = journal.seq
+        # Group commit: the VM's lock is free again while this response waits for the fsync
+        # (policy `always`) that covers its record, or the last record it observed; one
+        # fsync covers every operation that queued meanwhile.
+        assert self.store is not None
+        await self.store.wait_durable(journal, ticket)
+        if failure is not None:
+            raise failure
+        return result
 
     async def _run_journaled(self, entry: VmEntry, journal: VmJournal,
                              work: Callable[[VmEntry], T], op: OpRecord | None,
                              checkpoint: bool) -> T:
-        """`run` for a durable VM's operation: the record is written once the work ran (it
-        returned or raised: either way replay reproduces it), then committed as the fsync
-        policy says, and only then does the caller get the response."""
+        """`run` for a durable VM, under its lock: the work, then its record written (it
+        returned or raised: either way replay reproduces it) or, for `checkpoint`, a new
+        snapshot; every IRQLAB_STATE_SNAPSHOT_EVERY records the journal is compacted."""
         store = self.store
         assert store is not None
         vm = entry.vm
@@ -322,8 +335,8 @@ class Registry:
                     await store.checkpoint(journal, entry.vm)
                 elif op is not None:
                     store.append(journal, *op)
-                    if store.needs_commit(journal):
-                        await store.commit(journal, entry.vm)
+                    if journal.since_snapshot >= store.snapshot_every:
+                        await store.checkpoint(journal, entry.vm)
 
     async def delete(self, tenant: str, vm_id: str) -> None:
         with self._lock:
