@@ -55,10 +55,11 @@ async def _replay(app: ASGIApp, tenant: str, record: Record) -> int:
     headers = [(b"content-length", str(len(record.body)).encode())]
     if record.content_type:
         headers.append((b"content-type", record.content_type.encode("latin-1")))
+    path, _, query = record.path.partition("?")
     scope: dict[str, Any] = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-        "method": record.method, "scheme": "http", "path": record.path,
-        "raw_path": record.path.encode(), "query_string": b"", "root_path": "",
+        "method": record.method, "scheme": "http", "path": path,
+        "raw_path": path.encode(), "query_string": query.encode("latin-1"), "root_path": "",
         "headers": headers, "client": None, "server": None, REPLAY: True, TENANT: tenant,
     }
     sent = False

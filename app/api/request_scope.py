@@ -31,4 +31,7 @@ def op_record(request: Request) -> OpRecord | None:
     for name, value in scope["headers"]:
         if name == b"content-type":
             ctype = value.decode("latin-1")
-    return (scope["method"], scope["path"], ctype, scope.get(BODY, b""))
+    path: str = scope["path"]
+    if scope.get("query_string"):
+        path += "?" + scope["query_string"].decode("latin-1")
+    return (scope["method"], path, ctype, scope.get(BODY, b""))

@@ -137,3 +137,18 @@ async def test_leftover_of_an_interrupted_create_is_removed(tmp_path: Path) -> N
     async with served(tmp_path) as c:
         assert (await c.get("/v1/vms")).json() == {"vms": []}
     assert not half.exists()
+
+
+async def test_a_journal_that_cannot_be_written_is_503(tmp_path: Path) -> None:
+    """The operation is not acknowledged when its record cannot be written."""
+    import os
+
+    app = make_app(state_dir=tmp_path)
+    async with app.router.lifespan_context(app), client_for(app) as c:
+        assert (await c.post("/v1/vms", json={"id": "a"})).status_code == 201
+        journal_file = app.state.registry._vms[("default", "a")].journal.file
+        os.close(journal_file.fd)  # the next write(2) fails with EBADF
+        journal_file.fd = os.open(os.devnull, os.O_RDONLY)
+        r = await c.post("/v1/vms/a/vcpus/0/ack")
+        assert r.status_code == 503, r.text
+        assert r.json()["type"] == "/problems/state-unavailable"
