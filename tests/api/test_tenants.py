@@ -71,6 +71,8 @@ async def test_tokens_required_on_v1_only(clients: dict[str, httpx.AsyncClient])
     is_problem(await anon.get("/v1/vms", headers=bearer("irqlab_wrong")), 401,
                "unauthorized")
     is_problem(await anon.post("/v1/scenarios/run", json={"steps": []}), 401, "unauthorized")
+    is_problem(await anon.post("/v1/scenarios/diff", json={"steps": []}), 401, "unauthorized")
+    is_problem(await anon.get("/v1/scenarios"), 401, "unauthorized")
     is_problem(await anon.post("/v1/vms/x/ioapic/pins/5/line", json={"level": 1}), 401,
                "unauthorized")  # the hot route too
     for open_path in ("/healthz", "/readyz", "/openapi.json", "/problems/not-found"):
