@@ -8,7 +8,8 @@
     irqlab token add TENANT [--file PATH]
 
 `run` and `library` talk to an irqlab server (POST /v1/scenarios/run, GET /v1/scenarios, POST
-/v1/scenarios/{name}/run) or, with --local, run the engine in this process. Results are printed
+/v1/scenarios/{name}/run; the bearer token in IRQLAB_TOKEN, if set, for a server with
+IRQLAB_TOKENS) or, with --local, run the engine in this process. Results are printed
 as one step table per variant (rich), each failed expectation's checks and the findings; --json
 prints the raw result JSON instead (one document: the result, or a list of results when several
 files or names are given). Exit status: 0 every expectation held, 1 some expectation failed,
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -125,7 +127,11 @@ class Remote:
             parsed = None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
             raise Unreachable(f"--server {url!r} is not an http:// or https:// URL")
-        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600.0, connect=5.0))
+        # A server with tokens (IRQLAB_TOKENS) wants one: the client's is IRQLAB_TOKEN.
+        token = os.environ.get("IRQLAB_TOKEN")
+        headers = {"authorization": f"Bearer {token}"} if token else None
+        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600.0, connect=5.0),
+                                 headers=headers)
 
     def close(self) -> None:
         self.http.close()

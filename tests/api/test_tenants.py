@@ -232,3 +232,17 @@ def test_start_line_says_whether_open(tokens: dict[str, Any], tmp_path: Path) ->
     line = cli._access_line(Settings.model_construct(tokens=tokens["path"], state_dir=None),
                             "127.0.0.1")
     assert "2 tokens, 2 tenants" in line
+
+
+def test_cli_sends_irqlab_token(tokens: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`irqlab library --server` against a real server with tokens: 2 without IRQLAB_TOKEN
+    (the 401 is reported), 0 with it."""
+    from tests.uvicorn_server import irqlab_server
+
+    with irqlab_server(env={"IRQLAB_TOKENS": str(tokens["path"])}) as base:
+        monkeypatch.delenv("IRQLAB_TOKEN", raising=False)
+        assert cli.main(["library", "--server", base, "--json"]) == 2
+        assert "401" in capsys.readouterr().err
+        monkeypatch.setenv("IRQLAB_TOKEN", tokens["a"])
+        assert cli.main(["library", "--server", base, "--json"]) == 0
