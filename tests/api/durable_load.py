@@ -39,7 +39,7 @@ def operations(client: int, count: int) -> list[Op]:
     for i in range(count):
         k = rng.randrange(10)
         pin = rng.choice((3, 5, 9))
-        if i % 150 == 149:
+        if i % 40 == 39:
             ops += [("DELETE", vm, None), create]
         elif k == 0:
             ops.append(("PUT", f"{vm}/ioapic/pins/{pin}", {
@@ -116,6 +116,10 @@ def run_load(base: str, ops_per_client: int, until_acked: int | None,
 
 
 def finish(threads: list[threading.Thread], stop: threading.Event) -> None:
+    """Wait for the clients: once the server is gone, each stops at its next request (a
+    connection error); `stop` is only the backstop if one has not stopped within 30 s."""
+    for t in threads:
+        t.join(timeout=30)
     stop.set()
     for t in threads:
         t.join(timeout=30)
