@@ -136,7 +136,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     IRQLAB_HOST=127.0.0.1 \
-    IRQLAB_PORT=8000
+    IRQLAB_PORT=8000 \
+    IRQLAB_STATE_DIR=/var/lib/irqlab
+
+# VMs survive a restart of the container (README "Durability"): mount a volume here.
+VOLUME ["/var/lib/irqlab"]
 
 USER 10001:10001
 WORKDIR /

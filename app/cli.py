@@ -10,6 +10,7 @@
     irqlab explore FILE|NAME... [--profile P[,P...]|all] [--max-states N] [--json] ...
                                 (app/explore/cli.py)
     irqlab campaign N [--profile P,Q...] [--kvm] [--ray ADDRESS] ... (app/campaign/cli.py)
+    irqlab token add TENANT [--file PATH]
     irqlab --version
 
 `run`, `library run` and `suite` also write CI results: --junit FILE (JUnit XML, one testcase
@@ -17,7 +18,8 @@ per variant) and --report DIR (the JSON results and an index); see app/reporting
 app/suite.py.
 
 `run` and `library` talk to an irqlab server (POST /v1/scenarios/run, GET /v1/scenarios, POST
-/v1/scenarios/{name}/run) or, with --local, run the engine in this process. Results are printed
+/v1/scenarios/{name}/run; the bearer token in IRQLAB_TOKEN, if set, for a server with
+IRQLAB_TOKENS) or, with --local, run the engine in this process. Results are printed
 as one step table per variant (rich), each failed expectation's checks and the findings; --json
 prints the raw result JSON instead (one document: the result, or a list of results when several
 files or names are given). --svg DIR, --trace DIR and --html FILE also write the run's pictures
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -136,7 +139,11 @@ class Remote:
             parsed = None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
             raise Unreachable(f"--server {url!r} is not an http:// or https:// URL")
-        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600.0, connect=5.0))
+        # A server with tokens (IRQLAB_TOKENS) wants one: the client's is IRQLAB_TOKEN.
+        token = os.environ.get("IRQLAB_TOKEN")
+        headers = {"authorization": f"Bearer {token}"} if token else None
+        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600.0, connect=5.0),
+                                 headers=headers)
 
     def close(self) -> None:
         self.http.close()
@@ -713,6 +720,19 @@ def _parser() -> argparse.ArgumentParser:
         "run", parents=[common, outputs, pics], help="run built-in scenarios", epilog=epilog,
         description="Run built-in scenarios. --profile / --irqchip replace vm.profile / "
                     "vm.irqchip in every variant (names and expectations are kept).")
+    token = sub.add_parser(
+        "token", help="manage bearer tokens (IRQLAB_TOKENS)",
+        description="Bearer tokens for the service's tenants (README \"Tenants and tokens\").")
+    token_sub = token.add_subparsers(dest="token_cmd", required=True)
+    token_add = token_sub.add_parser(
+        "add", help="make a token for TENANT and print it (once)",
+        description="Generate a token for TENANT, append its SHA-256 and the tenant to the "
+                    "token file (created with mode 0600) and print the token on standard "
+                    "output. Only the hash is stored: keep the token. The service reads the "
+                    "file at start-up.")
+    token_add.add_argument("tenant", metavar="TENANT")
+    token_add.add_argument("--file", type=Path, default=settings.tokens,
+                           help=f"token file (IRQLAB_TOKENS, now {settings.tokens})")
     library_run.add_argument("names", nargs="+", metavar="NAME")
     library_run.add_argument("--profile", choices=list(F.PRESETS),
                              help="run every variant on this behaviour preset")
@@ -731,16 +751,55 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _access_line(settings: Any, host: str) -> str:
+    """The start line's access part: open (no tokens) or the tenants, and the state dir."""
+    from app.api.tenants import TokenTable
+
+    if settings.tokens is None:
+        where = "anyone who can reach it" if host not in ("127.0.0.1", "::1", "localhost") \
+            else "local users (127.0.0.1)"
+        access = f"no tokens (IRQLAB_TOKENS unset): the API is open to {where}"
+    else:
+        table = TokenTable.load(settings.tokens)
+        access = (f"bearer tokens required: {len(table.by_hash)} tokens, "
+                  f"{len(table.tenants)} tenants ({settings.tokens})")
+    state = f"state in {settings.state_dir} (fsync {settings.state_fsync})" \
+        if settings.state_dir is not None else "VMs in memory only (IRQLAB_STATE_DIR unset)"
+    return f"{access}; {state}"
+
+
+def _token_add(args: argparse.Namespace) -> int:
+    from app.api.tenants import TokenFileError, add_token
+
+    if args.file is None:
+        print("irqlab token add: no token file: pass --file or set IRQLAB_TOKENS",
+              file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        token = add_token(args.file, args.tenant)
+    except (TokenFileError, OSError) as exc:
+        print(f"irqlab token add: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(token)
+    print(f"irqlab: token for tenant {args.tenant!r} added to {args.file} (only its hash is "
+          "stored: this is the only time it is shown; restart the service to use it)",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    settings = get_settings()
     if args.cmd == "serve":
-        import uvicorn
-
         from app.engine import ENGINE_BUILD
+        from app.serve import serve
 
         print(f"irqlab: engine {ENGINE_BUILD}", file=sys.stderr, flush=True)
-        uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.log_level)
+        print(f"irqlab: {_access_line(settings, args.host)}", file=sys.stderr, flush=True)
+        serve(args.host, args.port, args.log_level, settings.shutdown_timeout)
         return EXIT_OK
+    if args.cmd == "token":
+        return _token_add(args)
     if args.cmd == "diff":
         return _diff(args)
     if args.cmd == "suite":

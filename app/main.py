@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 
 from app import __version__
 from app.api import bodies, bounded, kvm_ops, ops, problems, scenario_models
+from app.api.access import AccessMiddleware, split_list
+from app.api.durable import StateStore
 from app.api.live import close_on_exit_signals
 from app.api.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from app.api.middleware import BodyLimitMiddleware
 from app.api.openapi_extras import SERVERS, WALKTHROUGH, assign_operation_ids, order_paths
 from app.api.registry import Registry
+from app.api.replay import restore_all
+from app.api.tenants import TokenTable
 from app.explore.doc_models import openapi_components as exploration_components
 from app.routers import ALL
 from app.settings import Settings, get_settings
@@ -74,10 +80,17 @@ def _route_rank(route: BaseRoute) -> int:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Startup: the KVM watchdog's signal handler (only the main thread, where uvicorn runs
-    the event loop, may install it) and the exit signals' hook that ends open dashboard
-    streams. Shutdown: close every VM, releasing the kvm ones' fds."""
+    the event loop, may install it), the exit signals' hooks (open dashboard streams end,
+    expensive work is killed) and durable VMs restored from IRQLAB_STATE_DIR. Shutdown:
+    close every VM, releasing the kvm ones' fds and syncing the durable ones' journals."""
     kvm_ops.install_kick_handler()
     registry: Registry = app.state.registry
+    if registry.store is not None:
+        await restore_all(app, registry, registry.store)
+        registry.store.start()
+    idle = app.state.settings.kvm_idle_seconds
+    reaper = asyncio.get_running_loop().create_task(_expire_idle_kvm(registry, idle)) \
+        if idle > 0 else None
     restore_signals = close_on_exit_signals(registry.hub)  # open /ui streams end on shutdown
     undo_signals = bounded.kill_work_on_stop_signals(app)
     try:
@@ -86,7 +99,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         undo_signals()
         restore_signals()
         bounded.close_pool(app)  # kill the worker processes of expensive requests at once
+        if reaper is not None:
+            reaper.cancel()
         await registry.close_all()
+
+
+async def _expire_idle_kvm(registry: Registry, idle_seconds: float) -> None:
+    """IRQLAB_KVM_IDLE_SECONDS: delete kvm-backend VMs no request used for that long
+    (checked a few times per period, so one lives at most ~1.25 periods unused)."""
+    while True:
+        await asyncio.sleep(max(0.05, min(idle_seconds / 4, 30.0)))
+        try:
+            await registry.expire_idle_kvm(idle_seconds)
+        except Exception:  # keep reaping: one VM failing to close must not stop it
+            logging.getLogger("irqlab.api").exception("idle kvm VM expiry failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -97,9 +123,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None)  # offline pages: app.web.docs
     app.state.settings = settings
     ops.VALIDATE_RESPONSES = settings.validate_responses
+    store = None if settings.state_dir is None else StateStore(
+        settings.state_dir, settings.state_fsync, settings.state_fsync_interval_ms,
+        settings.state_snapshot_every)
     app.state.registry = Registry(settings.max_vms, settings.max_vcpus,
                                   settings.max_events_per_vm, settings.max_kvm_vms,
-                                  settings.max_kvm_vcpus)
+                                  settings.max_kvm_vcpus, settings.tenant_max_vms, store)
     app.state.metrics = Metrics(app.state.registry)
     problems.install(app)
     docs.install(app)
@@ -117,13 +146,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes.sort(key=_route_rank)
     assign_operation_ids(app.router.routes)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees 413s
-    _finish_openapi(app, declared)
+    # Added last = runs first: metrics (sees every answer, 413s and refusals included),
+    # CORS (answers preflights), then the access checks.
+    tokens = None if settings.tokens is None else TokenTable.load(settings.tokens)
+    app.state.tokens = tokens
+    origins = split_list(settings.cors_origins)
+    app.add_middleware(AccessMiddleware, tokens=tokens, cors_origins=origins,
+                       allowed_hosts=split_list(settings.allowed_hosts))
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins,
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                           allow_headers=["authorization", "content-type"],
+                           expose_headers=["location"])
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    _finish_openapi(app, declared, tokens is not None)
     return app
 
 
-def _finish_openapi(app: FastAPI, declared: list[BaseRoute]) -> None:
-    """Five touches to the generated document: the Problem schema that error responses
+def _finish_openapi(app: FastAPI, declared: list[BaseRoute], tokens_required: bool) -> None:
+    """Six touches to the generated document: the bearer security scheme (/docs can
+    authorize; required on /v1 routes when tokens are configured, optional otherwise), the
+    Problem schema that error responses
     reference under application/problem+json, the scenario document's schemas (the scenario
     routes read their body themselves, JSON or YAML, so FastAPI does not see the model),
     paths in reading order (`declared`: the routers' order, see order_paths), and integral
@@ -161,12 +204,35 @@ def _finish_openapi(app: FastAPI, declared: list[BaseRoute]) -> None:
                 if schemas.setdefault(name, schema) != schema:
                     raise RuntimeError(f"two different OpenAPI schemas named {name!r}")
             problems.add_body_problems(spec)
+            _security(spec, tokens_required)
             fix(spec)
             order_paths(spec, declared, TAGS)
         assert app.openapi_schema is not None
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _security(spec: dict[str, Any], required: bool) -> None:
+    """The bearer scheme, the /v1 operations' security requirement, their 401, and the 415
+    of every operation with a request body (app.api.access answers both before routing)."""
+    spec["components"]["securitySchemes"] = {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "A token from `irqlab token add TENANT` (IRQLAB_TOKENS). Without "
+                       "IRQLAB_TOKENS no token is needed."}}
+    unauthorized = problems.problem_responses(401)[401]
+    media = problems.problem_responses(415)[415]
+    for path, item in spec["paths"].items():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            if path.startswith("/v1/"):
+                operation["security"] = [{"bearer": []}] if required else \
+                    [{"bearer": []}, {}]
+                if required:
+                    operation["responses"].setdefault("401", unauthorized)
+            if "requestBody" in operation:
+                operation["responses"].setdefault("415", media)
 
 
 _BOUNDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -158,6 +159,57 @@ class Settings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         default="info", description="Log level of the service and of uvicorn."
+    )
+    shutdown_timeout: int = Field(
+        default=10, ge=0,
+        description="On SIGTERM/SIGINT: seconds requests in flight get to finish before the "
+                    "server closes their connections (uvicorn's graceful shutdown).",
+    )
+    # ---- durable state (app/api/durable.py)
+    state_dir: Path | None = Field(
+        default=None,
+        description="Directory where VMs are kept durable (a snapshot and a journal of "
+                    "operations per VM) and restored from at start-up; unset: VMs live in "
+                    "memory only.",
+    )
+    state_fsync: Literal["always", "interval", "never"] = Field(
+        default="always",
+        description="When journal writes are fsynced: `always` before each response, "
+                    "`interval` every IRQLAB_STATE_FSYNC_INTERVAL_MS, `never` only at "
+                    "snapshots and shutdown (all three survive a killed process).",
+    )
+    state_fsync_interval_ms: int = Field(
+        default=100, ge=1, description="fsync period of IRQLAB_STATE_FSYNC=interval.")
+    state_snapshot_every: int = Field(
+        default=1000, ge=1,
+        description="Journal records after which a VM's snapshot is rewritten and its journal "
+                    "emptied (bounds replay at start-up).",
+    )
+    # ---- tenants and access (app/api/tenants.py, app/api/access.py)
+    tokens: Path | None = Field(
+        default=None,
+        description="File of bearer tokens (`sha256-hex tenant` per line, see `irqlab token "
+                    "add`); set: every /v1 request needs `Authorization: Bearer <token>` "
+                    "and sees only its tenant's VMs. Unset: no authentication.",
+    )
+    tenant_max_vms: int | None = Field(
+        default=None, ge=1,
+        description="Most VMs one tenant may have at once (unset: only IRQLAB_MAX_VMS).",
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins allowed to call the API from a browser (CORS); "
+                    "empty: none, and requests carrying another site's Origin are refused.",
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated Host header values accepted (e.g. `127.0.0.1:8000,"
+                    "localhost:8000`; `*.example.org` allowed); empty: any.",
+    )
+    kvm_idle_seconds: float = Field(
+        default=900.0, ge=0,
+        description="A kvm-backend VM no request used for this long is deleted (its fds "
+                    "closed, its slot freed); 0 never.",
     )
 
     @field_validator("log_level", mode="before")

@@ -33,9 +33,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(port: int) -> subprocess.Popen[bytes]:
+def start_server(port: int, extra_env: dict[str, str] | None = None
+                 ) -> subprocess.Popen[bytes]:
     irqlab = Path(sys.executable).with_name("irqlab")
-    env = {**os.environ, "IRQLAB_HOST": HOST, "IRQLAB_PORT": str(port)}
+    env = {**os.environ, "IRQLAB_HOST": HOST, "IRQLAB_PORT": str(port), **(extra_env or {})}
     proc = subprocess.Popen([str(irqlab), "serve"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -56,6 +57,19 @@ def setup_vm(base: str) -> None:
     r = httpx.put(f"{base}/v1/vms/bench/ioapic/pins/5",
                   json={"vector": "0x40", "trigger": "edge", "dest": 0})
     r.raise_for_status()
+
+
+LINE_LUA = (
+    # Alternate assert and deassert so that every request changes the line: an assert
+    # delivers vector 0x40 to vCPU0 (edge: latched, delivered, TMR cleared), a deassert
+    # clears the latched irr. Each connection keeps its own parity.
+    'local n = 0\n'
+    'request = function()\n'
+    '  n = n + 1\n'
+    '  local body = (n % 2 == 1) and \'{"action": "assert"}\' '
+    'or \'{"action": "deassert"}\'\n'
+    '  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)\n'
+    'end\n')
 
 
 def wrk(url: str, seconds: int, connections: int, lua: Path | None) -> dict[str, float]:
@@ -92,17 +106,7 @@ def main() -> None:
         engine = httpx.get(f"{base}/readyz").json().get("engine", "?")
         with tempfile.TemporaryDirectory() as tmp:
             lua = Path(tmp) / "line.lua"
-            # Alternate assert and deassert so that every request changes the line: an
-            # assert delivers vector 0x40 to vCPU0 (edge: latched, delivered, TMR cleared),
-            # a deassert clears the latched irr. Each connection keeps its own parity.
-            lua.write_text(
-                'local n = 0\n'
-                'request = function()\n'
-                '  n = n + 1\n'
-                '  local body = (n % 2 == 1) and \'{"action": "assert"}\' '
-                'or \'{"action": "deassert"}\'\n'
-                '  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)\n'
-                'end\n')
+            lua.write_text(LINE_LUA)
             routes = {
                 "no-op GET /healthz": (f"{base}/healthz", None),
                 "POST …/pins/5/line assert/deassert": (

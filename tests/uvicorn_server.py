@@ -28,11 +28,21 @@ def free_port() -> int:
 @contextmanager
 def irqlab_server(log_level: str = "warning", timeout: float = 30.0,
                   env: dict[str, str] | None = None) -> Iterator[str]:
-    """Yield the base URL of a fresh `irqlab serve` (through the CLI and its IRQLAB_* env,
-    plus `env`)."""
-    port = free_port()
-    env = {**os.environ, **(env or {}), "IRQLAB_HOST": "127.0.0.1", "IRQLAB_PORT": str(port),
-           "IRQLAB_LOG_LEVEL": log_level}
+    """Yield the base URL of a fresh `irqlab serve` (through the CLI and its IRQLAB_* env;
+    `env` adds variables)."""
+    with irqlab_process(log_level, timeout, env) as (base, _):
+        yield base
+
+
+@contextmanager
+def irqlab_process(log_level: str = "warning", timeout: float = 30.0,
+                   env: dict[str, str] | None = None, port: int | None = None,
+                   ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """irqlab_server, also yielding the process (to signal it); stdout and stderr go to
+    the process's `stdout` pipe."""
+    port = port or free_port()
+    env = {**os.environ, "IRQLAB_HOST": "127.0.0.1", "IRQLAB_PORT": str(port),
+           "IRQLAB_LOG_LEVEL": log_level, **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -50,7 +60,7 @@ def irqlab_server(log_level: str = "warning", timeout: float = 30.0,
             if time.monotonic() > deadline:
                 pytest.fail(f"irqlab serve did not answer /healthz within {timeout:.0f} s")
             time.sleep(0.05)
-        yield base
+        yield base, proc
     finally:
         proc.terminate()
         try:

@@ -48,6 +48,10 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 break
 
+        # The body as received, for the journal of a durable VM (app.api.durable).
+        scope["irqlab.body"] = b"".join(m.get("body", b"") for m in messages
+                                        if m["type"] == "http.request")
+
         async def replay() -> Message:
             if messages:
                 return messages.pop(0)

@@ -19,6 +19,7 @@ from app.settings import Settings
 from .kvm_ops import KvmHandle
 from .problems import DocumentError
 from .registry import Registry, VmEntry
+from .request_scope import tenant
 
 TraceFormat = Literal["perfetto", "vcd"]
 RunFormat = Literal["json", "svg", "html", "perfetto", "vcd"]
@@ -78,7 +79,7 @@ async def vm_picture(request: Request, vm_id: str, fmt: str, after: int,
                                  complete=after < h.log.base and h.log.base == 1)
         return P.from_vm(entry.vm, entry.id, after, page)
 
-    rec = await registry.run(vm_id, window)
+    rec: P.Recording = await registry.run(tenant(request), vm_id, window)
     body = await run_in_threadpool(_draw, fmt, [rec])
     return picture_response(body, fmt, f"{vm_id}-timeline" if fmt == "svg" else vm_id)
 

@@ -20,6 +20,8 @@ from starlette.routing import Match
 
 from app.engine.errors import EngineError, ErrorKind
 
+from .durable import StateWriteError
+
 log = logging.getLogger("irqlab.api")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -81,6 +83,19 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         ProblemType(slug="service-unavailable", status=503, title="Service Unavailable",
                     description="The server is stopping: work in flight was cancelled. "
                                 "Retry against the restarted service."),
+        ProblemType(slug="unauthorized", status=401, title="Unauthorized",
+                    description="Tokens are configured (IRQLAB_TOKENS) and the request has no "
+                                "`Authorization: Bearer <token>` header, or an unknown token."),
+        ProblemType(slug="forbidden-origin", status=403, title="Cross-site request refused",
+                    description="The request carries a browser `Origin` that is neither this "
+                                "service's own nor listed in IRQLAB_CORS_ORIGINS: a web page "
+                                "on another site may not drive the API."),
+        ProblemType(slug="host-not-allowed", status=400, title="Host not allowed",
+                    description="The `Host` header is not one of IRQLAB_ALLOWED_HOSTS."),
+        ProblemType(slug="state-unavailable", status=503, title="State not writable",
+                    description="The operation could not be made durable (IRQLAB_STATE_DIR "
+                                "could not be written), so it is not acknowledged; the VM in "
+                                "memory may be ahead of what a restart would restore."),
         ProblemType(slug="internal-error", status=500, title="Internal Server Error",
                     description="A bug in irqlab. Please report it with the request."),
     ]
@@ -139,6 +154,10 @@ class DocumentError(EngineError):
         self.extra: dict[str, Any] = {
             k: v for k, v in (("limit", limit), ("max", maximum), ("line", line),
                               ("column", column)) if v is not None}
+
+
+class ClientGone(Exception):
+    """The client of a request that creates a VM disconnected before it was answered."""
 
 
 class UnsupportedMediaType(Exception):
@@ -289,6 +308,18 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(literal or templated)
 
 
+async def _on_state_write(request: Request, exc: Exception) -> JSONResponse:
+    log.error("state directory write failed on %s %s: %s", request.method, request.url.path,
+              exc)
+    return problem_response("state-unavailable", str(exc), instance=request.url.path)
+
+
+async def _on_client_gone(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    # Nobody reads it: 499 (client closed request) for the access log.
+    return problem_response("bad-request", str(exc), instance=request.url.path, status=499)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response("internal-error", f"{type(exc).__name__}: an irqlab bug",
@@ -308,6 +339,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(UnsupportedMediaType, _on_media_type)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(StateWriteError, _on_state_write)
+    app.add_exception_handler(ClientGone, _on_client_gone)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

@@ -19,12 +19,15 @@ from app.settings import Settings
 from . import kvm_ops, ops
 from .kvm_ops import KvmHandle
 from .registry import Registry, VmEntry
+from .request_scope import op_record, tenant
 
 
 async def view(request: Request, vm_id: str, model: type[BaseModel] | None,
                read: Callable[[VmEntry], Any],
-               kvm: Callable[[KvmHandle], Any] | None = None) -> Response:
-    """A read of the VM's state."""
+               kvm: Callable[[KvmHandle], Any] | None = None,
+               replaces: bool = False) -> Response:
+    """A read of the VM's state; `replaces`: `read` replaces the VM wholesale (a snapshot
+    restore), so a durable VM gets a new snapshot before the response."""
     registry: Registry = request.app.state.registry
 
     def work(entry: VmEntry) -> Response:
@@ -35,7 +38,7 @@ async def view(request: Request, vm_id: str, model: type[BaseModel] | None,
             raise kvm_ops.unsupported_route(request)
         return ops.render(model, kvm_ops.guarded(lambda: kvm(h)))
 
-    return await registry.run(vm_id, work)
+    return await registry.run(tenant(request), vm_id, work, checkpoint=replaces)
 
 
 async def act(request: Request, vm_id: str, model: type[BaseModel],
@@ -59,4 +62,4 @@ async def act(request: Request, vm_id: str, model: type[BaseModel],
         vm = entry.vm
         return ops.render(model, ops.capture(vm, lambda: op(vm), limit), status_code)
 
-    return await registry.run(vm_id, work)
+    return await registry.run(tenant(request), vm_id, work, op_record(request))

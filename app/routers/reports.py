@@ -91,7 +91,8 @@ async def put_snapshot(
         "value": X.RESPONSES["snapshot"]}})],
 ) -> Response:
     registry = request.app.state.registry
-    return await view(request, vm, M.VmSummary, lambda e: ops.restore(e, snapshot, registry))
+    return await view(request, vm, M.VmSummary, lambda e: ops.restore(e, snapshot, registry),
+                      replaces=True)
 
 
 # Polled after every step by scenario drivers: RequestOnlyRoute skips FastAPI's per-request

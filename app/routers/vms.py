@@ -11,7 +11,8 @@ from app.api import kvm_ops as KO
 from app.api import models as M
 from app.api import ops
 from app.api.deps import RegistryDep, VmPath
-from app.api.problems import problem_responses
+from app.api.problems import ClientGone, problem_responses
+from app.api.request_scope import tenant
 from app.api.run import view
 from app.engine.errors import EngineError, ErrorKind
 
@@ -39,14 +40,28 @@ async def create_vm(
     body: Annotated[M.VmCreate, Body(openapi_examples=X.REQUESTS["create_vm"])],
     registry: RegistryDep, request: Request,
 ) -> Response:
+    who = tenant(request)
     if body.backend == "kvm":
         max_events = request.app.state.settings.max_events_per_vm
-        entry = await registry.create_kvm(body.id, body.vcpus, lambda: KO.check_create(body),
-                                          lambda: KO.build(body, max_events))
+        entry = await registry.create_kvm(who, body.id, body.vcpus,
+                                          lambda: KO.check_create(body),
+                                          lambda: KO.build(body, max_events),
+                                          client_gone=lambda: client_gone(request))
+        if await request.is_disconnected():  # left just after the build: not kept either
+            await registry.unpublish(entry)
+            raise ClientGone("the client disconnected before its kvm-backend VM was "
+                             "announced; the VM was deleted")
     else:
-        entry = await registry.create(body.id, ops.vm_config(body))
-    return await registry.run(entry.id, lambda e: ops.render(
+        entry = await registry.create(who, body.id, ops.vm_config(body))
+    return await registry.run(who, entry.id, lambda e: ops.render(
         M.VmSummary, ops.summary(e), 201, {"Location": f"/v1/vms/{e.id}"}))
+
+
+async def client_gone(request: Request) -> None:
+    """Return when the client disconnects (the body was read already: the next message
+    the server has for this request is http.disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get(
@@ -56,11 +71,12 @@ async def create_vm(
     responses={200: {"description": "The VMs", "content": {"application/json": {
         "example": {"vms": [X.RESPONSES["summary"]]}}}}},
 )
-async def list_vms(registry: RegistryDep) -> Response:
+async def list_vms(registry: RegistryDep, request: Request) -> Response:
     vms = []
-    for vm_id in registry.ids():
+    who = tenant(request)
+    for vm_id in registry.ids(who):
         try:
-            async with registry.locked(vm_id) as entry:
+            async with registry.locked(who, vm_id) as entry:
                 vms.append(ops.summary(entry))
         except EngineError as exc:  # deleted between listing and locking
             if exc.kind != ErrorKind.NOT_FOUND:
@@ -86,8 +102,8 @@ async def get_vm(vm: VmPath, request: Request) -> Response:
                 "file descriptors (VM, vCPUs, /dev/kvm) and guest memory are all closed.",
     responses={204: {"description": "Deleted"}, **problem_responses(404)},
 )
-async def delete_vm(vm: VmPath, registry: RegistryDep) -> Response:
-    await registry.delete(vm)
+async def delete_vm(vm: VmPath, registry: RegistryDep, request: Request) -> Response:
+    await registry.delete(tenant(request), vm)
     return Response(status_code=204)
 
 

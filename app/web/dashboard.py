@@ -30,6 +30,7 @@ from app.api import kvm_ops as KO
 from app.api import ops
 from app.api.live import VM_LIST
 from app.api.registry import Registry, VmEntry
+from app.api.request_scope import tenant
 from app.engine.errors import EngineError, ErrorKind
 from app.settings import Settings
 
@@ -80,11 +81,12 @@ def vm_view(entry: VmEntry, vcpus: int, after: int, events: int) -> dict[str, An
     }
 
 
-async def vm_list(registry: Registry) -> list[dict[str, Any]]:
+async def vm_list(registry: Registry, who: str) -> list[dict[str, Any]]:
+    """The VMs of tenant `who` (the dashboard shows the requesting tenant's VMs only)."""
     out = []
-    for vm_id in registry.ids():
+    for vm_id in registry.ids(who):
         try:
-            async with registry.locked(vm_id) as entry:
+            async with registry.locked(who, vm_id) as entry:
                 s = ops.summary(entry)
         except EngineError as exc:  # deleted meanwhile
             if exc.kind != ErrorKind.NOT_FOUND:
@@ -103,16 +105,17 @@ async def _updates(request: Request, vm_id: str | None) -> AsyncIterator[bytes]:
     registry: Registry = request.app.state.registry
     settings: Settings = request.app.state.settings
     interval = settings.ui_interval_ms / 1000
+    who = tenant(request)
     sub = registry.hub.subscribe()
     sent = 0  # seq of the last event sent
     try:
         dirty = {VM_LIST, vm_id} if vm_id else {VM_LIST}
         while True:
             if VM_LIST in dirty:
-                yield _sse("vms", {"vms": await vm_list(registry)})
+                yield _sse("vms", {"vms": await vm_list(registry, who)})
             if vm_id is not None and (vm_id in dirty or VM_LIST in dirty):
                 try:
-                    async with registry.locked(vm_id) as entry:
+                    async with registry.locked(who, vm_id) as entry:
                         view = vm_view(entry, settings.ui_vcpus, sent, settings.ui_events)
                 except EngineError as exc:
                     if exc.kind != ErrorKind.NOT_FOUND:
@@ -150,7 +153,7 @@ def _has_timeline(request: Request) -> bool:
 async def ui(request: Request, vm: str | None = None) -> HTMLResponse:
     registry: Registry = request.app.state.registry
     settings: Settings = request.app.state.settings
-    vms = await vm_list(registry)
+    vms = await vm_list(registry, tenant(request))
     if vm is None and vms:
         vm = vms[0]["id"]
     items = "".join(

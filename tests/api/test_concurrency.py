@@ -36,7 +36,7 @@ async def test_vms_do_not_block_each_other() -> None:
 
         # Hold VM a's lock, as if a long operation were running on it; the lock is released
         # before the task group waits for the request on VM a.
-        async with anyio.create_task_group() as tg, registry.locked("a"):
+        async with anyio.create_task_group() as tg, registry.locked("default", "a"):
             tg.start_soon(ack_a)
             with anyio.fail_after(10):
                 assert (await c.post("/v1/vms/b/vcpus/0/ack")).status_code == 200
@@ -88,9 +88,9 @@ async def test_delete_waits_for_operation_in_flight() -> None:
             done.append((await c.delete("/v1/vms/gone")).status_code)
 
         async def unlisted() -> bool:
-            return "gone" not in registry.ids()
+            return "gone" not in registry.ids("default")
 
-        async with anyio.create_task_group() as tg, registry.locked("gone") as entry:
+        async with anyio.create_task_group() as tg, registry.locked("default", "gone") as entry:
             tg.start_soon(delete)
             await _eventually(unlisted)  # new requests no longer find it...
             assert (await c.get("/v1/vms/gone")).status_code == 404
@@ -117,7 +117,7 @@ async def test_waiting_requests_hold_no_threads() -> None:
             async def ack_a() -> None:
                 codes.append((await c.post("/v1/vms/a/vcpus/0/ack")).status_code)
 
-            async with anyio.create_task_group() as tg, registry.locked("a"):
+            async with anyio.create_task_group() as tg, registry.locked("default", "a"):
                 for _ in range(20):
                     tg.start_soon(ack_a)
                 await anyio.sleep(0.1)

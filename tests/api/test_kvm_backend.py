@@ -56,8 +56,8 @@ def kvm_app() -> Iterator[Callable[..., FastAPI]]:
     yield make
     # Teardown runs outside the event loop: close any kvm VM a test left behind directly.
     for app in made:
-        for vm_id in app.state.registry.ids():
-            entry = app.state.registry._vms.get(vm_id)
+        for vm_id in app.state.registry.ids("default"):
+            entry = app.state.registry._vms.get(("default", vm_id))
             if entry is not None and entry.kvm is not None:
                 entry.kvm.close()
 
@@ -287,7 +287,7 @@ async def test_shutdown_closes_every_kvm_vm(kvm_app: Callable[..., FastAPI]) -> 
         await create(c, id="b")
         assert fds() == before + 6
     assert fds() == before
-    assert app.state.registry.ids() == []
+    assert app.state.registry.ids("default") == []
 
 
 @needs_kvm
@@ -319,7 +319,7 @@ async def test_kernel_refusals_and_guest_failures_are_400(
     app = kvm_app()
     async with client_for(app) as c:
         await create(c, id="k")
-        handle = app.state.registry._vms["k"].kvm
+        handle = app.state.registry._vms[("default", "k")].kvm
 
         def refused(n: int) -> int:
             raise OSError(errno.EINVAL, "Invalid argument")

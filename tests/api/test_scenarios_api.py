@@ -307,7 +307,7 @@ async def test_run_is_off_the_event_loop_and_takes_no_vm_lock() -> None:
         async def run() -> None:
             results["run"] = await c.post("/v1/scenarios/run", json=doc)
 
-        async with registry.locked("a"), anyio.create_task_group() as tg:
+        async with registry.locked("default", "a"), anyio.create_task_group() as tg:
             tg.start_soon(run)
             with anyio.fail_after(30):
                 while not pool._busy:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from app import cli
+from app.serve import DrainingHttpToolsProtocol
 from app.settings import Settings, get_settings
 
 
@@ -55,9 +56,11 @@ def test_serve_uses_environment(monkeypatch: pytest.MonkeyPatch, served: dict[st
     monkeypatch.setenv("IRQLAB_HOST", "127.0.0.2")
     monkeypatch.setenv("IRQLAB_PORT", "8123")
     monkeypatch.setenv("IRQLAB_LOG_LEVEL", "warning")
+    monkeypatch.setenv("IRQLAB_SHUTDOWN_TIMEOUT", "3")
     assert cli.main(["serve"]) == 0
     assert served == {"app": "app.main:app", "host": "127.0.0.2", "port": 8123,
-                      "log_level": "warning"}
+                      "log_level": "warning", "timeout_graceful_shutdown": 3,
+                      "http": DrainingHttpToolsProtocol}
 
 
 def test_serve_flags_override(monkeypatch: pytest.MonkeyPatch, served: dict[str, Any]) -> None:
