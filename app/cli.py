@@ -623,6 +623,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="run every variant on this behaviour preset")
     library_run.add_argument("--irqchip", choices=["kernel", "split"],
                              help="run every variant with this irqchip mode")
+    from app.upstream.cli import add_parsers as add_upstream_parsers
+
+    add_upstream_parsers(sub)
     return parser
 
 
@@ -638,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.cmd == "diff":
         return _diff(args)
+    if args.cmd in ("upstream", "probe"):
+        from app.upstream.cli import run_probe_cmd, run_upstream_cmd
+
+        return run_upstream_cmd(args) if args.cmd == "upstream" else run_probe_cmd(args)
     if args.cmd == "run" or getattr(args, "library_cmd", None) == "run":
         return _run(args)
     return _library(args)
