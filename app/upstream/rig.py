@@ -174,4 +174,26 @@ def clean_runs(cache: Path, keep: int = 5) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-__all__ = ["ArchiveError", "Job", "KitError", "Rig", "cache_dir", "clean_runs"]
+__all__ = ["ArchiveError", "Job", "KitError", "Rig", "cache_dir", "clean_runs", "kit_cached"]
+
+
+def kit_cached(cache: Path, wanted: list[str]) -> tuple[bool, str]:
+    """Whether `wanted` kernels' kits and the root filesystem are all in the cache (from the
+    package lists fetched last time; no network). (True, "") or (False, what is missing)."""
+    from .kit import ROOTFS_SUITE, initramfs_stamp
+
+    if not any((cache / "apt" / "state" / "lists").glob("*Packages*")):
+        return False, f"no package lists in {cache}"
+    if not (cache / f"rootfs-{ROOTFS_SUITE}.img").exists():
+        return False, "no root filesystem image"
+    try:
+        rig = Rig(cache, log=lambda _msg: None)
+        kernels = choose(rig.kernels(refresh=False), wanted)
+    except ArchiveError as e:
+        return False, str(e)
+    for k in kernels:
+        kdir = cache / "kernels" / k.abi
+        if not (kdir / "vmlinuz").exists() or not (
+                kdir / f"initrd-{initramfs_stamp()}.cpio").exists():
+            return False, f"no kit for {k.abi}"
+    return True, ""
