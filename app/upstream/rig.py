@@ -9,7 +9,6 @@ host core). A boot that panics, oopses or never finishes is a rig failure: it is
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import sysconfig
@@ -30,8 +29,11 @@ DEFAULT_KERNELS = ("5.10", "6.1", "6.12", "latest")
 
 
 def cache_dir(value: str | None = None) -> Path:
-    """The rig's cache: `value`, else IRQLAB_UPSTREAM_CACHE, else ~/.cache/irqlab/upstream."""
-    raw = value or os.environ.get("IRQLAB_UPSTREAM_CACHE") or DEFAULT_CACHE
+    """The rig's cache: `value`, else the setting IRQLAB_UPSTREAM_CACHE (default
+    ~/.cache/irqlab/upstream)."""
+    from app.settings import Settings
+
+    raw = value or Settings().upstream_cache or DEFAULT_CACHE
     return Path(raw).expanduser().resolve()
 
 
