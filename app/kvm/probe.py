@@ -146,3 +146,11 @@ def probe(base_profile: str | None = None, device: str = "/dev/kvm",
                         "overrides": {} if by_release in matches or matches
                         else overrides_for(by_release, measured)},
     }
+
+
+def measured_host_profile(device: str = "/dev/kvm") -> tuple[str, dict[str, bool]]:
+    """host_profile, measured instead of read off the release number: the preset (and
+    overrides) `irqlab probe` recommends for this machine's KVM. On a distribution kernel with
+    stable backports this is the one to diff against; host_profile() stays the cheap default."""
+    rec = probe(device=device)["recommended"]
+    return str(rec["profile"]), dict(rec["overrides"])
