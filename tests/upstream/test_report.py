@@ -6,7 +6,14 @@ from typing import Any
 
 from app.upstream.cli import any_difference
 from app.upstream.guest import summarize_variant
-from app.upstream.report import cell, library_rows, render_flag_matrix, render_report
+from app.upstream.report import (
+    cell,
+    explain,
+    library_rows,
+    render_flag_matrix,
+    render_report,
+    unexplained,
+)
 
 
 def variant(name: str, irqchip: str, first: dict[str, Any] | None = None,
@@ -61,6 +68,26 @@ def test_kernel_by_scenario_table_and_counts() -> None:
     assert any_difference(report)
     report["kernels"] = report["kernels"][:1]
     assert not any_difference(report)
+
+
+def test_differences_explained_in_advance() -> None:
+    """A variant pinning an older kernel's flag may differ; the same cell on a variant that
+    pins nothing is unexplained."""
+    first = {"index": 3, "op": "eoi", "paths": ["pins.5.remote_irr"]}
+    pinned = summarize_variant(variant("before b200dded0a69", "kernel", first))
+    report = {"kernels": [kernel("6.1.192", [pinned])]}
+    report["kernels"][0]["result"]["library"][0]["scenario"] = "readonly-bits-preserved"
+    report["kernels"][0]["result"]["random"]["split"]["differ"] = 0
+    assert unexplained(report) == [] and not any_difference(report)
+    assert explain("readonly-bits-preserved", "before b200dded0a69", "linux-6.1") == (
+        "pins another kernel's rte_preserves_readonly_bits=False")
+    assert explain("readonly-bits-preserved", "b200dded0a69", "linux-6.1") is None
+    assert explain("kut-self-reconfigure", "split irqchip, x2APIC, 4 vCPUs, APICv",
+                   "linux-latest") == "models APICv, which the emulated CPU lacks"
+    row = report["kernels"][0]["result"]["library"][0]
+    row["scenario"] = "seed-race-split"
+    row["variants"][0]["variant"] = "linux-6.1 (before fceb3a36c29a)"
+    assert unexplained(report) and any_difference(report)
 
 
 def test_flag_matrix() -> None:
