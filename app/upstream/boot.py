@@ -71,10 +71,12 @@ def parse_serial(text: str) -> tuple[int | None, str | None, list[str]]:
 
 def qemu_command(vmlinuz: Path, initrd: Path, rootfs: Path, shares: list[tuple[str, Path]],
                  serial: Path, script: Path, smp: int = DEFAULT_SMP, memory: str = DEFAULT_MEMORY,
-                 cpu: str = "EPYC", single_thread: bool = True) -> list[str]:
+                 cpu: str = "EPYC", single_thread: bool = True,
+                 writable: tuple[str, ...] = ()) -> list[str]:
     """The QEMU command line: software emulation of an AMD CPU (SVM and nested paging), the
     root filesystem read-only to the host (snapshot=on), each share as 9p at the same path
-    inside the guest (the guest runs the host's venv, whose paths are absolute)."""
+    inside the guest (the guest runs the host's venv, whose paths are absolute), read-only
+    unless its tag is in `writable`."""
     share_arg = ",".join(f"{tag}:{path}" for tag, path in shares)
     if any(c.isspace() for c in share_arg + str(script)):
         raise ValueError("share and script paths must not contain white space (they go on "
@@ -88,7 +90,9 @@ def qemu_command(vmlinuz: Path, initrd: Path, rootfs: Path, shares: list[tuple[s
         "-drive", f"file={rootfs},if=virtio,format=raw,snapshot=on",
     ]
     for tag, path in shares:
-        args += ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none,id={tag}"]
+        ro = "" if tag in writable else ",readonly=on"
+        args += ["-virtfs",
+                 f"local,path={path},mount_tag={tag},security_model=none,id={tag}{ro}"]
     return args
 
 
@@ -100,9 +104,9 @@ def qemu_available() -> tuple[bool, str]:
 
 def boot(vmlinuz: Path, initrd: Path, rootfs: Path, shares: list[tuple[str, Path]],
          serial: Path, script: Path, timeout: float, smp: int = DEFAULT_SMP,
-         single_thread: bool = True) -> Boot:
+         single_thread: bool = True, writable: tuple[str, ...] = ()) -> Boot:
     args = qemu_command(vmlinuz, initrd, rootfs, shares, serial, script, smp=smp,
-                        single_thread=single_thread)
+                        single_thread=single_thread, writable=writable)
     serial.unlink(missing_ok=True)
     t0 = time.monotonic()
     status: int | None

@@ -132,8 +132,10 @@ class Rig:
                 result_path = out / "result.json"
                 (out / "job.json").write_text(json.dumps(job.for_kernel(r.kernel, result_path)))
                 (out / "run.sh").write_text(guest_script(out, out / "job.json"))
-                b: Boot = boot(vmlinuz, initrd, rootfs, project_shares(out), out / "serial.log",
-                               out / "run.sh", timeout, smp=smp)
+                shares = project_shares(out)
+                # Only the output share is writable: the guest runs the checkout, never edits it.
+                b: Boot = boot(vmlinuz, initrd, rootfs, shares, out / "serial.log",
+                               out / "run.sh", timeout, smp=smp, writable=(shares[-1][0],))
                 result = (json.loads(result_path.read_text()) if result_path.exists()
                           else None)
                 attempt_rec = {"attempt": attempt, "seconds": round(b.seconds, 1),

@@ -50,12 +50,13 @@ def test_other_rig_failures() -> None:
 def test_qemu_command(tmp_path: Path) -> None:
     args = qemu_command(Path("/k/vmlinuz"), Path("/k/initrd"), Path("/r/rootfs.img"),
                         [("s0", Path("/src")), ("s1", tmp_path)], tmp_path / "serial.log",
-                        tmp_path / "run.sh")
+                        tmp_path / "run.sh", writable=("s1",))
     joined = " ".join(args)
     assert args[0] == "qemu-system-x86_64"
     assert "-accel tcg,thread=single -cpu EPYC -smp 1" in joined
     assert "file=/r/rootfs.img,if=virtio,format=raw,snapshot=on" in joined
-    assert f"local,path={tmp_path},mount_tag=s1,security_model=none,id=s1" in joined
+    assert "local,path=/src,mount_tag=s0,security_model=none,id=s0,readonly=on" in joined
+    assert args[-1] == f"local,path={tmp_path},mount_tag=s1,security_model=none,id=s1"
     append = args[args.index("-append") + 1]
     assert "panic=-1" in append and f"irqlab.shares=s0:/src,s1:{tmp_path}" in append
     assert f"irqlab.run={tmp_path / 'run.sh'}" in append
