@@ -748,6 +748,9 @@ def _parser() -> argparse.ArgumentParser:
 
     explore_cli.add_parser(sub)
     cli_events.add_parser(sub)
+    from app.upstream.cli import add_parsers as add_upstream_parsers
+
+    add_upstream_parsers(sub)
     return parser
 
 
@@ -816,6 +819,10 @@ def main(argv: list[str] | None = None) -> int:
         return explore_cli.main(args)
     if args.cmd == "events":
         return cli_events.run(args)
+    if args.cmd in ("upstream", "probe"):
+        from app.upstream.cli import run_probe_cmd, run_upstream_cmd
+
+        return run_upstream_cmd(args) if args.cmd == "upstream" else run_probe_cmd(args)
     if args.cmd == "run" or getattr(args, "library_cmd", None) == "run":
         return _run(args)
     return _library(args)

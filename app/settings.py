@@ -157,6 +157,11 @@ class Settings(BaseSettings):
         description="Also validate every response against its documented model and check "
                     "it renders identically (the test-suite sets this; costs ~20 us/request).",
     )
+    upstream_cache: str = Field(
+        default="~/.cache/irqlab/upstream",
+        description="Cache directory of `irqlab upstream` (package lists, kernel boot kits, "
+                    "the root filesystem image, run results).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         default="info", description="Log level of the service and of uvicorn."
     )

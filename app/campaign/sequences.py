@@ -118,7 +118,9 @@ def scenario_steps(steps: tuple[Step, ...] | list[Step]) -> list[dict[str, Any]]
         elif kind == "ack":
             out.append({"op": "ack", "vcpu": s[1]})
         elif kind == "eoi":
-            out.append({"op": "eoi", "vcpu": s[1]})
+            # As the harness (and a real guest) does: the EOI, then the re-entry that takes
+            # a split EOI exit to the VMM.
+            out.append({"op": "eoi", "vcpu": s[1], "run_exits": True})
         elif kind == "tpr":
             out.append({"op": "lapic", "vcpu": s[1], "tpr": hex(s[2])})
         elif kind == "ioeoi":

@@ -197,7 +197,8 @@ def run_engine(
         elif kind == "ioeoi":
             vm.mmio(step[1], "write", IOAPIC_EOI, 4, step[2])
         else:
-            vm.eoi(step[1])
+            # The real guest re-enters after its EOI write (scenario_diff._as_the_guest_does).
+            vm.eoi(step[1], run_exits=True)
         redir = vm.ioapic.redir
         out.append(
             Observation(

@@ -33,11 +33,9 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from app.engine import rte as R
 from app.kvm.differential import (
-    Step,
     describe,
     differing_fields,
     first_divergence,
@@ -45,75 +43,11 @@ from app.kvm.differential import (
     run_engine,
     run_kvm,
 )
+from app.kvm.random_sequences import MAX_STEPS, PINS, SPLIT_IOAPICS, Case, sequences
 
 from .conftest import ON_PVM, needs_kvm
 
-# GSIs 16..23 reach the IOAPIC only (0..15 also reach the in-kernel PIC, which the model lacks;
-# 8 is the RTC pin with its own EOI tracking, not modelled either).
-PINS = [16, 17, 18]
-# Vectors with shared classes (0x40/0x41, 0x50/0x51) and distinct ones, so that PPR/TPR
-# blocking, vector sharing between pins and MSIs (EOI broadcast to every pin with the vector)
-# and priority order all occur.
-VECTORS = [0x31, 0x40, 0x41, 0x50, 0x51, 0x80, 0xE0]
-TPRS = [0x00, 0x30, 0x40, 0x50]
-# The split IOAPIC: (version, routes_before_service). QEMU 8.0+ (0x20, True) is the default
-# and what the host's split runs use; <= 7.2 re-services before committing routes; 0x11 has
-# no EOI register (an "ioeoi" step then does nothing on the split side).
-SPLIT_IOAPICS = [(0x20, True), (0x20, True), (0x20, False), (0x11, True)]
-MAX_STEPS = 32
 EXAMPLES = 300
-
-def _rte(draw: st.DrawFn, vcpus: int) -> int:
-    return R.encode(
-        vector=draw(st.sampled_from(VECTORS)),
-        trigger=draw(st.sampled_from(["edge", "level"])),
-        masked=draw(st.integers(0, 5)) == 0,  # one write in six masks the pin
-        # A vCPU's APIC ID, or now and then 0xff: physical broadcast to every vCPU.
-        dest=draw(st.sampled_from([*range(vcpus), *range(vcpus), 0xFF])),
-    )
-
-
-Case = tuple[int, tuple[int, bool], list[Step]]  # vCPUs, split IOAPIC config, steps
-
-
-@st.composite
-def sequences(draw: st.DrawFn) -> Case:
-    vcpus = draw(st.integers(1, 2))
-    split_ioapic = draw(st.sampled_from(SPLIT_IOAPICS))
-    cpu = st.integers(0, vcpus - 1)
-    steps: list[Step] = []
-    # Every sequence starts by programming one to three pins (they reset masked), so that
-    # lines have somewhere to go.
-    for pin in draw(st.lists(st.sampled_from(PINS), min_size=1, max_size=3, unique=True)):
-        steps.append(("rte", draw(cpu), pin, _rte(draw, vcpus)))
-    for _ in range(draw(st.integers(1, MAX_STEPS - len(steps)))):
-        kind = draw(st.sampled_from(
-            ["line", "line", "line", "rte", "msi", "ack", "ack", "ack", "ack", "eoi", "eoi",
-             "tpr", "ioeoi"]))
-        if kind == "line":
-            pin = draw(st.sampled_from(PINS))
-            action = draw(st.sampled_from(["assert", "deassert", "pulse"]))
-            if action == "pulse":
-                steps += [("line", pin, 1), ("line", pin, 0)]
-            else:
-                steps.append(("line", pin, 1 if action == "assert" else 0))
-        elif kind == "rte":
-            halves = draw(st.sampled_from(
-                [("low", "high"), ("low", "high"), ("high", "low"), ("low",), ("high",)]))
-            steps.append(("rte", draw(cpu), draw(st.sampled_from(PINS)), _rte(draw, vcpus),
-                          halves))
-        elif kind == "msi":
-            level = draw(st.booleans())
-            # Fixed, physical; level MSIs carry trigger (bit 15) and assert (bit 14).
-            data = draw(st.sampled_from(VECTORS)) | (0xC000 if level else 0)
-            steps.append(("msi", 0xFEE00000 | draw(cpu) << 12, 0, data))
-        elif kind == "tpr":
-            steps.append(("tpr", draw(cpu), draw(st.sampled_from(TPRS))))
-        elif kind == "ioeoi":
-            steps.append(("ioeoi", draw(cpu), draw(st.sampled_from(VECTORS))))
-        else:
-            steps.append((kind, draw(cpu)))
-    return vcpus, split_ioapic, steps
 
 
 IRQCHIPS = ["kernel", "split"]
