@@ -37,6 +37,7 @@ class Behaviour:
     scan_keeps_pending_edge: bool = True
     scan_keeps_pending_level: bool = True
     split_scan_keeps_pending_level: bool = True
+    split_scan_level_routes_only: bool = True
     split_scan_syncs_pir: bool = True
     rescan_after_stale_eoi: bool = True
     rte_edge_clears_remote_irr: bool = True
@@ -96,6 +97,18 @@ FLAGS: dict[str, FlagInfo] = {
             "v6.2",
             "Split-mode scan (kvm_scan_ioapic_routes) sets the bit of a level MSI route whose "
             "vector is pending in IRR/ISR although the vCPU no longer matches (race 2, the seed).",
+        ),
+        FlagInfo(
+            "split_scan_level_routes_only",
+            "kvm",
+            "7455a8327674",
+            "KVM: x86: don't notify userspace IOAPIC on edge-triggered interrupt EOI",
+            "v5.6",
+            "Split-mode scan (kvm_scan_ioapic_routes) skips MSI routes whose trigger mode is "
+            "edge. From 3159d36ad799 (v4.7?) until this fix the test read irq.level, which "
+            "kvm_set_msi_irq always sets, so the vectors of matching edge routes were handled "
+            "too and their EOIs exited to userspace (KVM_EXIT_IOAPIC_EOI, ignored by QEMU's "
+            "IOAPIC for edge pins). Backported to stable (4.14.172 and others).",
         ),
         FlagInfo(
             "split_scan_syncs_pir",
@@ -250,6 +263,7 @@ def _preset(name: str, description: str, **changes: bool) -> Preset:
 
 
 _PRE_415 = dict(
+    split_scan_level_routes_only=False,
     scan_keeps_pending_level=False,
     rte_edge_clears_remote_irr=False,
     rte_preserves_readonly_bits=False,
@@ -257,7 +271,11 @@ _PRE_415 = dict(
     targeted_scan_requests=False,
     scan_old_dest_with_new_mode=False,
 )
-_PRE_55 = dict(targeted_scan_requests=False, scan_old_dest_with_new_mode=False)
+_PRE_55 = dict(
+    split_scan_level_routes_only=False,
+    targeted_scan_requests=False,
+    scan_old_dest_with_new_mode=False,
+)
 _PRE_56 = dict(scan_old_dest_with_new_mode=False)
 _PRE_62 = dict(split_scan_keeps_pending_level=False, unmask_resamples=False)
 _PRE_610 = dict(split_scan_syncs_pir=False)

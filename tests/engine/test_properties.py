@@ -440,8 +440,10 @@ def naive_scan(vm: Vm, v: Any) -> tuple[int, int]:
         limit = min(max(vm.routes, default=-1) + 1, vm.config.nr_reserved_ioapic_pins)
         for gsi in range(limit):
             for r in vm.routes.get(gsi, ()):
-                if r[0] != "msi" or not r[3] & (1 << 15):
+                if r[0] != "msi":
                     continue
+                if f.split_scan_level_routes_only and not r[3] & (1 << 15):
+                    continue  # 7455a8327674: edge routes skipped (before it: scanned)
                 dest = (r[1] >> 12) & 0xFF
                 if vm.config.x2apic_format:
                     dest |= r[2] & 0xFFFFFF00
