@@ -49,6 +49,7 @@ class Behaviour:
     targeted_scan_requests: bool = True
     scan_old_dest_with_new_mode: bool = True
     split_suppress_eoi_broadcast: bool = False
+    suppress_eoi_broadcast_disabled: bool = False
     # --- QEMU (the split-mode VMM) ---
     qemu_routes_before_service: bool = True
     # --- a host's KVM that is not upstream's ---
@@ -217,6 +218,20 @@ FLAGS: dict[str, FlagInfo] = {
             "advertises directed EOI and a LAPIC EOI with SPIV bit 12 set causes no "
             "KVM_EXIT_IOAPIC_EOI (the guest must write the IOAPIC's 0x40 EOI register). "
             "Opt-in per VM, so False in every preset.",
+        ),
+        FlagInfo(
+            "suppress_eoi_broadcast_disabled",
+            "kvm",
+            "6517dfbcc918",
+            "KVM: x86: Suppress EOI broadcasts with split IRQCHIP if Directed EOI is enabled: "
+            "the DISABLED mode (kvm-x86 id; release unverified)",
+            "v7.0?",
+            "The VM enabled KVM_X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST (either irqchip mode): "
+            "LVR never advertises directed EOI, so the guest cannot set SPIV bit 12, and "
+            "kvm_lapic_suppress_eoi_broadcast is false, so the in-kernel IOAPIC clears Remote "
+            "IRR on an EOI even when SPIV bit 12 is set (restored by KVM_SET_LAPIC). Mutually "
+            "exclusive with split_suppress_eoi_broadcast (-EINVAL). Opt-in per VM, so False "
+            "in every preset; both False is the QUIRKED default.",
         ),
         FlagInfo(
             "qemu_routes_before_service",

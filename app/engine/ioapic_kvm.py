@@ -168,14 +168,18 @@ def ioapic_update_eoi(
     """kvm_ioapic_update_eoi / kvm_ioapic_update_eoi_one (T10): every pin whose *current*
     vector is `vector` runs its ack notifiers; then, if this vCPU's TMR said level and it has
     not enabled directed EOI, Remote IRR clears and a still-asserted line re-delivers (or,
-    after 10000 successive re-deliveries, is deferred by 10 ms of logical time)."""
+    after 10000 successive re-deliveries, is deferred by 10 ms of logical time).
+
+    The directed-EOI test is kvm_lapic_suppress_eoi_broadcast since 6517dfbcc918: in-kernel
+    it is SPIV bit 12 (QUIRKED) unless the VM chose DISABLED, which ignores the bit."""
     io = vm.ioapic
     out: list[dict[str, Any]] = []
+    directed = bool(v.svr & SPIV_DIRECTED_EOI) and not vm.flags.suppress_eoi_broadcast_disabled
     for pin in vm.pins_with_vector(vector):
         if vm.resamplers:
             vm.notify_acked(pin, cause)
         e = io.redir[pin]
-        if not level or v.svr & SPIV_DIRECTED_EOI:
+        if not level or directed:
             out.append(
                 {
                     "pin": pin,

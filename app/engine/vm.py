@@ -756,6 +756,14 @@ def _validate_config(c: VmConfig) -> None:
             "KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST requires a split irqchip (-EINVAL)",
             "overrides.split_suppress_eoi_broadcast",
         )
+    if c.overrides.get("split_suppress_eoi_broadcast") and c.overrides.get(
+        "suppress_eoi_broadcast_disabled"
+    ):
+        raise invalid(
+            "KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST and "
+            "KVM_X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST together are rejected (-EINVAL)",
+            "overrides.suppress_eoi_broadcast_disabled",
+        )
 
 
 __all__ = ["REQUEST_NAMES", "Vm", "VmConfig"]

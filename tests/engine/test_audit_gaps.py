@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 
 from app.engine import rte as R
+from app.engine.errors import EngineError
 from app.engine.flags import PRESETS
-from tests.engine.conftest import exit_vectors, has, make_vm
+from app.engine.state import APIC_LVR_DIRECTED_EOI, SPIV_DIRECTED_EOI
+from app.engine.vm import Vm
+from tests.engine.conftest import P, V, exit_vectors, has, make_vm, rirr
 
 BEFORE, AFTER = "before", "after"
 E, VE = 4, 0x50  # an edge pin and its vector
@@ -61,3 +64,69 @@ def test_split_scan_of_edge_routes_does_not_touch_in_kernel_mode() -> None:
 def test_split_scan_level_routes_only_presets() -> None:
     fixed = {n for n, p in PRESETS.items() if p.flags.split_scan_level_routes_only}
     assert {n for n in PRESETS if n not in fixed} == {"linux-4.14", "linux-4.15"}
+
+
+# ---- 6517dfbcc918: KVM_X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST (the DISABLED mode) ----
+
+
+def _restored_with_directed_eoi(vm: Vm, n: int) -> Vm:
+    """KVM_SET_LAPIC with SPIV bit 12 set: a snapshot restored with the bit in the vCPU's SVR
+    (the only way past an LVR that does not advertise directed EOI)."""
+    snap = vm.snapshot()
+    snap["vcpus"][n]["svr"] |= SPIV_DIRECTED_EOI
+    return Vm.restore(snap)
+
+
+@pytest.mark.parametrize(("disabled", "when"), [(False, BEFORE), (True, AFTER)])
+def test_disabled_mode_in_kernel_ignores_restored_directed_eoi(disabled: bool, when: str) -> None:
+    vm = make_vm(
+        "linux-latest", "kernel", vcpus=1, overrides={"suppress_eoi_broadcast_disabled": disabled}
+    )
+    vm.write_rte(0, P, R.encode(vector=V, trigger="level", dest=0))
+    vm = _restored_with_directed_eoi(vm, 0)
+    assert vm.vcpus[0].svr & SPIV_DIRECTED_EOI
+    vm.enter(0)
+    vm.set_line(P, 1)
+    assert vm.ack(0)["vector"] == V
+    vm.set_line(P, 0)
+    result = vm.eoi(0)
+    assert result["forwarded"] is True
+    # kvm_ioapic_update_eoi_one: QUIRKED honours SPIV bit 12 (Remote IRR stays set, the guest
+    # would have to EOI an IOAPIC the in-kernel one cannot be); DISABLED ignores it.
+    assert rirr(vm, P) == (0 if when == AFTER else 1)
+    assert result["ioapic"][0]["remote_irr_cleared"] is (when == AFTER)
+
+
+@pytest.mark.parametrize(("disabled", "when"), [(False, BEFORE), (True, AFTER)])
+def test_disabled_mode_split_never_advertises_directed_eoi(disabled: bool, when: str) -> None:
+    vm = make_vm(
+        "linux-latest", "split", vcpus=1, overrides={"suppress_eoi_broadcast_disabled": disabled}
+    )
+    advertised = bool(vm.vcpu_view(0)["lvr"] & APIC_LVR_DIRECTED_EOI)
+    assert advertised is (when == BEFORE)  # QUIRKED: advertised with the IOAPIC in userspace
+    svr = vm.lapic_write(0, "svr", 0x1FF | SPIV_DIRECTED_EOI)["value"]
+    assert bool(svr & SPIV_DIRECTED_EOI) is (when == BEFORE)  # masked by kvm_lapic_reg_write
+    vm.write_rte(0, P, R.encode(vector=V, trigger="level", dest=0))
+    vm.enter(0)
+    vm.set_line(P, 1)
+    assert vm.ack(0)["vector"] == V
+    vm.set_line(P, 0)
+    # Either way the EOI exits to userspace (QUIRKED ignores the bit in split mode too).
+    assert exit_vectors(vm.eoi(0, run_exits=True)) == [V]
+    assert rirr(vm, P) == 0
+
+
+def test_disabled_and_enabled_together_are_rejected() -> None:
+    with pytest.raises(EngineError):
+        make_vm(
+            "linux-latest",
+            "split",
+            overrides={
+                "split_suppress_eoi_broadcast": True,
+                "suppress_eoi_broadcast_disabled": True,
+            },
+        )
+
+
+def test_disabled_mode_is_opt_in() -> None:
+    assert not any(p.flags.suppress_eoi_broadcast_disabled for p in PRESETS.values())
