@@ -151,12 +151,11 @@ def ioapic_write_indirect(vm: Vm, writer: Vcpu | None, value: int, cause: int | 
                 ioapic_service(vm, index, seq)
     # Scan request (T3 step 7).
     if f.targeted_scan_requests and R.delivery_mode(e) == R.DM_FIXED:
-        amap = vm.apic_map()
         new_logical = bool(e & R.DEST_MODE_BIT)
-        targets = set(amap.matching(R.dest(e), new_logical))
+        targets = set(delivery.bitmap_or_dest_vcpus(vm, R.dest(e), new_logical))
         if old_dest != R.dest(e) or old_logical != new_logical:
             old_mode = new_logical if f.scan_old_dest_with_new_mode else old_logical
-            targets.update(amap.matching(old_dest, old_mode))
+            targets.update(delivery.bitmap_or_dest_vcpus(vm, old_dest, old_mode))
         vm.request_scan(targets, seq)
     else:
         vm.request_scan(None, seq)

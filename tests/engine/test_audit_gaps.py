@@ -10,7 +10,7 @@ from app.engine.errors import EngineError
 from app.engine.flags import PRESETS
 from app.engine.state import APIC_LVR_DIRECTED_EOI, SPIV_DIRECTED_EOI
 from app.engine.vm import Vm
-from tests.engine.conftest import P, V, exit_vectors, has, make_vm, rirr
+from tests.engine.conftest import P, V, exit_vectors, has, make_vm, reqs, rirr
 
 BEFORE, AFTER = "before", "after"
 E, VE = 4, 0x50  # an edge pin and its vector
@@ -130,3 +130,53 @@ def test_disabled_and_enabled_together_are_rejected() -> None:
 
 def test_disabled_mode_is_opt_in() -> None:
     assert not any(p.flags.suppress_eoi_broadcast_disabled for p in PRESETS.values())
+
+
+# ---- kvm_bitmap_or_dest_vcpus: scan requests go through the optimized map ----
+
+
+@pytest.mark.parametrize(
+    ("svr1", "ldr1", "requested"),
+    [
+        (0x1FF, 0x02 << 24, True),  # software-enabled, LDR set: in the logical map
+        (0x0FF, 0x02 << 24, False),  # software-disabled: the logical map skips it
+        (0x1FF, 0, False),  # LDR 0: the logical map skips it
+    ],
+)
+def test_rte_write_scan_request_follows_the_logical_map(
+    svr1: int, ldr1: int, requested: bool
+) -> None:
+    vm = make_vm("linux-latest", "kernel", vcpus=3)
+    vm.lapic_write(0, "ldr", 0x01 << 24)
+    vm.lapic_write(1, "ldr", ldr1)
+    vm.lapic_write(1, "svr", svr1)
+    vm.lapic_write(2, "ldr", 0x04 << 24)
+    for n in range(3):
+        vm.enter(n)
+    # Logical flat destination 0x03 matches vCPU0 and, by exact matching, vCPU1 (unless its LDR
+    # is 0); KVM asks only the vCPUs the optimized map resolves to rescan, never vCPU2.
+    vm.write_rte(0, P, R.encode(vector=V, trigger="level", dest=0x03, dest_mode="logical"))
+    assert reqs(vm, 0) == "SCAN_IOAPIC"
+    assert reqs(vm, 1) == ("SCAN_IOAPIC" if requested else "")
+    assert reqs(vm, 2) == ""
+    for n in range(3):
+        vm.enter(n)
+    assert has(vm.vcpus[0].handled, V) == 1
+    # The scan itself matches exactly (kvm_apic_match_dest ignores the enable bit), so a
+    # software-disabled vCPU1 would get the bit once anything makes it rescan.
+    assert has(vm.vcpus[1].handled, V) == (1 if requested else 0)
+    if svr1 == 0x0FF:
+        vm.lapic_write(1, "svr", 0x1FF)  # the map is recalculated: every vCPU rescans
+        vm.enter(1)
+        assert has(vm.vcpus[1].handled, V) == 1
+
+
+def test_broadcast_scan_request_uses_exact_matching() -> None:
+    """A broadcast destination is not resolved by the map: every present vCPU that
+    kvm_apic_match_dest matches is asked, software-disabled or not."""
+    vm = make_vm("linux-latest", "kernel", vcpus=2)
+    vm.lapic_write(1, "svr", 0x0FF)
+    vm.enter(0)
+    vm.enter(1)
+    vm.write_rte(0, P, R.encode(vector=V, trigger="level", dest=0xFF))
+    assert reqs(vm, 0) == reqs(vm, 1) == "SCAN_IOAPIC"
