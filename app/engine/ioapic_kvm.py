@@ -143,8 +143,10 @@ def ioapic_write_indirect(vm: Vm, writer: Vcpu | None, value: int, cause: int | 
         if not f.unmask_resamples:
             ioapic_service(vm, index, seq)
         elif not e & (R.MASK_BIT | R.REMOTE_IRR_BIT):
-            gsi = index  # the default table routes GSI n to pin n
-            if vm.notify_resampler(gsi, seq):
+            # kvm_notify_irqfd_resampler(kvm, KVM_IRQCHIP_IOAPIC, index): the pin's GSI
+            # through kvm_irq_map_chip_pin, not the pin number.
+            gsi = vm.ioapic_pin_gsis().get(index, -1)
+            if gsi >= 0 and vm.notify_resampler(gsi, seq):
                 io.irr &= ~(1 << index)
                 vm.log.emit("ioapic", "irr-cleared", seq, "pin", index, "reason", "resampled")
             else:

@@ -118,23 +118,35 @@ class Vm:
     def nr_rt_entries(self) -> int:
         return max(self.routes, default=-1) + 1
 
-    def ack_notifier_pins(self) -> set[int]:
-        """IOAPIC pins with an ack notifier (irqfd resamplers on GSIs routed to the IOAPIC)."""
-        pins: set[int] = set()
-        for gsi in self.resamplers:
-            for route in self.routes.get(gsi, ()):
+    def ioapic_pin_gsis(self) -> dict[int, int]:
+        """kvm_irq_map_chip_pin for every IOAPIC pin that has one: setup_routing_entry records
+        `chip[IOAPIC][pin] = gsi` for each irqchip entry in the order userspace passed them,
+        so with several GSIs on one pin the last one wins and the others are invisible to
+        ack notifiers and the unmask resampler. The model keeps routes by GSI, so "last" is
+        taken as the highest GSI: the order QEMU submits its table in (snapshots too store
+        routes by ascending GSI)."""
+        out: dict[int, int] = {}
+        for gsi in sorted(self.routes):
+            for route in self.routes[gsi]:
                 if route[0] == "irqchip" and route[1] == "ioapic":
-                    pins.add(route[2])
-        return pins
+                    out[route[2]] = gsi
+        return out
+
+    def ack_notifier_pins(self) -> set[int]:
+        """IOAPIC pins with an ack notifier (kvm_irq_has_notifier: the pin's GSI through
+        kvm_irq_map_chip_pin has an irqfd resampler)."""
+        if not self.resamplers:
+            return set()
+        return {pin for pin, gsi in self.ioapic_pin_gsis().items() if gsi in self.resamplers}
 
     def notify_acked(self, pin: int, cause: int | None) -> None:
-        """kvm_notify_acked_irq for an IOAPIC pin: the irqfd resampler deasserts its source
-        and signals the resamplefd."""
-        for gsi in sorted(self.resamplers):
-            for route in self.routes.get(gsi, ()):
-                if route[0] == "irqchip" and route[1] == "ioapic" and route[2] == pin:
-                    seq = self._signal_resampler(gsi, cause)
-                    ioapic_set_irq(self, pin, KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, False, seq)
+        """kvm_notify_acked_irq for an IOAPIC pin: the ack notifiers of the pin's GSI
+        (kvm_irq_map_chip_pin) run; the irqfd resampler deasserts its source and signals the
+        resamplefd."""
+        gsi = self.ioapic_pin_gsis().get(pin, -1)
+        if gsi in self.resamplers:
+            seq = self._signal_resampler(gsi, cause)
+            ioapic_set_irq(self, pin, KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, False, seq)
 
     def notify_resampler(self, gsi: int, cause: int | None) -> bool:
         """kvm_notify_irqfd_resampler (in-kernel unmask) or QEMU's kvm_resample_fd_notify

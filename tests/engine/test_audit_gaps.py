@@ -3,6 +3,8 @@ before/after pair, the kernel-bug ones asserting both the buggy and the fixed ou
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from app.engine import rte as R
@@ -180,3 +182,70 @@ def test_broadcast_scan_request_uses_exact_matching() -> None:
     vm.enter(1)
     vm.write_rte(0, P, R.encode(vector=V, trigger="level", dest=0xFF))
     assert reqs(vm, 0) == reqs(vm, 1) == "SCAN_IOAPIC"
+
+
+# ---- kvm_irq_map_chip_pin: IOAPIC pin -> GSI for ack notifiers and the unmask resampler ----
+
+QEMU_PIN2 = 2  # QEMU routes GSI 0 (the PIT) to IOAPIC pin 2 and gives GSI 2 no IOAPIC route
+
+
+def _qemu_like_routes(vm: Vm) -> None:
+    entries: list[Any] = [(0, "irqchip", "ioapic", QEMU_PIN2)]
+    entries += [(g, "irqchip", "ioapic", g) for g in range(1, 24) if g != 2]
+    vm.set_routes(entries)
+
+
+def test_unmask_resamples_the_gsi_of_the_pin_not_the_pin_number() -> None:
+    """fef8f2b90edb calls kvm_notify_irqfd_resampler(kvm, KVM_IRQCHIP_IOAPIC, pin), which maps
+    the pin to its GSI: GSI 0's resampler answers for pin 2."""
+    vm = make_vm("linux-latest", "kernel", vcpus=1)
+    _qemu_like_routes(vm)
+    vm.write_rte(0, QEMU_PIN2, R.encode(vector=V, trigger="level", dest=0))
+    vm.register_resampler(0)
+    vm.enter(0)
+    assert vm.irqfd_assert(0)["delivered_to"] == [0]
+    assert vm.ack(0)["vector"] == V
+    vm.patch_rte(0, QEMU_PIN2, {"masked": True})
+    vm.eoi(0)  # ack notifier of GSI 0 (pin 2 -> GSI 0)
+    assert vm.resamplers[0] == 1
+    assert vm.irqfd_assert(0)["delivered_to"] == []  # masked: latched
+    assert vm.ioapic.irr >> QEMU_PIN2 & 1 == 1
+    assert vm.patch_rte(0, QEMU_PIN2, {"masked": False}) is not None
+    # Resampled through GSI 0 (a model taking GSI = pin would have looked for GSI 2's
+    # resampler, found none and re-delivered).
+    assert vm.resamplers[0] == 2
+    assert vm.ioapic.irr >> QEMU_PIN2 & 1 == 0
+    assert has(vm.vcpus[0].irr, V) == 0
+
+
+def test_two_gsis_on_one_pin_only_the_last_one_has_ack_notifiers() -> None:
+    """setup_routing_entry overwrites chip[IOAPIC][pin]: with GSIs 5 and 9 both on pin 5, only
+    GSI 9 is the pin's GSI; GSI 5's resampler never hears of the pin's EOIs."""
+    vm = make_vm("linux-latest", "kernel", vcpus=1)
+    vm.set_routes([(5, "irqchip", "ioapic", P), (9, "irqchip", "ioapic", P)])
+    vm.write_rte(0, P, R.encode(vector=V, trigger="level", dest=0))
+    vm.register_resampler(5)
+    vm.register_resampler(9)
+    vm.enter(0)
+    assert vm.irqfd_assert(5)["delivered_to"] == [0]
+    assert vm.ack(0)["vector"] == V
+    vm.eoi(0)
+    assert vm.resamplers == {5: 0, 9: 1}
+    # GSI 9's resampler deasserted the pin all the same: every resampler drives the line with
+    # the one KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, so no re-delivery; only GSI 5's device never
+    # learns of the EOI.
+    assert has(vm.vcpus[0].irr, V) == 0
+
+
+def test_pin_whose_gsi_has_no_resampler_is_not_eoi_tracked() -> None:
+    """kvm_irq_has_notifier goes through the same map: an edge pin is scanned as EOI-tracked
+    only when the pin's own GSI has the ack notifier."""
+    vm = make_vm("linux-latest", "kernel", vcpus=1)
+    vm.set_routes([(5, "irqchip", "ioapic", E), (9, "irqchip", "ioapic", E)])
+    vm.write_rte(0, E, R.encode(vector=VE, trigger="edge", dest=0))
+    vm.register_resampler(5)
+    vm.enter(0)
+    assert has(vm.vcpus[0].handled, VE) == 0
+    vm.register_resampler(9)
+    vm.enter(0)
+    assert has(vm.vcpus[0].handled, VE) == 1
