@@ -127,9 +127,14 @@ def _fast_targets(vm: Vm, amap: ApicMap, irq: LapicIrq) -> list[int] | None:
 
 
 def _slow_path(vm: Vm, amap: ApicMap, irq: LapicIrq, cause: int | None) -> int:
-    """The loop over all present vCPUs in kvm_irq_delivery_to_apic."""
+    """The loop over all present vCPUs in kvm_irq_delivery_to_apic.
+
+    A physical broadcast with lowest priority is turned into Fixed delivery ("phys broadcast
+    and lowest prio"), but only its delivery mode changes: an MSI's redirection hint stays, so
+    kvm_lowest_prio_delivery still holds and the loop still picks one vCPU. Only an
+    APIC_DM_LOWEST message without the hint becomes a real broadcast."""
     if not irq.logical and irq.dest == 0xFF and irq.lowest_prio:
-        irq = LapicIrq(irq.vector, 0, irq.logical, irq.level_trig, irq.dest, False)
+        irq = LapicIrq(irq.vector, 0, irq.logical, irq.level_trig, irq.dest, irq.redir_hint)
     quirk_off = vm.config.broadcast_quirk_disabled
     matches = [
         i

@@ -249,3 +249,38 @@ def test_pin_whose_gsi_has_no_resampler_is_not_eoi_tracked() -> None:
     vm.register_resampler(9)
     vm.enter(0)
     assert has(vm.vcpus[0].handled, VE) == 1
+
+
+# ---- "phys broadcast and lowest prio": the redirection hint survives the conversion ----
+
+MSI_PHYS_BROADCAST = 0xFEE00000 | (0xFF << 12)
+REDIR_HINT = 1 << 3
+
+
+@pytest.mark.parametrize(
+    ("address_lo", "data", "targets"),
+    [
+        # Redirection hint, Fixed: delivery mode becomes Fixed (it was), the hint stays, so
+        # the slow path still picks one vCPU (vector hashing: candidate vector % 3).
+        (MSI_PHYS_BROADCAST | REDIR_HINT, 0x61, [0x61 % 3]),
+        # APIC_DM_LOWEST without the hint: converted to Fixed, a real broadcast.
+        (MSI_PHYS_BROADCAST, 0x61 | 1 << 8, [0, 1, 2]),
+        # The hint and APIC_DM_LOWEST together: still one vCPU.
+        (MSI_PHYS_BROADCAST | REDIR_HINT, 0x61 | 1 << 8, [0x61 % 3]),
+    ],
+)
+def test_physical_broadcast_lowest_priority_keeps_the_redirection_hint(
+    address_lo: int, data: int, targets: list[int]
+) -> None:
+    vm = make_vm("linux-latest", "kernel", vcpus=3)
+    assert vm.signal_msi(address_lo, 0, data)["delivered_to"] == targets
+
+
+def test_physical_broadcast_hint_without_vector_hashing_picks_lowest_arb_prio() -> None:
+    vm = make_vm("linux-latest", "kernel", vcpus=3, vector_hashing=False)
+    # vCPU0 wins the tie. The converted message is Fixed: it reaches one vCPU but no longer
+    # counts as APIC_DM_LOWEST in __apic_accept_irq, so apic_arb_prio does not move and vCPU0
+    # wins again (had the mode stayed LOWEST, vCPU1 would).
+    assert vm.signal_msi(MSI_PHYS_BROADCAST | REDIR_HINT, 0, 0x61 | 1 << 8)["delivered_to"] == [0]
+    assert vm.vcpus[0].arb_prio == 0
+    assert vm.signal_msi(MSI_PHYS_BROADCAST | REDIR_HINT, 0, 0x62 | 1 << 8)["delivered_to"] == [0]
