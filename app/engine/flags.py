@@ -52,6 +52,7 @@ class Behaviour:
     suppress_eoi_broadcast_disabled: bool = False
     # --- QEMU (the split-mode VMM) ---
     qemu_routes_before_service: bool = True
+    qemu_msi_ext_dest_id: bool = True
     # --- a host's KVM that is not upstream's ---
     lapic_auto_eoi: bool = False
 
@@ -244,6 +245,21 @@ FLAGS: dict[str, FlagInfo] = {
             "(QEMU <= 7.2) re-services first and rewrites + commits the routes at the end of "
             "every IOAPIC MMIO write, so a re-delivery can use the stale route and every "
             "register write (even IOREGSEL) makes KVM rescan all vCPUs.",
+        ),
+        FlagInfo(
+            "qemu_msi_ext_dest_id",
+            "qemu",
+            None,
+            "target/i386: Support up to 32768 CPUs without IRQ remapping (QEMU, D. Woodhouse; "
+            "pulled 2020-12-10; commit id not seen)",
+            "qemu-6.0?",
+            "With a split irqchip and the x2APIC API (32-bit ids) QEMU advertises "
+            "KVM_FEATURE_MSI_EXT_DEST_ID and kvm_arch_fixup_msi_route swizzles (kvm_swizzle_"
+            "msi_ext_dest_id) a compatibility-format MSI whose address bits 11:5 are set and "
+            "address_hi is 0: those bits move to address_hi 14:8, which KVM reads as "
+            "destination bits 14:8. So the IOAPIC's extended destination (RTE bits 55:49) "
+            "reaches APIC ids up to 32767. False, or without x2apic_format, the bits stay in "
+            "address_lo, which KVM ignores: the destination is the 8-bit one.",
         ),
         FlagInfo(
             "lapic_auto_eoi",

@@ -115,6 +115,17 @@ class Vm:
     def request_scan(self, targets: set[int] | None, cause: int | None) -> None:
         make_scan_request(self, targets, cause)
 
+    @property
+    def msi_ext_dest_id(self) -> bool:
+        """QEMU turns kvm-msi-ext-dest-id on by default with a split irqchip whose x2APIC API
+        (kvm_enable_x2apic: 32-bit ids) is enabled; irqlab's model of that API is
+        x2apic_format."""
+        return (
+            self.flags.qemu_msi_ext_dest_id
+            and self.config.x2apic_format
+            and self.config.irqchip == "split"
+        )
+
     def nr_rt_entries(self) -> int:
         return max(self.routes, default=-1) + 1
 

@@ -284,3 +284,43 @@ def test_physical_broadcast_hint_without_vector_hashing_picks_lowest_arb_prio() 
     assert vm.signal_msi(MSI_PHYS_BROADCAST | REDIR_HINT, 0, 0x61 | 1 << 8)["delivered_to"] == [0]
     assert vm.vcpus[0].arb_prio == 0
     assert vm.signal_msi(MSI_PHYS_BROADCAST | REDIR_HINT, 0, 0x62 | 1 << 8)["delivered_to"] == [0]
+
+
+# ---- QEMU's extended destination id swizzle (KVM_FEATURE_MSI_EXT_DEST_ID) ----
+
+
+@pytest.mark.parametrize(
+    ("x2apic_format", "overrides", "target"),
+    [
+        (True, {}, 0x103),  # swizzled: address_hi 14:8 = 1 -> APIC id 0x103
+        (True, {"qemu_msi_ext_dest_id": False}, 0x03),  # before: the 8-bit destination only
+        (False, {}, 0x03),  # no 32-bit ids: QEMU leaves the feature off
+    ],
+)
+def test_split_ioapic_extended_destination_reaches_apic_ids_above_255(
+    x2apic_format: bool, overrides: dict[str, bool], target: int
+) -> None:
+    vm = make_vm(
+        "linux-latest",
+        "split",
+        vcpus=0x104,
+        x2apic=True,
+        x2apic_format=x2apic_format,
+        overrides=overrides,
+    )
+    # RTE bits 55:49 hold extended destination bits 14:8 (bit 48 is the remappable format).
+    vm.write_rte(0, E, R.encode(vector=VE, dest=0x03, extended_dest=0x01 << 1))
+    route = vm.routes[E][0]
+    if target > 0xFF:
+        assert route[2] == 0x100 and route[1] & 0xFF0 == 0  # kvm_swizzle_msi_ext_dest_id
+    else:
+        assert route[2] == 0 and route[1] & 0xFF0 == 0x02 << 4
+    vm.set_line(E, 1)
+    assert has(vm.vcpus[target].irr, VE) == 1
+    assert sum(has(v.irr, VE) for v in vm.vcpus) == 1
+
+
+def test_swizzle_leaves_remappable_format_alone() -> None:
+    vm = make_vm("linux-latest", "split", vcpus=4, x2apic=True, x2apic_format=True)
+    vm.write_rte(0, E, R.encode(vector=VE, dest=0x03, extended_dest=0x03))  # bit 48 set
+    assert vm.routes[E][0][2] == 0
