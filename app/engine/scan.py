@@ -17,7 +17,7 @@ from . import lapic
 from . import rte as R
 from .events import VCPU_NAMES
 from .msi import msi_to_irq
-from .state import REQ_LOAD_EOI_EXITMAP, Vcpu
+from .state import REQ_LOAD_EOI_EXITMAP, Vcpu, rtc_dest_vector
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -122,6 +122,12 @@ def vcpu_scan_ioapic(vm: Vm, v: Vcpu, cause: int | None) -> None:
             if t.allowed_count[vec] > counts.get(vec, 0):
                 stale = vec
                 break
+    if vm.config.irqchip == "kernel" and vm.ioapic.rtc_pending_eoi:
+        # kvm_ioapic_scan_entry first: "make sure we see any missing RTC EOI" - a vCPU in the
+        # RTC dest_map keeps the vector it was given, whatever the RTE says now.
+        rtc_vec = rtc_dest_vector(vm.ioapic, v.idx)
+        if rtc_vec >= 0:
+            handled |= 1 << rtc_vec
     old = v.handled
     v.handled = handled
     v.highest_stale = stale

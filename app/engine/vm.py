@@ -221,7 +221,9 @@ class Vm:
             )
             self._begin_line_step()
             if self.ioapic.flavour == "kvm":
-                ret = ioapic_set_irq(self, pin, source, lv, seq)
+                # KVM_IRQ_LINE_STATUS (line_status) comes from userspace's source id 0;
+                # other sources stand for in-kernel devices such as the PIT (no status).
+                ret = ioapic_set_irq(self, pin, source, lv, seq, source == 0)
                 outcome = {"level": int(lv), "status": ret}
             else:
                 io = self.ioapic
@@ -260,7 +262,7 @@ class Vm:
             raise invalid("gsi must be 0..4095", "gsi")
         seq = self.log.emit("device", "irq-line", None, "gsi", gsi, "level", level)
         self.accepted = []
-        status = kvm_set_irq(self, source, gsi, bool(level), seq)
+        status = kvm_set_irq(self, source, gsi, bool(level), seq, source == 0)
         return {"gsi": gsi, "status": status, "delivered_to": sorted(set(self.accepted))}
 
     def signal_msi(self, address_lo: int, address_hi: int, data: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from app.engine.errors import EngineError
 from app.engine.flags import PRESETS
 from app.engine.state import APIC_LVR_DIRECTED_EOI, SPIV_DIRECTED_EOI
 from app.engine.vm import Vm
-from tests.engine.conftest import P, V, exit_vectors, has, make_vm, reqs, rirr
+from tests.engine.conftest import P, V, accepts_during, exit_vectors, has, make_vm, reqs, rirr
 
 BEFORE, AFTER = "before", "after"
 E, VE = 4, 0x50  # an edge pin and its vector
@@ -324,3 +324,131 @@ def test_swizzle_leaves_remappable_format_alone() -> None:
     vm = make_vm("linux-latest", "split", vcpus=4, x2apic=True, x2apic_format=True)
     vm.write_rte(0, E, R.encode(vector=VE, dest=0x03, extended_dest=0x03))  # bit 48 set
     assert vm.routes[E][0][2] == 0
+
+
+# ---- RTC EOI tracking (T15): rtc_status.dest_map, coalescing, rtc_irq_eoi, the scan ----
+
+RTC, VR = 8, 0x68
+
+
+def _rtc_vm(vcpus: int = 2, dest: int = 0, logical: bool = False, **overrides: bool) -> Vm:
+    vm = make_vm("linux-latest", "kernel", vcpus=vcpus, overrides=overrides)
+    if logical:
+        for n in range(vcpus):
+            vm.lapic_write(n, "ldr", (1 << n) << 24)
+    vm.write_rte(0, RTC, R.encode(vector=VR, dest=dest,
+                                  dest_mode="logical" if logical else "physical"))
+    for n in range(vcpus):
+        vm.enter(n)
+    return vm
+
+
+def _tick(vm: Vm, source: int = 0) -> int:
+    """One RTC tick as QEMU's RTC raises it: KVM_IRQ_LINE_STATUS 1 then 0 (source 0)."""
+    status = vm.set_line(RTC, action="pulse", source=source)["steps"][0]["status"]
+    assert isinstance(status, int)
+    return status
+
+
+def test_rtc_tick_is_coalesced_until_its_eoi() -> None:
+    vm = _rtc_vm()
+    assert _tick(vm) == 1
+    assert (vm.ioapic.rtc_pending_eoi, vm.ioapic.rtc_dest) == (1, [0 << 8 | VR])
+    assert has(vm.vcpus[0].handled, VR) == 1  # the RTC pin is always scanned
+    assert vm.ack(0)["vector"] == VR
+    # rtc_irq_check_coalesced: refused before the edge is latched, not delivered.
+    result = vm.set_line(RTC, action="pulse")["steps"][0]
+    assert (result["status"], result["outcome"], result["reason"]) == (
+        0, "coalesced", "rtc-eoi-pending")
+    assert has(vm.vcpus[0].irr, VR) == 0
+    assert vm.eoi(0)["forwarded"] is True  # rtc_irq_eoi
+    assert (vm.ioapic.rtc_pending_eoi, vm.ioapic.rtc_dest) == (0, [])
+    assert _tick(vm) == 1
+
+
+@pytest.mark.parametrize("source", [1, 2])
+def test_rtc_tracking_needs_line_status(source: int) -> None:
+    """Only KVM_IRQ_LINE_STATUS (userspace's source 0) tracks: an irqfd or an in-kernel
+    source delivers every edge and leaves rtc_status alone."""
+    vm = _rtc_vm()
+    if source == 1:
+        vm.register_resampler(RTC)
+        assert vm.irqfd_assert(RTC)["status"] == 1
+        vm.set_line(RTC, 0, source=1)
+        assert vm.irqfd_assert(RTC)["status"] == 1
+    else:
+        assert _tick(vm, source) == 1
+        assert _tick(vm, source) == 1
+    assert vm.ioapic.rtc_pending_eoi == 0
+
+
+def test_rtc_dest_map_keeps_the_eoi_after_a_retarget() -> None:
+    """The scan's dest_map branch: vCPU0 keeps intercepting the RTC vector after the guest
+    retargets pin 8 to vCPU1, even without db2bdcbbbd32's pending-vector check, so its EOI
+    still reaches rtc_irq_eoi and ticks resume."""
+    vm = _rtc_vm(scan_keeps_pending_edge=False)
+    assert _tick(vm) == 1
+    assert vm.ack(0)["vector"] == VR
+    vm.patch_rte(0, RTC, {"dest": 1})
+    vm.enter(0)
+    vm.enter(1)
+    assert has(vm.vcpus[0].handled, VR) == 1  # only because vCPU0 is in the dest_map
+    assert has(vm.vcpus[1].handled, VR) == 1  # the RTE now targets it
+    assert _tick(vm) == 0  # still pending
+    assert vm.eoi(0)["forwarded"] is True
+    assert vm.ioapic.rtc_pending_eoi == 0
+    vm.enter(0)
+    # rtc_irq_eoi requests no rescan: the bit stays until something rescans vCPU0 (here an
+    # LDR write, which recalculates the APIC map and rescans every vCPU).
+    assert has(vm.vcpus[0].handled, VR) == 1
+    vm.lapic_write(0, "ldr", 0x01 << 24)
+    vm.enter(0)
+    assert has(vm.vcpus[0].handled, VR) == 0
+    assert accepts_during(vm, lambda: _tick(vm)) == [1]
+
+
+def test_rtc_broadcast_waits_for_every_destination() -> None:
+    vm = _rtc_vm(vcpus=2, dest=0x03, logical=True)
+    assert _tick(vm) == 2
+    assert vm.ioapic.rtc_pending_eoi == 2
+    assert vm.ack(0)["vector"] == VR
+    vm.eoi(0)
+    assert (vm.ioapic.rtc_pending_eoi, vm.ioapic.rtc_dest) == (1, [1 << 8 | VR])
+    assert _tick(vm) == 0
+    assert vm.ack(1)["vector"] == VR
+    vm.eoi(1)
+    assert vm.ioapic.rtc_pending_eoi == 0
+    assert _tick(vm) == 2
+
+
+def test_rtc_eoi_of_another_vector_does_not_count() -> None:
+    """rtc_irq_eoi matches the vCPU *and* the vector the dest_map recorded: a level EOI that
+    reaches the IOAPIC from the same vCPU leaves pending_eoi alone."""
+    vm = _rtc_vm()
+    VL = 0x70  # above the RTC vector, so it is taken and retired first
+    vm.write_rte(0, P, R.encode(vector=VL, trigger="level", dest=0))
+    vm.enter(0)
+    assert _tick(vm) == 1
+    vm.set_line(P, 1)
+    assert vm.ack(0)["vector"] == VL
+    vm.set_line(P, 0)
+    assert vm.eoi(0)["forwarded"] is True  # kvm_ioapic_update_eoi ran, for VL
+    assert vm.ioapic.rtc_pending_eoi == 1
+    assert vm.ack(0)["vector"] == VR
+    vm.eoi(0)
+    assert vm.ioapic.rtc_pending_eoi == 0
+
+
+def test_rtc_status_is_part_of_key_clone_and_snapshot() -> None:
+    vm = _rtc_vm()
+    before = vm.key()
+    _tick(vm)
+    assert vm.key() != before
+    c = vm.clone()
+    assert c.key() == vm.key() and c.ioapic.rtc_dest is not vm.ioapic.rtc_dest
+    r = Vm.restore(vm.snapshot())
+    assert (r.ioapic.rtc_pending_eoi, r.ioapic.rtc_dest) == (1, [VR])
+    assert r.key() == vm.key()
+    snap = vm.snapshot()
+    del snap["ioapic"]["rtc_dest"], snap["ioapic"]["rtc_pending_eoi"]
+    assert Vm.restore(snap).ioapic.rtc_pending_eoi == 0  # older snapshots: nothing pending

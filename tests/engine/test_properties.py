@@ -450,6 +450,10 @@ def naive_scan(vm: Vm, v: Any) -> tuple[int, int]:
                 allowed = f.split_scan_keeps_pending_level
                 targets.append((dest, bool(r[1] & 4), r[3] & 0xFF, allowed))
     handled, stale = 0, -1
+    if vm.config.irqchip == "kernel":
+        for entry in vm.ioapic.rtc_dest:  # kvm_ioapic_scan_entry's RTC dest_map branch
+            if entry >> 8 == v.idx:
+                handled |= 1 << (entry & 0xFF)
     for dest, logical, vec, allowed in targets:
         if naive_match(v, dest, logical, quirk_off):
             handled |= 1 << vec
