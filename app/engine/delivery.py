@@ -57,6 +57,18 @@ def deliver_to_apic(vm: Vm, irq: LapicIrq, cause: int | None) -> int:
     return _slow_path(vm, amap, irq, cause)
 
 
+def bitmap_or_dest_vcpus(vm: Vm, dest: int, logical: bool) -> list[int]:
+    """kvm_bitmap_or_dest_vcpus (added with 7ee30bc132c6), for the scan requests of an RTE
+    write: the vCPUs a Fixed message to (dest, mode) reaches through the optimized map, whose
+    logical part holds only software-enabled APICs with a non-zero LDR; only when the map
+    cannot resolve the destination (broadcast, map disabled) every present vCPU that
+    kvm_apic_match_dest matches. So a software-disabled or LDR=0 vCPU that a logical
+    destination matches exactly gets no KVM_REQ_SCAN_IOAPIC, though its scan would match."""
+    amap = vm._map or vm.apic_map()
+    resolved = _fast_targets(vm, amap, LapicIrq(0, 0, logical, False, dest))
+    return amap.matching(dest, logical) if resolved is None else resolved
+
+
 def _fast_targets(vm: Vm, amap: ApicMap, irq: LapicIrq) -> list[int] | None:
     """kvm_irq_delivery_to_apic_fast's target resolution; None means "use the slow path"."""
     dest = irq.dest
@@ -115,9 +127,14 @@ def _fast_targets(vm: Vm, amap: ApicMap, irq: LapicIrq) -> list[int] | None:
 
 
 def _slow_path(vm: Vm, amap: ApicMap, irq: LapicIrq, cause: int | None) -> int:
-    """The loop over all present vCPUs in kvm_irq_delivery_to_apic."""
+    """The loop over all present vCPUs in kvm_irq_delivery_to_apic.
+
+    A physical broadcast with lowest priority is turned into Fixed delivery ("phys broadcast
+    and lowest prio"), but only its delivery mode changes: an MSI's redirection hint stays, so
+    kvm_lowest_prio_delivery still holds and the loop still picks one vCPU. Only an
+    APIC_DM_LOWEST message without the hint becomes a real broadcast."""
     if not irq.logical and irq.dest == 0xFF and irq.lowest_prio:
-        irq = LapicIrq(irq.vector, 0, irq.logical, irq.level_trig, irq.dest, False)
+        irq = LapicIrq(irq.vector, 0, irq.logical, irq.level_trig, irq.dest, irq.redir_hint)
     quirk_off = vm.config.broadcast_quirk_disabled
     matches = [
         i

@@ -37,6 +37,7 @@ class Behaviour:
     scan_keeps_pending_edge: bool = True
     scan_keeps_pending_level: bool = True
     split_scan_keeps_pending_level: bool = True
+    split_scan_level_routes_only: bool = True
     split_scan_syncs_pir: bool = True
     rescan_after_stale_eoi: bool = True
     rte_edge_clears_remote_irr: bool = True
@@ -48,8 +49,10 @@ class Behaviour:
     targeted_scan_requests: bool = True
     scan_old_dest_with_new_mode: bool = True
     split_suppress_eoi_broadcast: bool = False
+    suppress_eoi_broadcast_disabled: bool = False
     # --- QEMU (the split-mode VMM) ---
     qemu_routes_before_service: bool = True
+    qemu_msi_ext_dest_id: bool = True
     # --- a host's KVM that is not upstream's ---
     lapic_auto_eoi: bool = False
 
@@ -96,6 +99,18 @@ FLAGS: dict[str, FlagInfo] = {
             "v6.2",
             "Split-mode scan (kvm_scan_ioapic_routes) sets the bit of a level MSI route whose "
             "vector is pending in IRR/ISR although the vCPU no longer matches (race 2, the seed).",
+        ),
+        FlagInfo(
+            "split_scan_level_routes_only",
+            "kvm",
+            "7455a8327674",
+            "KVM: x86: don't notify userspace IOAPIC on edge-triggered interrupt EOI",
+            "v5.6",
+            "Split-mode scan (kvm_scan_ioapic_routes) skips MSI routes whose trigger mode is "
+            "edge. From 3159d36ad799 (v4.7?) until this fix the test read irq.level, which "
+            "kvm_set_msi_irq always sets, so the vectors of matching edge routes were handled "
+            "too and their EOIs exited to userspace (KVM_EXIT_IOAPIC_EOI, ignored by QEMU's "
+            "IOAPIC for edge pins). Backported to stable (4.14.172 and others).",
         ),
         FlagInfo(
             "split_scan_syncs_pir",
@@ -206,6 +221,20 @@ FLAGS: dict[str, FlagInfo] = {
             "Opt-in per VM, so False in every preset.",
         ),
         FlagInfo(
+            "suppress_eoi_broadcast_disabled",
+            "kvm",
+            "6517dfbcc918",
+            "KVM: x86: Suppress EOI broadcasts with split IRQCHIP if Directed EOI is enabled: "
+            "the DISABLED mode (kvm-x86 id; release unverified)",
+            "v7.0?",
+            "The VM enabled KVM_X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST (either irqchip mode): "
+            "LVR never advertises directed EOI, so the guest cannot set SPIV bit 12, and "
+            "kvm_lapic_suppress_eoi_broadcast is false, so the in-kernel IOAPIC clears Remote "
+            "IRR on an EOI even when SPIV bit 12 is set (restored by KVM_SET_LAPIC). Mutually "
+            "exclusive with split_suppress_eoi_broadcast (-EINVAL). Opt-in per VM, so False "
+            "in every preset; both False is the QUIRKED default.",
+        ),
+        FlagInfo(
             "qemu_routes_before_service",
             "qemu",
             "54ad31fb0a",
@@ -216,6 +245,21 @@ FLAGS: dict[str, FlagInfo] = {
             "(QEMU <= 7.2) re-services first and rewrites + commits the routes at the end of "
             "every IOAPIC MMIO write, so a re-delivery can use the stale route and every "
             "register write (even IOREGSEL) makes KVM rescan all vCPUs.",
+        ),
+        FlagInfo(
+            "qemu_msi_ext_dest_id",
+            "qemu",
+            None,
+            "target/i386: Support up to 32768 CPUs without IRQ remapping (QEMU, D. Woodhouse; "
+            "pulled 2020-12-10; commit id not seen)",
+            "qemu-6.0?",
+            "With a split irqchip and the x2APIC API (32-bit ids) QEMU advertises "
+            "KVM_FEATURE_MSI_EXT_DEST_ID and kvm_arch_fixup_msi_route swizzles (kvm_swizzle_"
+            "msi_ext_dest_id) a compatibility-format MSI whose address bits 11:5 are set and "
+            "address_hi is 0: those bits move to address_hi 14:8, which KVM reads as "
+            "destination bits 14:8. So the IOAPIC's extended destination (RTE bits 55:49) "
+            "reaches APIC ids up to 32767. False, or without x2apic_format, the bits stay in "
+            "address_lo, which KVM ignores: the destination is the 8-bit one.",
         ),
         FlagInfo(
             "lapic_auto_eoi",
@@ -250,6 +294,7 @@ def _preset(name: str, description: str, **changes: bool) -> Preset:
 
 
 _PRE_415 = dict(
+    split_scan_level_routes_only=False,
     scan_keeps_pending_level=False,
     rte_edge_clears_remote_irr=False,
     rte_preserves_readonly_bits=False,
@@ -257,7 +302,11 @@ _PRE_415 = dict(
     targeted_scan_requests=False,
     scan_old_dest_with_new_mode=False,
 )
-_PRE_55 = dict(targeted_scan_requests=False, scan_old_dest_with_new_mode=False)
+_PRE_55 = dict(
+    split_scan_level_routes_only=False,
+    targeted_scan_requests=False,
+    scan_old_dest_with_new_mode=False,
+)
 _PRE_56 = dict(scan_old_dest_with_new_mode=False)
 _PRE_62 = dict(split_scan_keeps_pending_level=False, unmask_resamples=False)
 _PRE_610 = dict(split_scan_syncs_pir=False)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import rte as R
 from .bitmap import vectors
 from .events import event_fields
-from .state import REQ_IOAPIC_EOI_EXIT, REQ_SCAN_IOAPIC
+from .state import REQ_IOAPIC_EOI_EXIT, REQ_SCAN_IOAPIC, rtc_dest_vector
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -73,6 +73,9 @@ def state_findings(vm: Vm) -> list[Finding]:
             explained = table.all_match | table.match.get(v.idx, 0) | (
                 (v.irr | v.isr | v.pir) & table.allowed
             )
+            rtc_vec = rtc_dest_vector(vm.ioapic, v.idx) if vm.ioapic.rtc_pending_eoi else -1
+            if rtc_vec >= 0:
+                explained |= 1 << rtc_vec
             stale = v.handled & ~explained
             if stale:
                 found.append({"kind": "handled-vector-stale", "vcpu": v.idx,

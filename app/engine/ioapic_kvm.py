@@ -15,12 +15,15 @@ if TYPE_CHECKING:
     from .vm import Vm
 
 IOAPIC_SUCCESSIVE_IRQ_MAX_COUNT: Final = 10000
+RTC_GSI: Final = 8
 EOI_INJECT_DELAY_US: Final = 10_000  # HZ/100
 IOREGSEL, IOWIN = 0x00, 0x10
 REG_ID, REG_VER, REG_ARB = 0x00, 0x01, 0x02
 
 
-def ioapic_set_irq(vm: Vm, pin: int, source: int, level: bool, cause: int | None) -> int:
+def ioapic_set_irq(
+    vm: Vm, pin: int, source: int, level: bool, cause: int | None, line_status: bool = False
+) -> int:
     """kvm_ioapic_set_irq -> ioapic_set_irq (T1). Returns KVM_IRQ_LINE_STATUS's value:
     >0 delivered to that many LAPICs, 0 coalesced, -1 blocked (masked / Remote IRR / none)."""
     io = vm.ioapic
@@ -38,6 +41,14 @@ def ioapic_set_irq(vm: Vm, pin: int, source: int, level: bool, cause: int | None
         vm.outcome_reason = None
         return 1
     edge = not e & R.TRIGGER_BIT
+    if pin == RTC_GSI and line_status and io.rtc_pending_eoi > 0:
+        # rtc_irq_check_coalesced: an RTC tick while a tracked one awaits its EOI is
+        # reported coalesced (0) and never latched, so userspace can re-inject it later.
+        vm.log.emit("ioapic", "coalesced", cause, "pin", pin, "reason", "rtc-eoi-pending",
+                    "pending_eoi", io.rtc_pending_eoi)
+        vm.outcome = "coalesced"
+        vm.outcome_reason = "rtc-eoi-pending"
+        return 0
     old_irr = io.irr
     io.irr |= bit
     if edge:
@@ -53,11 +64,15 @@ def ioapic_set_irq(vm: Vm, pin: int, source: int, level: bool, cause: int | None
         vm.outcome = "coalesced"
         vm.outcome_reason = "remote-irr"
         return 0
-    return ioapic_service(vm, pin, cause)
+    return ioapic_service(vm, pin, cause, line_status)
 
 
-def ioapic_service(vm: Vm, pin: int, cause: int | None) -> int:
-    """ioapic_service (T2): deliver pin's RTE; a level pin gets Remote IRR when ret != 0."""
+def ioapic_service(vm: Vm, pin: int, cause: int | None, line_status: bool = False) -> int:
+    """ioapic_service (T2): deliver pin's RTE; a level pin gets Remote IRR when ret != 0.
+
+    The RTC pin served for KVM_IRQ_LINE_STATUS is delivered with rtc_status.dest_map: every
+    LAPIC that accepts it is recorded with the vector, and pending_eoi becomes the number of
+    them (T15; the tracking predates the releases modelled here)."""
     io = vm.ioapic
     e = io.redir[pin]
     level = bool(e & R.TRIGGER_BIT)
@@ -75,7 +90,13 @@ def ioapic_service(vm: Vm, pin: int, cause: int | None) -> int:
     if not level:
         io.irr_delivered |= 1 << pin
     seq = vm.log.reserve()
+    track_rtc = pin == RTC_GSI and line_status
+    first = len(vm.accepted)
     ret = delivery.deliver_to_apic(vm, irq, seq)
+    if track_rtc:
+        vec = e & 0xFF
+        io.rtc_dest = sorted({v << 8 | vec for v in vm.accepted[first:]})
+        io.rtc_pending_eoi = max(ret, 0)
     rirr = bool(ret and level)
     vm.outcome = "delivered" if ret > 0 else "no-target"
     vm.outcome_reason = None
@@ -143,23 +164,37 @@ def ioapic_write_indirect(vm: Vm, writer: Vcpu | None, value: int, cause: int | 
         if not f.unmask_resamples:
             ioapic_service(vm, index, seq)
         elif not e & (R.MASK_BIT | R.REMOTE_IRR_BIT):
-            gsi = index  # the default table routes GSI n to pin n
-            if vm.notify_resampler(gsi, seq):
+            # kvm_notify_irqfd_resampler(kvm, KVM_IRQCHIP_IOAPIC, index): the pin's GSI
+            # through kvm_irq_map_chip_pin, not the pin number.
+            gsi = vm.ioapic_pin_gsis().get(index, -1)
+            if gsi >= 0 and vm.notify_resampler(gsi, seq):
                 io.irr &= ~(1 << index)
                 vm.log.emit("ioapic", "irr-cleared", seq, "pin", index, "reason", "resampled")
             else:
                 ioapic_service(vm, index, seq)
     # Scan request (T3 step 7).
     if f.targeted_scan_requests and R.delivery_mode(e) == R.DM_FIXED:
-        amap = vm.apic_map()
         new_logical = bool(e & R.DEST_MODE_BIT)
-        targets = set(amap.matching(R.dest(e), new_logical))
+        targets = set(delivery.bitmap_or_dest_vcpus(vm, R.dest(e), new_logical))
         if old_dest != R.dest(e) or old_logical != new_logical:
             old_mode = new_logical if f.scan_old_dest_with_new_mode else old_logical
-            targets.update(amap.matching(old_dest, old_mode))
+            targets.update(delivery.bitmap_or_dest_vcpus(vm, old_dest, old_mode))
         vm.request_scan(targets, seq)
     else:
         vm.request_scan(None, seq)
+
+
+def rtc_irq_eoi(vm: Vm, v: Vcpu, vector: int, cause: int | None) -> None:
+    """rtc_irq_eoi, first thing in kvm_ioapic_update_eoi: a vCPU in the RTC dest_map that
+    EOIs the vector it was given leaves the map and pending_eoi drops by one."""
+    io = vm.ioapic
+    entry = v.idx << 8 | vector
+    if io.rtc_pending_eoi and entry in io.rtc_dest:
+        io.rtc_dest.remove(entry)
+        # rtc_status_pending_eoi_check_valid: never below 0 (it WARNs and resets).
+        io.rtc_pending_eoi = max(io.rtc_pending_eoi - 1, 0)
+        vm.log.emit("ioapic", "rtc-eoi", cause, "vcpu", v.idx, "vector", vector,
+                    "pending_eoi", io.rtc_pending_eoi)
 
 
 def ioapic_update_eoi(
@@ -168,14 +203,19 @@ def ioapic_update_eoi(
     """kvm_ioapic_update_eoi / kvm_ioapic_update_eoi_one (T10): every pin whose *current*
     vector is `vector` runs its ack notifiers; then, if this vCPU's TMR said level and it has
     not enabled directed EOI, Remote IRR clears and a still-asserted line re-delivers (or,
-    after 10000 successive re-deliveries, is deferred by 10 ms of logical time)."""
+    after 10000 successive re-deliveries, is deferred by 10 ms of logical time).
+
+    The directed-EOI test is kvm_lapic_suppress_eoi_broadcast since 6517dfbcc918: in-kernel
+    it is SPIV bit 12 (QUIRKED) unless the VM chose DISABLED, which ignores the bit."""
     io = vm.ioapic
     out: list[dict[str, Any]] = []
+    rtc_irq_eoi(vm, v, vector, cause)
+    directed = bool(v.svr & SPIV_DIRECTED_EOI) and not vm.flags.suppress_eoi_broadcast_disabled
     for pin in vm.pins_with_vector(vector):
         if vm.resamplers:
             vm.notify_acked(pin, cause)
         e = io.redir[pin]
-        if not level or v.svr & SPIV_DIRECTED_EOI:
+        if not level or directed:
             out.append(
                 {
                     "pin": pin,

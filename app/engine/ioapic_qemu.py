@@ -28,6 +28,12 @@ class QemuIoapicHost(Protocol):
     routes: dict[int, list[RouteEntry]]  # the routing table QEMU last committed
 
     @property
+    def msi_ext_dest_id(self) -> bool:
+        """QEMU advertises KVM_FEATURE_MSI_EXT_DEST_ID and swizzles the extended destination
+        of its MSI routes (split irqchip with 32-bit x2APIC ids)."""
+        ...
+
+    @property
     def time(self) -> int:
         """Microseconds of the storm throttle's QEMU_CLOCK_VIRTUAL (logical in the model)."""
         ...

@@ -44,9 +44,11 @@ def apic_enabled(v: Vcpu) -> bool:
 def lvr(vm: Vm) -> int:
     """kvm_apic_set_version: directed EOI needs x2APIC in the guest CPUID, and then (since
     0bcc3fb95b97) an IOAPIC outside the kernel, or (6517dfbcc918) a VM that enabled
-    suppress-EOI-broadcast."""
+    suppress-EOI-broadcast; 6517dfbcc918's DISABLED mode never advertises it."""
     value = APIC_LVR_BASE
     f = vm.flags
+    if f.suppress_eoi_broadcast_disabled:
+        return value
     if vm.config.x2apic_cpuid and (
         f.split_suppress_eoi_broadcast
         or not (f.hide_directed_eoi_with_kernel_ioapic and vm.config.irqchip == "kernel")

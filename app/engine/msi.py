@@ -85,6 +85,16 @@ def irq_to_msi(irq: LapicIrq, x2apic_format: bool) -> tuple[int, int, int]:
     return addr_lo, addr_hi, data
 
 
+def swizzle_msi_ext_dest_id(address: int) -> int:
+    """QEMU kvm_swizzle_msi_ext_dest_id: address bits 11:4 are the extended destination; if
+    any is set, bit 4 (remappable format) is clear and the upper 32 bits are 0, the bits
+    move up by 35 (bits 11:5 -> 46:40, i.e. address_hi bits 14:8)."""
+    ext_id = address & (0xFF << 4)
+    if not ext_id or ext_id & (1 << 4) or address >> 32:
+        return address
+    return (address & ~ext_id) | ext_id << 35
+
+
 def qemu_rte_to_msi(entry: int) -> tuple[int, int]:
     """QEMU ioapic_entry_parse: RTE bits 63:48 become address bits 19:4 (so the 8-bit dest
     lands in 19:12 and the extended destination in 11:4); data = vector|delivery|trigger."""

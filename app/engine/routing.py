@@ -117,15 +117,18 @@ def kvm_set_msi(
     return delivery.deliver_to_apic(vm, irq, seq)
 
 
-def kvm_set_irq(vm: Vm, source: int, gsi: int, level: bool, cause: int | None) -> int:
+def kvm_set_irq(
+    vm: Vm, source: int, gsi: int, level: bool, cause: int | None, line_status: bool = False
+) -> int:
     """kvm_set_irq: every entry of the GSI; the result sums the non-negative answers. The PIC
-    is not modelled, so its entries neither act nor count."""
+    is not modelled, so its entries neither act nor count. `line_status` is true for
+    KVM_IRQ_LINE_STATUS (the RTC's EOI tracking depends on it)."""
     ret = -1
     for route in vm.routes.get(gsi, ()):
         if route[0] == "irqchip":
             if route[1] != "ioapic":
                 continue
-            r = ioapic_kvm.ioapic_set_irq(vm, route[2], source, level, cause)
+            r = ioapic_kvm.ioapic_set_irq(vm, route[2], source, level, cause, line_status)
         else:
             r = kvm_set_msi(vm, route[1], route[2], route[3], level, cause)
         if r < 0:

@@ -17,7 +17,7 @@ from . import lapic
 from . import rte as R
 from .events import VCPU_NAMES
 from .msi import msi_to_irq
-from .state import REQ_LOAD_EOI_EXITMAP, Vcpu
+from .state import REQ_LOAD_EOI_EXITMAP, Vcpu, rtc_dest_vector
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -60,7 +60,9 @@ def scan_targets(vm: Vm) -> list[tuple[int, bool, int, bool]]:
                 if entry[0] != "msi":
                     continue
                 irq = msi_to_irq(entry[1], entry[2], entry[3], fmt)
-                if irq.level_trig:
+                # Before 7455a8327674 the test read irq.level, always 1 for an MSI
+                # (kvm_set_msi_irq), so edge routes were scanned as well.
+                if irq.level_trig or not f.split_scan_level_routes_only:
                     out.append(
                         (irq.dest, irq.logical, irq.vector, f.split_scan_keeps_pending_level)
                     )
@@ -120,6 +122,12 @@ def vcpu_scan_ioapic(vm: Vm, v: Vcpu, cause: int | None) -> None:
             if t.allowed_count[vec] > counts.get(vec, 0):
                 stale = vec
                 break
+    if vm.config.irqchip == "kernel" and vm.ioapic.rtc_pending_eoi:
+        # kvm_ioapic_scan_entry first: "make sure we see any missing RTC EOI" - a vCPU in the
+        # RTC dest_map keeps the vector it was given, whatever the RTE says now.
+        rtc_vec = rtc_dest_vector(vm.ioapic, v.idx)
+        if rtc_vec >= 0:
+            handled |= 1 << rtc_vec
     old = v.handled
     v.handled = handled
     v.highest_stale = stale

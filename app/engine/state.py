@@ -174,6 +174,8 @@ IOAPIC_FIELDS: tuple[str, ...] = (
     "irr",
     "irr_delivered",
     "redir",
+    "rtc_dest",
+    "rtc_pending_eoi",
     "version",
 )
 
@@ -195,6 +197,10 @@ class IoapicState:
         self.irq_states = [0] * NUM_PINS  # per-pin bitmask of asserted IRQ source ids
         self.irq_eoi = [0] * NUM_PINS  # successive re-deliveries at EOI (storm throttle)
         self.delayed_at: int | None = None  # logical time of the throttled re-injection
+        # KVM's rtc_status (in-kernel only): the dest_map of the last tracked RTC delivery
+        # as sorted entries vcpu_id << 8 | vector, and how many of them await an EOI.
+        self.rtc_dest: list[int] = []
+        self.rtc_pending_eoi = 0
 
     def clone(self) -> IoapicState:
         c = IoapicState(self.flavour, self.version)
@@ -219,9 +225,19 @@ class IoapicState:
     def from_dict(cls, d: dict[str, Any]) -> IoapicState:
         c = IoapicState(d["flavour"], d["version"])
         for s in IOAPIC_FIELDS:
+            if s.startswith("rtc_") and s not in d:
+                continue  # a snapshot from before RTC tracking: nothing pending
             v = d[s]
             setattr(c, s, list(v) if isinstance(v, list) else v)
         return c
+
+
+def rtc_dest_vector(io: IoapicState, idx: int) -> int:
+    """The vector the RTC dest_map holds for vCPU idx, or -1 when it is not in the map."""
+    for entry in io.rtc_dest:
+        if entry >> 8 == idx:
+            return entry & 0xFF
+    return -1
 
 
 # A routing entry: ("irqchip", chip, pin) with chip "ioapic" | "pic-master" | "pic-slave",

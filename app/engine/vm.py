@@ -115,26 +115,49 @@ class Vm:
     def request_scan(self, targets: set[int] | None, cause: int | None) -> None:
         make_scan_request(self, targets, cause)
 
+    @property
+    def msi_ext_dest_id(self) -> bool:
+        """QEMU turns kvm-msi-ext-dest-id on by default with a split irqchip whose x2APIC API
+        (kvm_enable_x2apic: 32-bit ids) is enabled; irqlab's model of that API is
+        x2apic_format."""
+        return (
+            self.flags.qemu_msi_ext_dest_id
+            and self.config.x2apic_format
+            and self.config.irqchip == "split"
+        )
+
     def nr_rt_entries(self) -> int:
         return max(self.routes, default=-1) + 1
 
-    def ack_notifier_pins(self) -> set[int]:
-        """IOAPIC pins with an ack notifier (irqfd resamplers on GSIs routed to the IOAPIC)."""
-        pins: set[int] = set()
-        for gsi in self.resamplers:
-            for route in self.routes.get(gsi, ()):
+    def ioapic_pin_gsis(self) -> dict[int, int]:
+        """kvm_irq_map_chip_pin for every IOAPIC pin that has one: setup_routing_entry records
+        `chip[IOAPIC][pin] = gsi` for each irqchip entry in the order userspace passed them,
+        so with several GSIs on one pin the last one wins and the others are invisible to
+        ack notifiers and the unmask resampler. The model keeps routes by GSI, so "last" is
+        taken as the highest GSI: the order QEMU submits its table in (snapshots too store
+        routes by ascending GSI)."""
+        out: dict[int, int] = {}
+        for gsi in sorted(self.routes):
+            for route in self.routes[gsi]:
                 if route[0] == "irqchip" and route[1] == "ioapic":
-                    pins.add(route[2])
-        return pins
+                    out[route[2]] = gsi
+        return out
+
+    def ack_notifier_pins(self) -> set[int]:
+        """IOAPIC pins with an ack notifier (kvm_irq_has_notifier: the pin's GSI through
+        kvm_irq_map_chip_pin has an irqfd resampler)."""
+        if not self.resamplers:
+            return set()
+        return {pin for pin, gsi in self.ioapic_pin_gsis().items() if gsi in self.resamplers}
 
     def notify_acked(self, pin: int, cause: int | None) -> None:
-        """kvm_notify_acked_irq for an IOAPIC pin: the irqfd resampler deasserts its source
-        and signals the resamplefd."""
-        for gsi in sorted(self.resamplers):
-            for route in self.routes.get(gsi, ()):
-                if route[0] == "irqchip" and route[1] == "ioapic" and route[2] == pin:
-                    seq = self._signal_resampler(gsi, cause)
-                    ioapic_set_irq(self, pin, KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, False, seq)
+        """kvm_notify_acked_irq for an IOAPIC pin: the ack notifiers of the pin's GSI
+        (kvm_irq_map_chip_pin) run; the irqfd resampler deasserts its source and signals the
+        resamplefd."""
+        gsi = self.ioapic_pin_gsis().get(pin, -1)
+        if gsi in self.resamplers:
+            seq = self._signal_resampler(gsi, cause)
+            ioapic_set_irq(self, pin, KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, False, seq)
 
     def notify_resampler(self, gsi: int, cause: int | None) -> bool:
         """kvm_notify_irqfd_resampler (in-kernel unmask) or QEMU's kvm_resample_fd_notify
@@ -198,7 +221,9 @@ class Vm:
             )
             self._begin_line_step()
             if self.ioapic.flavour == "kvm":
-                ret = ioapic_set_irq(self, pin, source, lv, seq)
+                # KVM_IRQ_LINE_STATUS (line_status) comes from userspace's source id 0;
+                # other sources stand for in-kernel devices such as the PIT (no status).
+                ret = ioapic_set_irq(self, pin, source, lv, seq, source == 0)
                 outcome = {"level": int(lv), "status": ret}
             else:
                 io = self.ioapic
@@ -237,7 +262,7 @@ class Vm:
             raise invalid("gsi must be 0..4095", "gsi")
         seq = self.log.emit("device", "irq-line", None, "gsi", gsi, "level", level)
         self.accepted = []
-        status = kvm_set_irq(self, source, gsi, bool(level), seq)
+        status = kvm_set_irq(self, source, gsi, bool(level), seq, source == 0)
         return {"gsi": gsi, "status": status, "delivered_to": sorted(set(self.accepted))}
 
     def signal_msi(self, address_lo: int, address_hi: int, data: int) -> dict[str, Any]:
@@ -755,6 +780,14 @@ def _validate_config(c: VmConfig) -> None:
         raise invalid(
             "KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST requires a split irqchip (-EINVAL)",
             "overrides.split_suppress_eoi_broadcast",
+        )
+    if c.overrides.get("split_suppress_eoi_broadcast") and c.overrides.get(
+        "suppress_eoi_broadcast_disabled"
+    ):
+        raise invalid(
+            "KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST and "
+            "KVM_X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST together are rejected (-EINVAL)",
+            "overrides.suppress_eoi_broadcast_disabled",
         )
 
 

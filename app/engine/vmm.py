@@ -14,7 +14,7 @@ from .ioapic_qemu import (
     read_reg,
     write_reg,
 )
-from .msi import qemu_rte_to_msi
+from .msi import qemu_rte_to_msi, swizzle_msi_ext_dest_id
 from .state import RouteEntry
 
 
@@ -60,12 +60,17 @@ class Vmm:
 
     def update_kvm_routes(self, vm: QemuIoapicHost, cause: int | None) -> None:
         """ioapic_update_kvm_routes: rewrite GSI i from RTE i for every *unmasked* pin (masked
-        pins keep their previous route), then kvm_irqchip_commit_routes."""
+        pins keep their previous route), then kvm_irqchip_commit_routes. Each route passes
+        kvm_arch_fixup_msi_route, which swizzles the extended destination when QEMU
+        advertises KVM_FEATURE_MSI_EXT_DEST_ID."""
         table: dict[int, list[RouteEntry]] = {g: list(es) for g, es in vm.routes.items()}
+        swizzle = vm.msi_ext_dest_id
         for pin, e in enumerate(vm.ioapic.redir):
             if e & R.MASK_BIT:
                 continue
             addr, data = qemu_rte_to_msi(e)
+            if swizzle:
+                addr = swizzle_msi_ext_dest_id(addr)
             table[pin] = [("msi", addr & 0xFFFFFFFF, addr >> 32, data)]
         seq = vm.log.emit("vmm", "commit-routes", cause)
         vm.install_routes(table, seq)

@@ -89,6 +89,7 @@ class SplitVmm:
         *,
         version: int = 0x20,
         routes_before_service: bool = True,
+        msi_ext_dest_id: bool = False,
         log: EventLog | None = None,
         cause: int | None = None,
     ) -> None:
@@ -101,6 +102,9 @@ class SplitVmm:
         self.outcome_reason: str | None = None
         # Only the QEMU flag is read (by app.engine.vmm.Vmm); KVM's behaviour is the host's.
         self.flags = replace(Behaviour(), qemu_routes_before_service=routes_before_service)
+        # QEMU's kvm-msi-ext-dest-id: on by default with the x2APIC API's 32-bit ids; its
+        # routes then carry the RTE's extended destination in address_hi.
+        self.msi_ext_dest_id = msi_ext_dest_id
         # QEMU's kvm_resample_fd_list: gsi -> times kicked, and the eventfd kicked.
         self.resamplers: dict[int, int] = {}
         self.resamplefds: dict[int, K.EventFd] = {}

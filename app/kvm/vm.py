@@ -465,7 +465,7 @@ class KvmVm(K.Closing):
                     # the 24 reserved MSI routes, all before the vCPUs exist.
                     self.vmm = SplitVmm(self._vm, version=ioapic_version,
                                         routes_before_service=routes_before_service, log=log,
-                                        cause=log_cause)
+                                        cause=log_cause, msi_ext_dest_id=x2apic_format)
             if self.x2apic_api_enabled:
                 # QEMU's kvm_enable_x2apic; KVM applies the flags VM-wide (MSI decoding,
                 # KVM_GET/SET_LAPIC's ID format, the 0xff broadcast). Flags 0 is accepted and

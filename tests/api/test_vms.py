@@ -61,6 +61,9 @@ async def test_ioapic_version_choice(client: httpx.AsyncClient) -> None:
     ({"vcpus": 256}, "x2apic"),
     ({"overrides": {"split_suppress_eoi_broadcast": True}},
      "overrides.split_suppress_eoi_broadcast"),
+    ({"irqchip": "split", "overrides": {"split_suppress_eoi_broadcast": True,
+                                        "suppress_eoi_broadcast_disabled": True}},
+     "overrides.suppress_eoi_broadcast_disabled"),
 ])
 async def test_kvm_refuses_configuration(client: httpx.AsyncClient, body: dict[str, object],
                                          field: str) -> None:

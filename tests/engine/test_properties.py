@@ -440,14 +440,20 @@ def naive_scan(vm: Vm, v: Any) -> tuple[int, int]:
         limit = min(max(vm.routes, default=-1) + 1, vm.config.nr_reserved_ioapic_pins)
         for gsi in range(limit):
             for r in vm.routes.get(gsi, ()):
-                if r[0] != "msi" or not r[3] & (1 << 15):
+                if r[0] != "msi":
                     continue
+                if f.split_scan_level_routes_only and not r[3] & (1 << 15):
+                    continue  # 7455a8327674: edge routes skipped (before it: scanned)
                 dest = (r[1] >> 12) & 0xFF
                 if vm.config.x2apic_format:
                     dest |= r[2] & 0xFFFFFF00
                 allowed = f.split_scan_keeps_pending_level
                 targets.append((dest, bool(r[1] & 4), r[3] & 0xFF, allowed))
     handled, stale = 0, -1
+    if vm.config.irqchip == "kernel":
+        for entry in vm.ioapic.rtc_dest:  # kvm_ioapic_scan_entry's RTC dest_map branch
+            if entry >> 8 == v.idx:
+                handled |= 1 << (entry & 0xFF)
     for dest, logical, vec, allowed in targets:
         if naive_match(v, dest, logical, quirk_off):
             handled |= 1 << vec
