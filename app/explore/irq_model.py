@@ -5,9 +5,14 @@ A state is the VM, each actor's program counter, each vCPU's stack of running ha
 the transition into it violated. The actions are the actors' next steps and the hardware's
 moves, which no program orders:
 
-  vcpuN enter      KVM_RUN: consume pending requests (a SCAN_IOAPIC rescan, an EOI exit that
-                   reaches the VMM, a PIR sync); enabled while requests are pending or the
-                   vCPU is outside guest mode
+  vcpuN enter      KVM_RUN: consume pending requests (a SCAN_IOAPIC rescan, a PIR sync);
+                   enabled while requests are pending or the vCPU is outside guest mode. In
+                   split mode an IOAPIC_EOI_EXIT request makes KVM_RUN return to userspace
+                   with KVM_EXIT_IOAPIC_EOI: the entry stops there, the exit pending
+  vcpuN exit to the VMM
+                   the VMM (QEMU, on that vCPU's thread) handles the pending
+                   KVM_EXIT_IOAPIC_EOI: ioapic_eoi_broadcast. Until then that vCPU runs no
+                   guest code and does not re-enter; other vCPUs and devices run meanwhile
   vcpuN take V     with IF=1, in guest mode with nothing pending: acknowledge the highest
                    deliverable vector and start its handler (IF=0 until the handler returns)
   vcpuN V[i] step  the i-th step of the running handler (the last one also returns)
@@ -55,12 +60,15 @@ HIT_EOI_NOT_FORWARDED = 1
 class IrqState:
     """One node of the search. Never mutated once built."""
 
-    __slots__ = ("counters", "frames", "hit", "iflags", "pcs", "routes_digest", "vm")
+    __slots__ = ("counters", "exits", "frames", "hit", "iflags", "pcs", "routes_digest", "vm")
 
     def __init__(self, vm: Vm, pcs: tuple[int, ...], frames: tuple[tuple[tuple[int, int], ...],
                  ...], iflags: int, counters: tuple[int, ...], hit: int,
-                 routes_digest: bytes | None = None) -> None:
+                 routes_digest: bytes | None = None, exits: int = 0) -> None:
         self.vm = vm
+        # Bit n: vCPU n's KVM_RUN returned KVM_EXIT_IOAPIC_EOI (for the vector in its
+        # pending_ioapic_eoi) and the VMM has not handled it yet.
+        self.exits = exits
         self.pcs = pcs
         self.frames = frames
         self.iflags = iflags
@@ -71,14 +79,15 @@ class IrqState:
         self.routes_digest = routes_digest if routes_digest is not None else routes_digest_of(vm)
 
     def key(self) -> tuple[Any, ...]:
-        return (self.vm.key(), self.pcs, self.frames, self.iflags, self.counters, self.hit)
+        return (self.vm.key(), self.pcs, self.frames, self.iflags, self.counters, self.hit,
+                self.exits)
 
     def fast_key(self) -> tuple[Any, ...]:
         """Vm.key() without its routes part (see routes_digest), plus the bookkeeping."""
         vm = self.vm
         return (vm.ioapic.key(), tuple([v.key() for v in vm.vcpus]),
                 tuple(sorted(vm.resamplers.items())) if vm.resamplers else (), vm.time,
-                self.pcs, self.frames, self.iflags, self.counters, self.hit)
+                self.pcs, self.frames, self.iflags, self.counters, self.hit, self.exits)
 
 
 def routes_key(vm: Vm) -> tuple[Any, ...]:
@@ -256,8 +265,17 @@ class IrqModel:
             if act is None:
                 act = cache[key] = self._program_action(a, pc, st, n, variant)
             out.append(act)
+        exits = state.exits
         for n in range(self.nvcpus):
             v = vcpus[n]
+            if exits >> n & 1:
+                key = ("x", n)
+                act = cache.get(key)
+                if act is None:
+                    act = cache[key] = Action(f"vcpu{n} exit to the VMM: ioapic_eoi_broadcast",
+                                              f"vcpu{n}", self.r_global, self.r_global, ("x", n))
+                out.append(act)
+                continue  # the vCPU's thread is in userspace: no entry, no guest code
             if v.requests or not v.in_guest:
                 req = v.requests
                 kind = 2 if req & REQ_IOAPIC_EOI_EXIT else 1 if req & REQ_SCAN_IOAPIC else 0
@@ -306,8 +324,13 @@ class IrqModel:
     def _enter_action(self, n: int, kind: int) -> Action:
         actor = f"vcpu{n}"
         if kind == 2:
-            return Action(f"vcpu{n} enter (EOI exit to the VMM)", actor, self.r_global,
-                          self.r_global, ("e", n))
+            # Consumes IOAPIC_EOI_EXIT: returns to userspace with the exit pending (vcpuN), or
+            # drops it and goes on (the rescan's reads; a dropped EOI is read against the
+            # IOAPIC's Remote IRR by eoi-not-forwarded).
+            reads = self.r_scan[n] | (self.r_io if self.want_events else self.empty)
+            if not self.split:
+                reads = reads | self.r_global
+            return Action(f"vcpu{n} enter (EOI exit)", actor, reads, self.r_v[n], ("e", n))
         if kind == 1:
             return Action(f"vcpu{n} enter (rescan)", actor, self.r_scan[n], self.r_v[n],
                           ("e", n))
@@ -322,8 +345,15 @@ class IrqModel:
         frames = state.frames
         iflags = state.iflags
         counters = state.counters
+        exits = state.exits
         if kind == "e":
-            vm.enter(data[1])
+            n = data[1]
+            if vm.enter(n, self.split)["exits"]:
+                exits |= 1 << n  # KVM_RUN returned KVM_EXIT_IOAPIC_EOI; the VMM handles it next
+        elif kind == "x":
+            n = data[1]
+            vm.vmm_eoi_exit(n)
+            exits &= ~(1 << n)
         elif kind == "t":
             n = data[1]
             vec = vm.ack(n)["vector"]
@@ -362,7 +392,7 @@ class IrqModel:
         # A routing table is replaced whole, never edited (Vm.clone shares it): the same
         # object means the same table, and its digest carries over.
         digest = state.routes_digest if vm.routes is state.vm.routes else None
-        return IrqState(vm, pcs, frames, iflags, counters, hit, digest)
+        return IrqState(vm, pcs, frames, iflags, counters, hit, digest, exits)
 
     def _run(self, st: S.Step, vm: Vm, n: int, iflags: int,
              counters: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
@@ -407,8 +437,8 @@ class IrqModel:
         return marshal.dumps((state.fast_key(), routes_key(state.vm), state.routes_digest), 2)
 
     def decode(self, data: bytes) -> IrqState:
-        (io_key, vcpu_keys, resamplers, time, pcs, frames, iflags, counters, hit), routes, \
-            digest = marshal.loads(data)
+        (io_key, vcpu_keys, resamplers, time, pcs, frames, iflags, counters, hit, exits), \
+            routes, digest = marshal.loads(data)
         vm = self._initial.vm.clone()  # config, flags, VMM and log settings
         io = vm.ioapic
         for f, value in zip(IOAPIC_FIELDS, io_key, strict=True):
@@ -419,7 +449,7 @@ class IrqModel:
         vm.routes = {g: list(es) for g, es in routes}
         vm.resamplers = dict(resamplers)
         vm.time = time
-        return IrqState(vm, pcs, frames, iflags, counters, hit, digest)
+        return IrqState(vm, pcs, frames, iflags, counters, hit, digest, exits)
 
     # ---- traces ----
 
@@ -428,7 +458,11 @@ class IrqModel:
         data = action.data
         kind = data[0]
         if kind == "e":
+            if self.split and state.vm.vcpus[data[1]].requests & REQ_IOAPIC_EOI_EXIT:
+                return {"op": "enter", "vcpu": data[1], "until_exit": True}
             return {"op": "enter", "vcpu": data[1]}
+        if kind == "x":
+            return {"op": "vmm_eoi_exit", "vcpu": data[1]}
         if kind == "t":
             return {"op": "ack", "vcpu": data[1]}
         if kind == "c":
@@ -483,7 +517,8 @@ def _remote_irr_stuck(model: IrqModel, s: IrqState) -> bool:
             held = False
             for v in vm.vcpus:
                 if (v.irr | v.isr | v.pir) & bit or (
-                        v.requests & REQ_IOAPIC_EOI_EXIT and v.pending_ioapic_eoi == vec):
+                        (v.requests & REQ_IOAPIC_EOI_EXIT or s.exits >> v.idx & 1)
+                        and v.pending_ioapic_eoi == vec):
                     held = True
                     break
             if not held:
