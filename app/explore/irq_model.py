@@ -48,6 +48,7 @@ from app.engine.state import (
 from app.engine.vm import Vm, config_from_dict
 
 from . import steps as S
+from . import symmetry as SYM
 from .document import Exploration
 from .model_api import Action
 from .predicates import compile_predicate
@@ -177,6 +178,14 @@ class IrqModel:
         iflags = sum(1 << n for n, f in enumerate(runner.if_flag) if f)
         self._initial = IrqState(vm, (0,) * len(self.programs), ((),) * self.nvcpus, iflags,
                                  tuple(counters), 0)
+        # vCPU symmetry (app/explore/symmetry.py): the declared interchangeable vCPUs.
+        self.symmetry = SYM.parse_group(exp.symmetry, self.nvcpus)
+        self.slot_ids = [v.id_reg for v in vm.vcpus]
+        self.symmetry_ids = frozenset(vm.vcpus[n].id_reg >> 24 for n in self.symmetry)
+        self.symmetry_gsis: set[Any] = set()  # GSIs that irq/irqfd steps inject on
+        if self.symmetry:
+            SYM.check_document(self, self.symmetry)
+            SYM.check_state(self, self._initial, self.symmetry_ids)
         self._build_footprints()
 
     # ---- footprints ----
@@ -429,7 +438,11 @@ class IrqModel:
         return None
 
     def canonical(self, state: IrqState) -> IrqState:
-        return state
+        """The representative of state's class under the declared vCPU symmetry (identity
+        without one)."""
+        if not self.symmetry:
+            return state
+        return SYM.canonical(self, state)
 
     def encode(self, state: IrqState) -> bytes:
         """Vm.key()'s parts (everything that determines the future) and the bookkeeping, as
