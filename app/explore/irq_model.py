@@ -348,7 +348,16 @@ class IrqModel:
     def step(self, state: IrqState, action: Action) -> IrqState:
         data = action.data
         kind = data[0]
-        vm = state.vm.clone()
+        src = state.vm
+        vm = src.clone()
+        # The parent's derived tables (APIC map, scan targets, pins by vector) hold for the
+        # clone until a step changes what they derive from, and every such change drops them
+        # on the VM it changes (what the engine's own caching relies on). Parent states are
+        # never mutated, so the clone may start from them instead of rebuilding each one: a
+        # rescan or a delivery then costs a lookup, not a table build.
+        vm._map = src._map
+        vm._scan = src._scan
+        vm._vec_pins = src._vec_pins
         seq = vm.log.next_seq
         pcs = state.pcs
         frames = state.frames
@@ -393,10 +402,12 @@ class IrqModel:
             assert io.delayed_at is not None
             vm.advance_time(io.delayed_at - vm.time)
         hit = state.hit  # sticky: "an EOI went unheard" stays true of every later state
-        if (self.want_events and not hit
-                and any(e[2] in EOI_EVENT_KINDS for e in vm.log.events)
-                and invariants.event_findings(vm, seq - 1)):
-            hit |= HIT_EOI_NOT_FORWARDED
+        if self.want_events and not hit:
+            for e in vm.log.events:
+                if e[2] in EOI_EVENT_KINDS:
+                    if invariants.event_findings(vm, seq - 1):
+                        hit |= HIT_EOI_NOT_FORWARDED
+                    break
         vm.log.truncate()
         # A routing table is replaced whole, never edited (Vm.clone shares it): the same
         # object means the same table, and its digest carries over.
@@ -423,9 +434,14 @@ class IrqModel:
     def fingerprint(self, state: IrqState) -> int:
         # marshal version 2 encodes by value only (no references, no interning marks), so
         # equal keys give equal bytes in every process; Python's hash() of str is salted.
-        h = blake2b(marshal.dumps(state.fast_key(), 2), digest_size=8)
-        h.update(state.routes_digest)
-        return int.from_bytes(h.digest(), "little")
+        # fast_key()'s parts inlined, the routes digest among them: one marshal call and one
+        # blake2b call per state (this is a third of a transition's cost).
+        vm = state.vm
+        key = (vm.ioapic.key(), [v.key() for v in vm.vcpus],
+               sorted(vm.resamplers.items()) if vm.resamplers else None, vm.time, state.pcs,
+               state.frames, state.iflags, state.counters, state.hit, state.exits,
+               state.routes_digest)
+        return int.from_bytes(blake2b(marshal.dumps(key, 2), digest_size=8).digest(), "little")
 
     def violation(self, state: IrqState, terminal: bool) -> str | None:
         for name, check in self.always:

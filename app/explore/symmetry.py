@@ -160,6 +160,8 @@ def canonical(model: IrqModel, state: IrqState) -> IrqState:
     if order == list(range(len(group))):
         return state
     vm = state.vm.clone()
+    vm._map = None  # clone() starts without derived tables; keep it so after the move
+    vm._scan = None
     new_frames = list(frames)
     for k, j in enumerate(order):
         dst, src = group[k], group[j]
