@@ -3,13 +3,13 @@ vmm_eoi_exit), in scenarios, and as an action the explorer interleaves with othe
 
 from __future__ import annotations
 
-from collections import deque
-
 from app import explorations
 from app.engine.scenario import run_scenario
 from app.engine.state import REQ_IOAPIC_EOI_EXIT
 from app.engine.vm import Vm, config_from_dict
-from app.explore.irq_model import IrqModel, IrqState
+from app.explore.irq_model import IrqModel
+
+from .test_model import reachable
 
 
 def _vm_with_eoi_exit() -> Vm:
@@ -64,21 +64,12 @@ def test_explorer_interleaves_the_vmm_step() -> None:
     """In seed-race-split some reachable state has vCPU0's exit pending: there vCPU0 offers only
     the VMM step (no entry, no guest code) while another actor still has a step."""
     model = IrqModel(explorations.get("seed-race-split") or {}, "linux-latest")
-    seen = {model.fingerprint(model.initial())}
-    queue: deque[IrqState] = deque([model.initial()])
     found = 0
-    while queue:
-        s = queue.popleft()
+    for s in reachable(model):
         acts = model.actions(s)
         if s.exits & 1:
             mine = [a for a in acts if a.actor == "vcpu0"]
             assert [a.data for a in mine] == [("x", 0)]
             if any(a.actor != "vcpu0" for a in acts):
                 found += 1
-        for a in acts:
-            t = model.step(s, a)
-            fp = model.fingerprint(t)
-            if fp not in seen:
-                seen.add(fp)
-                queue.append(t)
     assert found

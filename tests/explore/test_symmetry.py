@@ -17,6 +17,8 @@ from app.explore.counterexample import scenario_document
 from app.explore.irq_model import IrqModel
 from app.explore.simple_bfs import bfs
 
+from .test_model import reachable
+
 SYMMETRIC = [n for n in explorations.names() if (explorations.get(n) or {}).get("symmetry")]
 
 
@@ -42,20 +44,9 @@ def test_symmetric_search_agrees_with_unreduced(name: str, profile: str) -> None
     # Terminal states agree up to permutation: the unreduced terminals' representatives are
     # exactly the reduced search's terminals.
     assert full.verdict == "verified"
-    reps = set()
-    frontier = [plain.initial()]
-    seen = {plain.fingerprint(plain.initial())}
-    while frontier:
-        s = frontier.pop()
-        acts = plain.actions(s)
-        if not acts:
-            reps.add(sym.fingerprint(sym.canonical(s)))
-        for a in acts:
-            t = plain.step(s, a)
-            f = plain.fingerprint(t)
-            if f not in seen:
-                seen.add(f)
-                frontier.append(t)
+    everything = reachable(plain, 1_000_000)
+    assert len(everything) == full.stats["states"]
+    reps = {sym.fingerprint(sym.canonical(s)) for s in everything if not plain.actions(s)}
     assert reps == reduced.terminal_fingerprints
 
 
