@@ -183,6 +183,7 @@ class IrqModel:
         self.slot_ids = [v.id_reg for v in vm.vcpus]
         self.symmetry_ids = frozenset(vm.vcpus[n].id_reg >> 24 for n in self.symmetry)
         self.symmetry_gsis: set[Any] = set()  # GSIs that irq/irqfd steps inject on
+        self.symmetry_checked: set[tuple[Any, ...]] = set()  # (RTEs, routes digest) seen
         if self.symmetry:
             SYM.check_document(self, self.symmetry)
             SYM.check_state(self, self._initial, self.symmetry_ids)

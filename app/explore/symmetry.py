@@ -98,6 +98,16 @@ def _names_vcpu(p: Any, members: set[int]) -> bool:
 def check_state(model: IrqModel, state: IrqState, ids: frozenset[int]) -> None:
     """No RTE or MSI route picks out one of the interchangeable vCPUs (see above)."""
     vm = state.vm
+    for n in model.symmetry:
+        v = vm.vcpus[n]
+        if v.x2apic or v.id_reg != model.slot_ids[n]:
+            raise invalid(f"vcpu{n}'s APIC ID or mode changed, which tells the symmetric "
+                          "vCPUs apart", "symmetry")
+    # The RTEs and the routing table change far more rarely than states are reached: each
+    # combination is checked once.
+    memo = (tuple(vm.ioapic.redir), state.routes_digest)
+    if memo in model.symmetry_checked:
+        return
     for pin, e in enumerate(vm.ioapic.redir):
         if e == RESET_RTE:
             continue
@@ -125,11 +135,7 @@ def check_state(model: IrqModel, state: IrqState, ids: frozenset[int]) -> None:
             if not irq.logical and irq.dest in ids:
                 raise invalid(f"GSI {gsi} targets APIC ID {irq.dest} physically, which "
                               "tells the symmetric vCPUs apart", "symmetry")
-    for n in model.symmetry:
-        v = vm.vcpus[n]
-        if v.x2apic or v.id_reg != model.slot_ids[n]:
-            raise invalid(f"vcpu{n}'s APIC ID or mode changed, which tells the symmetric "
-                          "vCPUs apart", "symmetry")
+    model.symmetry_checked.add(memo)
 
 
 def _held(v: Vcpu) -> tuple[Any, ...]:
