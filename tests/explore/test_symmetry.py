@@ -9,8 +9,11 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app import explorations
+from app.engine import flags as F
 from app.engine.errors import EngineError
 from app.engine.scenario import run_scenario
 from app.explore.counterexample import scenario_document
@@ -121,11 +124,6 @@ def test_contradicted_declarations_are_refused(name: str, change: dict[str, Any]
 
 
 # ---- random symmetric programs (hypothesis, derandomized) ----
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from app.engine import flags as F  # noqa: E402
 
 _device = st.one_of(
     st.builds(lambda p, lv: {"op": "line", "pin": p, "level": lv},
