@@ -441,6 +441,16 @@ class StepEnter(_OnVcpu):
     """KVM_RUN: the vCPU consumes its pending requests (and takes any EOI exit)."""
 
     op: Literal["enter"]
+    until_exit: StrictBool = Field(False, description="Stop where KVM returns to userspace "
+                                   "with KVM_EXIT_IOAPIC_EOI, leaving the exit for a "
+                                   "vmm_eoi_exit step (other steps may run in between).")
+
+
+class StepVmmEoiExit(_OnVcpu):
+    """The VMM handles the KVM_EXIT_IOAPIC_EOI the vCPU's last `enter` (until_exit) returned:
+    QEMU's ioapic_eoi_broadcast of that vector (split irqchip only)."""
+
+    op: Literal["vmm_eoi_exit"]
 
 
 class StepExit(_OnVcpu):
@@ -561,22 +571,23 @@ class StepHandlerWhen(_When):
 
 
 _COMMON_STEPS = (StepLine, StepIrq, StepMsi, StepRoutes, StepWriteRte, StepPatchRte, StepMmio,
-                 StepLapic, StepEnter, StepExit, StepAck, StepTake, StepEoi, StepResampler,
-                 StepIrqfd, StepAdvance, StepSti, StepCli, StepCount, StepExpect)
+                 StepLapic, StepEnter, StepVmmEoiExit, StepExit, StepAck, StepTake, StepEoi,
+                 StepResampler, StepIrqfd, StepAdvance, StepSti, StepCli, StepCount, StepExpect)
 STEP_MODELS = (*_COMMON_STEPS, StepSettle, StepWhen)
 HANDLER_STEP_MODELS = (*_COMMON_STEPS, StepHandlerWhen)
 
 Step = Annotated[
     StepLine | StepIrq | StepMsi | StepRoutes | StepWriteRte | StepPatchRte | StepMmio
-    | StepLapic | StepEnter | StepExit | StepAck | StepTake | StepEoi | StepResampler
-    | StepIrqfd | StepAdvance | StepSti | StepCli | StepCount | StepExpect | StepSettle
-    | StepWhen,
+    | StepLapic | StepEnter | StepVmmEoiExit | StepExit | StepAck | StepTake | StepEoi
+    | StepResampler | StepIrqfd | StepAdvance | StepSti | StepCli | StepCount | StepExpect
+    | StepSettle | StepWhen,
     Field(discriminator="op"),
 ]
 HandlerStep = Annotated[
     StepLine | StepIrq | StepMsi | StepRoutes | StepWriteRte | StepPatchRte | StepMmio
-    | StepLapic | StepEnter | StepExit | StepAck | StepTake | StepEoi | StepResampler
-    | StepIrqfd | StepAdvance | StepSti | StepCli | StepCount | StepExpect | StepHandlerWhen,
+    | StepLapic | StepEnter | StepVmmEoiExit | StepExit | StepAck | StepTake | StepEoi
+    | StepResampler | StepIrqfd | StepAdvance | StepSti | StepCli | StepCount | StepExpect
+    | StepHandlerWhen,
     Field(discriminator="op"),
 ]
 StepWhen.model_rebuild()

@@ -42,11 +42,18 @@ def make_scan_request(vm: Vm, targets: Iterable[int] | None, cause: int | None) 
             make_request(vm, vcpus[i], REQ_SCAN_IOAPIC, cause)
 
 
-def vcpu_enter(vm: Vm, v: Vcpu, cause: int | None) -> list[dict[str, Any]]:
+def vcpu_enter(
+    vm: Vm, v: Vcpu, cause: int | None, until_exit: bool = False
+) -> list[dict[str, Any]]:
     """KVM_RUN until the vCPU executes guest code: vcpu_enter_guest consumes requests in
     KVM's order (IOAPIC_EOI_EXIT, SCAN_IOAPIC, LOAD_EOI_EXITMAP, then EVENT), and an EOI exit
     returns to the VMM first, with the remaining requests left for the next KVM_RUN.
-    Returns the userspace exits taken on the way."""
+    Returns the userspace exits taken on the way.
+
+    With until_exit, KVM_RUN stops where KVM returns to userspace with KVM_EXIT_IOAPIC_EOI
+    (vcpu_enter_guest: run->exit_reason = KVM_EXIT_IOAPIC_EOI, return 0): the exit is
+    returned unhandled and the vCPU stays outside guest mode until the VMM handles it
+    (vmm_eoi_exit) and issues KVM_RUN again. Other vCPUs and devices may act in between."""
     if v.requests == REQ_EVENT and not (v.pir and vm.config.apicv):
         # The common case (an interrupt was accepted): nothing else to do at this entry.
         v.requests = 0
@@ -60,6 +67,9 @@ def vcpu_enter(vm: Vm, v: Vcpu, cause: int | None) -> list[dict[str, Any]]:
             vec = v.pending_ioapic_eoi
             if not vm.flags.eoi_exit_bitmap or (v.handled >> vec) & 1:
                 seq = vm.log.emit(actor, "exit-ioapic-eoi", cause, "vector", vec)
+                if until_exit:
+                    v.in_guest = False
+                    return [{"reason": "KVM_EXIT_IOAPIC_EOI", "vector": vec, "pending": True}]
                 assert vm.vmm is not None
                 exits.append(
                     {

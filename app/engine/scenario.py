@@ -42,8 +42,8 @@ MAX_HANDLER_DEPTH = 16
 VM_KEYS = set(VmConfig().to_dict())
 STEP_OPS = (
     "line", "irq", "msi", "routes", "write_rte", "patch_rte", "mmio", "lapic", "enter", "exit",
-    "ack", "take", "eoi", "resampler", "irqfd", "advance", "sti", "cli", "count", "expect",
-    "settle", "when",
+    "vmm_eoi_exit", "ack", "take", "eoi", "resampler", "irqfd", "advance", "sti", "cli", "count",
+    "expect", "settle", "when",
 )
 HANDLER_FORBIDDEN = ("settle",)
 BITMAP_FIELDS = ("irr", "isr", "tmr", "pir", "handled_vectors", "eoi_exit_bitmap")
@@ -324,7 +324,12 @@ class Runner:
             return {reg: vm.lapic_write(n, reg, parse_int(val, f"{where}.{reg}", 0, 2**64 - 1))
                     for reg, val in regs.items()}
         if op == "enter":
-            return vm.enter(cpu())
+            until_exit = step.get("until_exit", False)
+            if not isinstance(until_exit, bool):
+                raise invalid("until_exit must be true or false", f"{where}.until_exit")
+            return vm.enter(cpu(), until_exit)
+        if op == "vmm_eoi_exit":
+            return vm.vmm_eoi_exit(cpu())
         if op == "exit":
             return vm.exit_guest(cpu())
         if op == "ack":

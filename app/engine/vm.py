@@ -362,14 +362,27 @@ class Vm:
             return vcpu_enter(self, v, cause)
         return []
 
-    def enter(self, n: int) -> dict[str, Any]:
-        """KVM_RUN without acting: consume pending requests (and handle any EOI exit)."""
+    def enter(self, n: int, until_exit: bool = False) -> dict[str, Any]:
+        """KVM_RUN without acting: consume pending requests (and handle any EOI exit). With
+        until_exit, stop at a KVM_EXIT_IOAPIC_EOI and leave it for vmm_eoi_exit."""
         v = self.vcpu(n)
         seq = self.log.emit(
             VCPU_NAMES[n], "enter", None, "requests", tuple(requests_list(v.requests))
         )
-        exits = vcpu_enter(self, v, seq)
+        exits = vcpu_enter(self, v, seq, until_exit)
         return {"vcpu": n, "exits": exits, "pending_requests": requests_list(v.requests)}
+
+    def vmm_eoi_exit(self, n: int) -> dict[str, Any]:
+        """The VMM handles the KVM_EXIT_IOAPIC_EOI that vCPU n's KVM_RUN returned (enter with
+        until_exit): QEMU's kvm_arch_handle_exit reads run->eoi.vector, which KVM filled from
+        vcpu->arch.pending_ioapic_eoi, and calls ioapic_eoi_broadcast. The vCPU re-enters at
+        its next step."""
+        v = self.vcpu(n)
+        if self.vmm is None:
+            raise invalid("KVM_EXIT_IOAPIC_EOI exists only with a split irqchip", "op")
+        vec = v.pending_ioapic_eoi
+        seq = self.log.emit("vmm", "handle-eoi-exit", None, "vcpu", n, "vector", vec)
+        return {"vcpu": n, "vector": vec, "ioapic": self.vmm.handle_eoi_exit(self, vec, seq)}
 
     def exit_guest(self, n: int) -> dict[str, Any]:
         """The vCPU leaves guest mode (halts or runs host code): posted interrupts now wait in

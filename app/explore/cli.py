@@ -2,12 +2,15 @@
 
     irqlab explore FILE|NAME... [--library] [--profile P[,P...]|all] [--max-states N]
                    [--max-seconds S] [--workers N] [--json | --markdown]
-                   [--counterexample-dir DIR]
+                   [--counterexample-dir DIR] [--junit FILE] [--svg DIR]
 
 A live progress line (states, frontier, depth, rate) on standard error while it runs, then per
 profile the verdict and, for a violation, the shortest counterexample as a table; several
 explorations or profiles end with the census table (exploration x profile -> verdict,
 counterexample length, states). --json prints one JSON object per line and profile instead.
+--junit FILE writes a JUnit file (a case per exploration and profile: a violation fails with
+the counterexample, a bounded run is an error) and --svg DIR a timeline per counterexample
+(app/explore/outputs.py).
 Exit status: 0 every run verified, 1 some violation, 3 some run bounded by a budget (and no
 violation), 2 an error (malformed document, unknown name or profile).
 """
@@ -63,6 +66,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--counterexample-dir", metavar="DIR",
                    help="write each counterexample as a scenario (NAME-PROFILE.yaml) that "
                         "irqlab run replays")
+    p.add_argument("--junit", metavar="FILE",
+                   help="write a JUnit XML file ('-': standard output): one test case per "
+                        "exploration and profile; a violation is a failure with the "
+                        "counterexample, a bounded run an error (no verdict)")
+    p.add_argument("--svg", metavar="DIR",
+                   help="draw each counterexample's timeline as DIR/NAME-PROFILE.svg")
 
 
 def _documents(args: argparse.Namespace) -> list[tuple[str, Any]]:
@@ -130,10 +139,26 @@ def main(args: argparse.Namespace) -> int:
             results.append(result)
             if args.counterexample_dir and result["counterexample"]:
                 _save(Path(args.counterexample_dir), result)
+            if args.svg and result["counterexample"]:
+                from .outputs import write_counterexample_svg
+
+                try:
+                    write_counterexample_svg(args.svg, result)
+                except OSError as exc:
+                    err.print(f"irqlab: cannot write {args.svg}: {exc}")
+                    return EXIT_ERROR
             if args.json:
                 print(json.dumps(result, ensure_ascii=False, sort_keys=False), flush=True)
             elif not args.markdown:
                 print_result(console, result)
+    if args.junit:
+        from .outputs import write_explore_junit
+
+        try:
+            write_explore_junit(args.junit, results)
+        except OSError as exc:
+            err.print(f"irqlab: cannot write {args.junit}: {exc}")
+            return EXIT_ERROR
     if args.markdown:
         print(census_markdown(results), end="")
     elif not args.json and len(results) > 1:

@@ -207,6 +207,11 @@ class ExplorationDocument(DocModel):
             f"{k} ({w}): {d}" for k, (w, d) in BUILTIN_PROPERTIES.items()))
     expect: dict[T.ProfileName, Literal["violation", "verified"]] | None = _absent(
         "What each profile's search should conclude (the library's claims; census).")
+    symmetry: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(
+        None, min_length=2, description="vCPUs the program treats alike: the search explores "
+        "one state per permutation class of what they hold. No actor may be bound to them, no "
+        "property name them, no RTE or MSI route target one of them by physical APIC ID or "
+        "use lowest-priority delivery (checked); xAPIC mode only.")
 
 
 def document_json_schema() -> dict[str, Any]:

@@ -11,6 +11,7 @@ its JSON Schema is openapi/exploration.schema.json (app/explore/doc_models.py).
       NAME: {vcpu: n?, steps: [step, ...]}
     properties: [NAME | {name, always: PRED} | {name, finally: PRED}, ...]
     expect: {profile: violation | verified}   what the library claims (census, tests)
+    symmetry: [vcpu, vcpu, ...]   vCPUs the program treats alike (app/explore/symmetry.py)
 
 The explorer adds the hardware's moves itself: each vCPU entering the guest (consuming its
 requests; a KVM_EXIT_IOAPIC_EOI reaches the VMM there), taking a deliverable interrupt when
@@ -45,7 +46,7 @@ BUILTIN_PROPERTIES: dict[str, tuple[str, str]] = {
                         "vector at once: one assertion served twice"),
 }
 DOC_KEYS = ("name", "description", "commits", "notes", "vm", "setup", "handlers", "actors",
-            "properties", "expect")
+            "properties", "expect", "symmetry")
 VERDICTS = ("violation", "verified")
 MAX_ACTORS = 16
 MAX_PROGRAM_STEPS = 64
@@ -79,6 +80,7 @@ class Exploration:
     expect: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
     handler_paths: dict[int, str] = field(default_factory=dict)  # vector -> "handlers.KEY"
+    symmetry: Any = None  # interchangeable vCPUs, checked by the model (app/explore/symmetry)
 
     def vm_config(self, profile: str | None) -> dict[str, Any]:
         cfg = dict(self.vm)
@@ -172,7 +174,8 @@ def parse(doc: Any) -> Exploration:
             raise invalid(f"a verdict is one of {', '.join(VERDICTS)}", f"expect.{prof}")
     commits = doc.get("commits") or []
     return Exploration(name, str(doc.get("description") or ""), [str(c) for c in commits],
-                       dict(vm), list(setup), handlers, actors, props, dict(expect), doc, paths)
+                       dict(vm), list(setup), handlers, actors, props, dict(expect), doc, paths,
+                       doc.get("symmetry"))
 
 
 def load_text(text: str, json_only: bool = False) -> Any:

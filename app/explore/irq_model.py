@@ -5,9 +5,14 @@ A state is the VM, each actor's program counter, each vCPU's stack of running ha
 the transition into it violated. The actions are the actors' next steps and the hardware's
 moves, which no program orders:
 
-  vcpuN enter      KVM_RUN: consume pending requests (a SCAN_IOAPIC rescan, an EOI exit that
-                   reaches the VMM, a PIR sync); enabled while requests are pending or the
-                   vCPU is outside guest mode
+  vcpuN enter      KVM_RUN: consume pending requests (a SCAN_IOAPIC rescan, a PIR sync);
+                   enabled while requests are pending or the vCPU is outside guest mode. In
+                   split mode an IOAPIC_EOI_EXIT request makes KVM_RUN return to userspace
+                   with KVM_EXIT_IOAPIC_EOI: the entry stops there, the exit pending
+  vcpuN exit to the VMM
+                   the VMM (QEMU, on that vCPU's thread) handles the pending
+                   KVM_EXIT_IOAPIC_EOI: ioapic_eoi_broadcast. Until then that vCPU runs no
+                   guest code and does not re-enter; other vCPUs and devices run meanwhile
   vcpuN take V     with IF=1, in guest mode with nothing pending: acknowledge the highest
                    deliverable vector and start its handler (IF=0 until the handler returns)
   vcpuN V[i] step  the i-th step of the running handler (the last one also returns)
@@ -43,6 +48,7 @@ from app.engine.state import (
 from app.engine.vm import Vm, config_from_dict
 
 from . import steps as S
+from . import symmetry as SYM
 from .document import Exploration
 from .model_api import Action
 from .predicates import compile_predicate
@@ -55,12 +61,15 @@ HIT_EOI_NOT_FORWARDED = 1
 class IrqState:
     """One node of the search. Never mutated once built."""
 
-    __slots__ = ("counters", "frames", "hit", "iflags", "pcs", "routes_digest", "vm")
+    __slots__ = ("counters", "exits", "frames", "hit", "iflags", "pcs", "routes_digest", "vm")
 
     def __init__(self, vm: Vm, pcs: tuple[int, ...], frames: tuple[tuple[tuple[int, int], ...],
                  ...], iflags: int, counters: tuple[int, ...], hit: int,
-                 routes_digest: bytes | None = None) -> None:
+                 routes_digest: bytes | None = None, exits: int = 0) -> None:
         self.vm = vm
+        # Bit n: vCPU n's KVM_RUN returned KVM_EXIT_IOAPIC_EOI (for the vector in its
+        # pending_ioapic_eoi) and the VMM has not handled it yet.
+        self.exits = exits
         self.pcs = pcs
         self.frames = frames
         self.iflags = iflags
@@ -71,14 +80,15 @@ class IrqState:
         self.routes_digest = routes_digest if routes_digest is not None else routes_digest_of(vm)
 
     def key(self) -> tuple[Any, ...]:
-        return (self.vm.key(), self.pcs, self.frames, self.iflags, self.counters, self.hit)
+        return (self.vm.key(), self.pcs, self.frames, self.iflags, self.counters, self.hit,
+                self.exits)
 
     def fast_key(self) -> tuple[Any, ...]:
         """Vm.key() without its routes part (see routes_digest), plus the bookkeeping."""
         vm = self.vm
         return (vm.ioapic.key(), tuple([v.key() for v in vm.vcpus]),
                 tuple(sorted(vm.resamplers.items())) if vm.resamplers else (), vm.time,
-                self.pcs, self.frames, self.iflags, self.counters, self.hit)
+                self.pcs, self.frames, self.iflags, self.counters, self.hit, self.exits)
 
 
 def routes_key(vm: Vm) -> tuple[Any, ...]:
@@ -168,6 +178,15 @@ class IrqModel:
         iflags = sum(1 << n for n, f in enumerate(runner.if_flag) if f)
         self._initial = IrqState(vm, (0,) * len(self.programs), ((),) * self.nvcpus, iflags,
                                  tuple(counters), 0)
+        # vCPU symmetry (app/explore/symmetry.py): the declared interchangeable vCPUs.
+        self.symmetry = SYM.parse_group(exp.symmetry, self.nvcpus)
+        self.slot_ids = [v.id_reg for v in vm.vcpus]
+        self.symmetry_ids = frozenset(vm.vcpus[n].id_reg >> 24 for n in self.symmetry)
+        self.symmetry_gsis: set[Any] = set()  # GSIs that irq/irqfd steps inject on
+        self.symmetry_checked: set[tuple[Any, ...]] = set()  # (RTEs, routes digest) seen
+        if self.symmetry:
+            SYM.check_document(self, self.symmetry)
+            SYM.check_state(self, self._initial, self.symmetry_ids)
         self._build_footprints()
 
     # ---- footprints ----
@@ -256,8 +275,17 @@ class IrqModel:
             if act is None:
                 act = cache[key] = self._program_action(a, pc, st, n, variant)
             out.append(act)
+        exits = state.exits
         for n in range(self.nvcpus):
             v = vcpus[n]
+            if exits >> n & 1:
+                key = ("x", n)
+                act = cache.get(key)
+                if act is None:
+                    act = cache[key] = Action(f"vcpu{n} exit to the VMM: ioapic_eoi_broadcast",
+                                              f"vcpu{n}", self.r_global, self.r_global, ("x", n))
+                out.append(act)
+                continue  # the vCPU's thread is in userspace: no entry, no guest code
             if v.requests or not v.in_guest:
                 req = v.requests
                 kind = 2 if req & REQ_IOAPIC_EOI_EXIT else 1 if req & REQ_SCAN_IOAPIC else 0
@@ -306,8 +334,13 @@ class IrqModel:
     def _enter_action(self, n: int, kind: int) -> Action:
         actor = f"vcpu{n}"
         if kind == 2:
-            return Action(f"vcpu{n} enter (EOI exit to the VMM)", actor, self.r_global,
-                          self.r_global, ("e", n))
+            # Consumes IOAPIC_EOI_EXIT: returns to userspace with the exit pending (vcpuN), or
+            # drops it and goes on (the rescan's reads; a dropped EOI is read against the
+            # IOAPIC's Remote IRR by eoi-not-forwarded).
+            reads = self.r_scan[n] | (self.r_io if self.want_events else self.empty)
+            if not self.split:
+                reads = reads | self.r_global
+            return Action(f"vcpu{n} enter (EOI exit)", actor, reads, self.r_v[n], ("e", n))
         if kind == 1:
             return Action(f"vcpu{n} enter (rescan)", actor, self.r_scan[n], self.r_v[n],
                           ("e", n))
@@ -316,14 +349,30 @@ class IrqModel:
     def step(self, state: IrqState, action: Action) -> IrqState:
         data = action.data
         kind = data[0]
-        vm = state.vm.clone()
+        src = state.vm
+        vm = src.clone()
+        # The parent's derived tables (APIC map, scan targets, pins by vector) hold for the
+        # clone until a step changes what they derive from, and every such change drops them
+        # on the VM it changes (what the engine's own caching relies on). Parent states are
+        # never mutated, so the clone may start from them instead of rebuilding each one: a
+        # rescan or a delivery then costs a lookup, not a table build.
+        vm._map = src._map
+        vm._scan = src._scan
+        vm._vec_pins = src._vec_pins
         seq = vm.log.next_seq
         pcs = state.pcs
         frames = state.frames
         iflags = state.iflags
         counters = state.counters
+        exits = state.exits
         if kind == "e":
-            vm.enter(data[1])
+            n = data[1]
+            if vm.enter(n, self.split)["exits"]:
+                exits |= 1 << n  # KVM_RUN returned KVM_EXIT_IOAPIC_EOI; the VMM handles it next
+        elif kind == "x":
+            n = data[1]
+            vm.vmm_eoi_exit(n)
+            exits &= ~(1 << n)
         elif kind == "t":
             n = data[1]
             vec = vm.ack(n)["vector"]
@@ -354,15 +403,17 @@ class IrqModel:
             assert io.delayed_at is not None
             vm.advance_time(io.delayed_at - vm.time)
         hit = state.hit  # sticky: "an EOI went unheard" stays true of every later state
-        if (self.want_events and not hit
-                and any(e[2] in EOI_EVENT_KINDS for e in vm.log.events)
-                and invariants.event_findings(vm, seq - 1)):
-            hit |= HIT_EOI_NOT_FORWARDED
+        if self.want_events and not hit:
+            for e in vm.log.events:
+                if e[2] in EOI_EVENT_KINDS:
+                    if invariants.event_findings(vm, seq - 1):
+                        hit |= HIT_EOI_NOT_FORWARDED
+                    break
         vm.log.truncate()
         # A routing table is replaced whole, never edited (Vm.clone shares it): the same
         # object means the same table, and its digest carries over.
         digest = state.routes_digest if vm.routes is state.vm.routes else None
-        return IrqState(vm, pcs, frames, iflags, counters, hit, digest)
+        return IrqState(vm, pcs, frames, iflags, counters, hit, digest, exits)
 
     def _run(self, st: S.Step, vm: Vm, n: int, iflags: int,
              counters: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
@@ -384,9 +435,14 @@ class IrqModel:
     def fingerprint(self, state: IrqState) -> int:
         # marshal version 2 encodes by value only (no references, no interning marks), so
         # equal keys give equal bytes in every process; Python's hash() of str is salted.
-        h = blake2b(marshal.dumps(state.fast_key(), 2), digest_size=8)
-        h.update(state.routes_digest)
-        return int.from_bytes(h.digest(), "little")
+        # fast_key()'s parts inlined, the routes digest among them: one marshal call and one
+        # blake2b call per state (this is a third of a transition's cost).
+        vm = state.vm
+        key = (vm.ioapic.key(), [v.key() for v in vm.vcpus],
+               sorted(vm.resamplers.items()) if vm.resamplers else None, vm.time, state.pcs,
+               state.frames, state.iflags, state.counters, state.hit, state.exits,
+               state.routes_digest)
+        return int.from_bytes(blake2b(marshal.dumps(key, 2), digest_size=8).digest(), "little")
 
     def violation(self, state: IrqState, terminal: bool) -> str | None:
         for name, check in self.always:
@@ -399,7 +455,11 @@ class IrqModel:
         return None
 
     def canonical(self, state: IrqState) -> IrqState:
-        return state
+        """The representative of state's class under the declared vCPU symmetry (identity
+        without one)."""
+        if not self.symmetry:
+            return state
+        return SYM.canonical(self, state)
 
     def encode(self, state: IrqState) -> bytes:
         """Vm.key()'s parts (everything that determines the future) and the bookkeeping, as
@@ -407,8 +467,8 @@ class IrqModel:
         return marshal.dumps((state.fast_key(), routes_key(state.vm), state.routes_digest), 2)
 
     def decode(self, data: bytes) -> IrqState:
-        (io_key, vcpu_keys, resamplers, time, pcs, frames, iflags, counters, hit), routes, \
-            digest = marshal.loads(data)
+        (io_key, vcpu_keys, resamplers, time, pcs, frames, iflags, counters, hit, exits), \
+            routes, digest = marshal.loads(data)
         vm = self._initial.vm.clone()  # config, flags, VMM and log settings
         io = vm.ioapic
         for f, value in zip(IOAPIC_FIELDS, io_key, strict=True):
@@ -419,7 +479,7 @@ class IrqModel:
         vm.routes = {g: list(es) for g, es in routes}
         vm.resamplers = dict(resamplers)
         vm.time = time
-        return IrqState(vm, pcs, frames, iflags, counters, hit, digest)
+        return IrqState(vm, pcs, frames, iflags, counters, hit, digest, exits)
 
     # ---- traces ----
 
@@ -428,7 +488,11 @@ class IrqModel:
         data = action.data
         kind = data[0]
         if kind == "e":
+            if self.split and state.vm.vcpus[data[1]].requests & REQ_IOAPIC_EOI_EXIT:
+                return {"op": "enter", "vcpu": data[1], "until_exit": True}
             return {"op": "enter", "vcpu": data[1]}
+        if kind == "x":
+            return {"op": "vmm_eoi_exit", "vcpu": data[1]}
         if kind == "t":
             return {"op": "ack", "vcpu": data[1]}
         if kind == "c":
@@ -483,7 +547,8 @@ def _remote_irr_stuck(model: IrqModel, s: IrqState) -> bool:
             held = False
             for v in vm.vcpus:
                 if (v.irr | v.isr | v.pir) & bit or (
-                        v.requests & REQ_IOAPIC_EOI_EXIT and v.pending_ioapic_eoi == vec):
+                        (v.requests & REQ_IOAPIC_EOI_EXIT or s.exits >> v.idx & 1)
+                        and v.pending_ioapic_eoi == vec):
                     held = True
                     break
             if not held:

@@ -66,8 +66,12 @@ def _with_checker(checker: Any, model: IrqModel, options: Options,
                                                       dict[str, Any]]:
     """app.explore.checker.check, its Progress and CheckStats turned into this module's
     dicts; workers > 1 get a ModelFactory (each worker process builds the same model)."""
+    extra: dict[str, Any] = {}
+    if model.symmetry and "symmetry" in {f.name for f in dataclasses.fields(checker.CheckOptions)}:
+        extra["symmetry"] = True  # the document declares interchangeable vCPUs
     opts = checker.CheckOptions(max_states=options.max_states,
-                                max_seconds=options.max_seconds, workers=options.workers)
+                                max_seconds=options.max_seconds, workers=options.workers,
+                                **extra)
     target: Any = model
     if options.workers > 1:
         target = ModelFactory(build_model, (model.exp.raw, model.profile))

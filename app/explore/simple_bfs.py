@@ -47,7 +47,9 @@ def _bfs(model: Model[Any], max_states: int = 1_000_000, max_seconds: float = 60
         progress_every: float = 0.25) -> BfsResult:
     t0 = time.monotonic()
     init = model.initial()
-    fp0 = model.fingerprint(init)
+    # With symmetry, states are deduplicated by their representative's fingerprint but the
+    # frontier keeps the concrete states, so a trace's actions replay from the initial state.
+    fp0 = model.fingerprint(model.canonical(init))
     # Only fingerprints and parent links are kept: a trace is rebuilt by replaying its
     # actions from the initial state (the model is deterministic).
     parent: dict[int, tuple[int, Action | None]] = {fp0: (fp0, None)}
@@ -76,7 +78,7 @@ def _bfs(model: Model[Any], max_states: int = 1_000_000, max_seconds: float = 60
         actions.reverse()
         states = [init]
         for a in actions:
-            states.append(model.canonical(model.step(states[-1], a)))
+            states.append(model.step(states[-1], a))
         return actions, states
 
     while frontier:
@@ -93,9 +95,9 @@ def _bfs(model: Model[Any], max_states: int = 1_000_000, max_seconds: float = 60
             bounded = True
             continue
         for a in acts:
-            nxt = model.canonical(model.step(state, a))
+            nxt = model.step(state, a)
             transitions += 1
-            nfp = model.fingerprint(nxt)
+            nfp = model.fingerprint(model.canonical(nxt))
             if nfp in parent:
                 continue
             if len(parent) >= max_states or time.monotonic() - t0 > max_seconds:

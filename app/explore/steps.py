@@ -29,7 +29,7 @@ from app.engine.vm import Vm
 VCPU_OPS = ("write_rte", "patch_rte", "mmio", "lapic", "eoi", "exit", "sti", "cli")
 DEVICE_OPS = ("line", "irq", "msi", "routes", "irqfd", "count")
 PROGRAM_OPS = DEVICE_OPS + VCPU_OPS
-CHOSEN_BY_EXPLORER = ("enter", "ack", "take", "settle")
+CHOSEN_BY_EXPLORER = ("enter", "vmm_eoi_exit", "ack", "take", "settle")
 SETUP_ONLY = ("expect", "when", "advance", "resampler")
 
 # What a step does to the model's own bookkeeping besides the engine call.
