@@ -18,8 +18,8 @@ travel as `Model.encode` bytes.
 
 Swarm search (`swarm_on_ray`): for state spaces past exhaustive reach, many randomized depth-
 first searches (each its own seed, action order and depth bound, Spin's swarm idea) run as
-tasks; the driver reports their union coverage and, for a violation, re-minimises it with an
-in-process BFS bounded by the violation's length. Its verdict is `violation` or `bounded`,
+tasks; the driver reports their union coverage and, for a violation, re-minimises it with the
+in-process checker bounded by the violation's length. Its verdict is `violation` or `bounded`,
 never `verified`.
 
 Faults: an actor that dies mid-run (its process killed, its node lost) ends the run with
@@ -276,41 +276,6 @@ def _random_dfs(factory: ModelFactory[Any], seed: int, max_states: int,
     return list(seen), None, None
 
 
-def _local_bfs(model: Model[Any], max_depth: int) -> tuple[list[str], str] | None:
-    """The shortest violation within `max_depth` steps (in-process, plain BFS)."""
-    init = model.canonical(model.initial())
-    prop = model.violation(init, False)
-    if prop is not None:
-        return [], prop
-    seen = {model.fingerprint(init)}
-    level: list[tuple[Any, list[str]]] = [(init, [])]
-    for _ in range(max_depth):
-        nxt: list[tuple[Any, list[str]]] = []
-        for s, path in level:
-            acts = model.actions(s)
-            if not acts:
-                prop = model.violation(s, True)
-                if prop is not None:
-                    return path, prop
-            for a in acts:
-                t = model.canonical(model.step(s, a))
-                fp = model.fingerprint(t)
-                if fp in seen:
-                    continue
-                seen.add(fp)
-                prop = model.violation(t, False)
-                if prop is not None:
-                    return [*path, a.name], prop
-                nxt.append((t, [*path, a.name]))
-        level = nxt
-    for s, path in level:  # terminal states at exactly max_depth
-        if not model.actions(s):
-            prop = model.violation(s, True)
-            if prop is not None:
-                return path, prop
-    return None
-
-
 def swarm_on_ray(factory: ModelFactory[Any], members: int = 8, seed: int = 0,
                  max_states_each: int = 50_000, max_depth: int = 200) -> DistributedResult:
     """Swarm verification (see the module): never `verified`."""
@@ -331,10 +296,18 @@ def swarm_on_ray(factory: ModelFactory[Any], members: int = 8, seed: int = 0,
     if not found:
         stats["seconds"] = round(time.monotonic() - started, 3)
         return DistributedResult("bounded", stats=stats)
+    # Re-minimise: the in-process checker, bounded by the longest violation found, gives the
+    # shortest one (breadth-first), which may be another than the swarm's.
+    from .checker import CheckOptions, check
+
     model = factory()
     longest = max(len(p) for p, _ in found)
-    shortest = _local_bfs(model, longest)
-    path, prop = shortest if shortest is not None else min(found, key=lambda f: len(f[0]))
-    stats.update(found_lengths=sorted(len(p) for p, _ in found), minimised_length=len(path),
+    r = check(model, CheckOptions(max_depth=longest))
+    if r.verdict == "violation" and r.property is not None:
+        trace, prop = list(r.counterexample), r.property
+    else:  # cannot happen for a real violation; keep the swarm's shortest then
+        names, prop = min(found, key=lambda f: len(f[0]))
+        trace = _replay(model, names)
+    stats.update(found_lengths=sorted(len(p) for p, _ in found), minimised_length=len(trace),
                  seconds=round(time.monotonic() - started, 3))
-    return DistributedResult("violation", prop, _replay(model, path), stats)
+    return DistributedResult("violation", prop, trace, stats)

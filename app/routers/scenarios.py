@@ -188,8 +188,14 @@ async def run_library_scenario(
     doc = S.override_vm(S.document(name), profile, irqchip)
     fmt_ = PIC.negotiate(fmt, request.headers.get("accept"))
     with metrics.of(request).running("scenario-run"):
-        return await B.respond(request, S.run_job, doc, None, True, S.RunLimits.of(settings),
-                               request.url.path, fmt_, variant, observe)
+        return await _run_library(request, settings, doc, fmt_, variant, observe)
+
+
+async def _run_library(request: Request, settings: SettingsDep, doc: dict[str, Any], fmt: str,
+                       variant: str | None, observe: bool = False) -> Response:
+    """A library document (already parsed) run in the bounded pool, answered in `fmt`."""
+    return await B.respond(request, S.run_job, doc, None, True, S.RunLimits.of(settings),
+                           request.url.path, fmt, variant, observe)
 
 
 _GET_PICTURE = (
@@ -222,8 +228,7 @@ async def scenario_timeline(request: Request,
                             irqchip: _Irqchip = None,
                             variant: PIC.VariantQuery = None) -> Response:
     doc = S.override_vm(S.document(name), profile, irqchip)
-    return await B.respond(request, S.run_job, doc, None, True, S.RunLimits.of(settings),
-                           request.url.path, "svg", variant)
+    return await _run_library(request, settings, doc, "svg", variant)
 
 
 @router.get(
@@ -242,5 +247,4 @@ async def scenario_report(request: Request,
                           irqchip: _Irqchip = None,
                           variant: PIC.VariantQuery = None) -> Response:
     doc = S.override_vm(S.document(name), profile, irqchip)
-    return await B.respond(request, S.run_job, doc, None, True, S.RunLimits.of(settings),
-                           request.url.path, "html", variant)
+    return await _run_library(request, settings, doc, "html", variant)
