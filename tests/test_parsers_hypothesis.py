@@ -33,7 +33,8 @@ SETTINGS = settings(max_examples=150, deadline=5000, derandomize=True, database=
 LIMITS = DocumentLimits(max_nodes=5_000, max_depth=32)
 RUN_LIMITS = S.RunLimits(LIMITS, max_scenario_steps=200, max_settle_budget=500, max_vcpus=8,
                          max_matrix_variants=4, max_run_steps=5_000, max_run_events=5_000,
-                         max_response_bytes=4 << 20, validate=True)
+                         max_response_bytes=4 << 20, max_picture_events=5_000,
+                         validate=True)
 
 # ---- YAML
 
