@@ -80,6 +80,12 @@ class VcpuSnapshot(_Strict):
     x2apic: StrictBool
 
 
+_RTC_DEST_MAX = (4095 << 8) | 0xFF
+RtcDest = Annotated[int, _V, Strict(), Field(ge=0, le=_RTC_DEST_MAX),
+                    T.int_schema(0, _RTC_DEST_MAX)]
+RtcPending = Annotated[int, _V, Strict(), Field(ge=0, le=4096), T.int_schema(0, 4096)]
+
+
 class IoapicSnapshot(_Strict):
     """The IOAPIC register file (engine state.IoapicState)."""
 
@@ -93,6 +99,11 @@ class IoapicSnapshot(_Strict):
     irr_delivered: PinBits
     redir: Annotated[list[U64], PerPin]
     version: Literal[0x11, 0x20]
+    # RTC EOI tracking (kvm_rtc_eoi_tracking): vCPU index << 8 | vector of each LAPIC the RTC
+    # interrupt in flight reached, and how many EOIs are still owed. Absent in snapshots
+    # made before it was modelled: nothing pending.
+    rtc_dest: Annotated[list[RtcDest], Field(max_length=4096)] = []
+    rtc_pending_eoi: RtcPending = 0
 
 
 IrqchipRoute = tuple[Literal["irqchip"], Literal["pic-master", "pic-slave", "ioapic"], Pin]
