@@ -5,7 +5,8 @@ Measures, on this machine: distinct states/s of the in-process BFS (the referenc
 the successor exchange (an empty level: every actor expands nothing and sends nothing).
 Prints min / median / max over --runs and the load average before and after.
 
-Usage: python bench/explore_ray.py [--runs N] [--model MODULE:FUNCTION] [--args JSON]
+Usage: python bench/explore_ray.py [--runs N] [--exploration NAME [--profile P]]
+                                   [--model MODULE:FUNCTION] [--args JSON]
 The default model is the test-suite's counter model (tests/ray/toy_model.py: run from the
 repository's root); any function returning an app.explore.model_api.Model with JSON
 arguments can be measured the same way.
@@ -19,7 +20,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +34,12 @@ def _load(spec: str) -> Any:
 
 
 def in_process(model: Any) -> tuple[int, float]:
-    """Plain level-by-level BFS with a set of fingerprints: (states, seconds)."""
-    t0 = time.perf_counter()
-    init = model.canonical(model.initial())
-    seen = {model.fingerprint(init)}
-    level = [init]
-    while level:
-        nxt = []
-        for s in level:
-            for a in model.actions(s):
-                t = model.canonical(model.step(s, a))
-                fp = model.fingerprint(t)
-                if fp not in seen:
-                    seen.add(fp)
-                    nxt.append(t)
-        level = nxt
-    return len(seen), time.perf_counter() - t0
+    """The in-process checker on the graph bfs_on_ray explores (no partial-order reduction;
+    symmetry, as bfs_on_ray always canonicalises): (states, seconds)."""
+    from app.explore.checker import CheckOptions, check
+
+    r = check(model, CheckOptions(sleep_sets=False, persistent_sets=False, symmetry=True))
+    return r.stats.states, r.stats.seconds
 
 
 def fmt(xs: list[float]) -> str:
@@ -62,7 +52,18 @@ def main() -> None:
     ap.add_argument("--model", default="tests.ray.toy_model:build")
     ap.add_argument("--args", default="[5, 2, true]", help="JSON list of the model's arguments")
     ap.add_argument("--batches", default="100,1000,5000")
+    ap.add_argument("--exploration", metavar="NAME",
+                    help="a library exploration instead of --model (with --profile)")
+    ap.add_argument("--profile", default="linux-latest")
     args = ap.parse_args()
+    if args.exploration:  # the irqlab model of a library exploration
+        from app import explorations
+
+        doc = explorations.get(args.exploration)
+        if doc is None:
+            raise SystemExit(f"no exploration {args.exploration!r}")
+        args.model = "app.explore.irq_model:build_model"
+        args.args = json.dumps([doc, args.profile])
 
     import ray
 
@@ -71,7 +72,8 @@ def main() -> None:
     build = _load(args.model)
     margs = tuple(json.loads(args.args))
     factory: ModelFactory[Any] = ModelFactory(build, margs)
-    print(f"model {args.model}{margs}; load average before: {os.getloadavg()}")
+    label = args.exploration and f"{args.exploration} under {args.profile}"
+    print(f"model {label or f'{args.model}{margs}'}; load average before: {os.getloadavg()}")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
     rates = []
@@ -87,10 +89,11 @@ def main() -> None:
                 rates.append(r.stats["states"] / r.stats["seconds"])
             print(f"ray {parts} actor(s), batch {batch:>5}: {fmt(rates)} states/s "
                   f"({r.stats['states']} states, depth {r.stats['max_depth']})")
-    # Per-level overhead: a model with one state has one promote + one expand round trip.
+    # Per-level overhead: the counter model with one process and one step has two levels.
+    toy = _load("tests.ray.toy_model:build")
     overhead = []
     for _ in range(args.runs):
-        r = bfs_on_ray(ModelFactory(build, (1, 1, True)), parts=2)
+        r = bfs_on_ray(ModelFactory(toy, (1, 1, True)), parts=2)
         overhead.append(r.stats["seconds"] * 1000 / max(1, r.stats["max_depth"] + 1))
     print(f"per-level round trip (2 actors, near-empty levels): "
           f"median {statistics.median(overhead):.1f} ms  min {min(overhead):.1f}  "
