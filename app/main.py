@@ -104,6 +104,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.close_all()
 
 
+def _running_explorations(app: FastAPI) -> int:
+    """Exploration jobs running now (the manager exists once the first job was started)."""
+    manager = getattr(app.state, "explorations", None)
+    return 0 if manager is None else int(manager.running())
+
+
 async def _expire_idle_kvm(registry: Registry, idle_seconds: float) -> None:
     """IRQLAB_KVM_IDLE_SECONDS: delete kvm-backend VMs no request used for that long
     (checked a few times per period, so one lives at most ~1.25 periods unused)."""
@@ -130,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                   settings.max_events_per_vm, settings.max_kvm_vms,
                                   settings.max_kvm_vcpus, settings.tenant_max_vms, store)
     app.state.metrics = Metrics(app.state.registry)
+    app.state.metrics.count_running("exploration", lambda: _running_explorations(app))
     problems.install(app)
     docs.install(app)
     dashboard.install(app)

@@ -20,7 +20,7 @@ more than the line route itself): two clock reads and two cached-child increment
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +120,11 @@ class Metrics:
             yield
         finally:
             gauge.dec()
+
+    def count_running(self, kind: str, count: Callable[[], int]) -> None:
+        """irqlab_running{kind} read from `count` when scraped: for work that outlives its
+        request (exploration jobs in their worker processes)."""
+        self.running_now.labels(kind).set_function(count)
 
     def refused(self, limit: str) -> None:
         self.refusals.labels(limit).inc()

@@ -93,3 +93,17 @@ async def test_running_scenarios_gauge() -> None:
 async def test_metrics_not_in_openapi(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert "/metrics" not in spec["paths"]
+
+
+async def test_running_explorations_gauge() -> None:
+    """An exploration job counts in irqlab_running{kind="exploration"} while its worker
+    process runs, and not once it is cancelled."""
+    app = make_app()
+    async with client_for(app) as client:
+        assert value(await scrape(client), "irqlab_running", kind="exploration") == 0
+        r = await client.post("/v1/explorations", json={
+            "name": "broadcast-level-split", "profiles": "all"})
+        assert r.status_code == 202, r.text
+        assert value(await scrape(client), "irqlab_running", kind="exploration") == 1
+        assert (await client.delete(r.headers["location"])).json()["status"] == "cancelled"
+        assert value(await scrape(client), "irqlab_running", kind="exploration") == 0
