@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from app.main import app
+from tests.script_module import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "openapi" / "openapi.json"
@@ -18,12 +18,7 @@ KVM_QEMU = re.compile(r"KVM|QEMU|kvm_|ioapic_|vcpu_|apic_|irqfd|no KVM", re.IGNO
 
 
 def _export_module() -> Any:
-    spec = importlib.util.spec_from_file_location("export_openapi",
-                                                  ROOT / "scripts" / "export_openapi.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("export_openapi")
 
 
 def test_committed_spec_matches_app() -> None:

@@ -4,7 +4,6 @@ scenario validates, and the models' ops, vm fields and expectation fields are th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import typing
 from pathlib import Path
@@ -28,18 +27,14 @@ from app.engine.scenario import (
 )
 from app.engine.vm import Vm, VmConfig
 from app.main import app
+from tests.script_module import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "openapi" / "scenario.schema.json"
 
 
 def _export_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "export_scenario_schema", ROOT / "scripts" / "export_scenario_schema.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("export_scenario_schema")
 
 
 def test_committed_schema_matches_models() -> None:

@@ -4,7 +4,6 @@ programs' ops are the explorer's, and documents one refuses the other refuses to
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import typing
 from pathlib import Path
@@ -19,18 +18,14 @@ from app.explore import doc_models as DM
 from app.explore import steps as S
 from app.explore.document import BUILTIN_PROPERTIES
 from app.explore.irq_model import IrqModel
+from tests.script_module import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "openapi" / "exploration.schema.json"
 
 
 def _export() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "export_exploration_schema", ROOT / "scripts" / "export_exploration_schema.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("export_exploration_schema")
 
 
 def test_committed_schema_is_current() -> None:
