@@ -57,6 +57,10 @@ TAGS = [
                                             "exploration's actors and the hardware's moves, "
                                             "searched in worker processes; the built-in "
                                             "library of race explorations."},
+    {"name": "campaigns", "description": "Differential campaigns: seeded random operation "
+                                         "sequences on the model under several presets (and "
+                                         "on real KVM), in worker processes; a census of "
+                                         "where presets diverge."},
     {"name": "health", "description": "Liveness and readiness probes."},
     {"name": "meta", "description": "Problem type documentation."},
 ]
@@ -104,9 +108,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.close_all()
 
 
-def _running_explorations(app: FastAPI) -> int:
-    """Exploration jobs running now (the manager exists once the first job was started)."""
-    manager = getattr(app.state, "explorations", None)
+def _running_jobs(app: FastAPI, kind: str) -> int:
+    """Jobs of one kind running now (`app.state.<kind>`, the manager that exists once the
+    kind's first job was started)."""
+    manager = getattr(app.state, kind, None)
     return 0 if manager is None else int(manager.running())
 
 
@@ -136,7 +141,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                   settings.max_events_per_vm, settings.max_kvm_vms,
                                   settings.max_kvm_vcpus, settings.tenant_max_vms, store)
     app.state.metrics = Metrics(app.state.registry)
-    app.state.metrics.count_running("exploration", lambda: _running_explorations(app))
+    app.state.metrics.count_running("exploration", lambda: _running_jobs(app, "explorations"))
+    app.state.metrics.count_running("campaign", lambda: _running_jobs(app, "campaigns"))
     problems.install(app)
     docs.install(app)
     dashboard.install(app)

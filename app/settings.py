@@ -139,6 +139,26 @@ class Settings(BaseSettings):
         default=2, ge=1, le=1024,
         description="Partition actors per exploration job on Ray (IRQLAB_EXPLORATION_RAY).",
     )
+    max_campaigns: int = Field(
+        default=2, ge=1,
+        description="Most campaign jobs (POST /v1/campaigns) running at once, each in its own "
+                    "worker process; more: 409 limit-reached.",
+    )
+    max_campaign_sequences: int = Field(
+        default=100_000, ge=1,
+        description="Most sequences one campaign job may ask for (`sequences`); more: 422.",
+    )
+    max_campaign_seconds: float = Field(
+        default=600.0, gt=0,
+        description="Largest time budget a campaign job may ask for (`max_seconds`, also the "
+                    "default); more: 422. A job past its budget fails with a message.",
+    )
+    campaign_ray: str | None = Field(
+        default=None,
+        description="Run campaign jobs on this Ray cluster ('auto', 'local' or an address; "
+                    "needs the 'ray' extra), `kvm` then on every node with /dev/kvm; unset: "
+                    "in the job's worker process.",
+    )
     ui_vcpus: int = Field(
         default=16, ge=1, le=KVM_MAX_VCPUS,
         description="Most vCPUs per VM the live dashboard (/ui) shows (the first ones).",

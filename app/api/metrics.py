@@ -7,7 +7,8 @@
 - `irqlab_vms{backend}` and `irqlab_vm_events{vm}` (the seq of each VM's last event: how many
   events it has emitted), read from the VM registry when scraped, so they cost nothing between
   scrapes.
-- `irqlab_running{kind}`: scenario runs (`scenario-run`), diffs, explorations… in progress;
+- `irqlab_running{kind}`: scenario runs (`scenario-run`), diffs, explorations, campaigns… in
+  progress;
   `with metrics.running("exploration"):` around any such work.
 - `irqlab_budget_refusals_total{limit}`: requests refused because a service limit or budget
   (`IRQLAB_*`) would be exceeded; every `limit-reached` / limit 422 problem counts here, and
@@ -48,7 +49,7 @@ BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 UNMATCHED = "<unmatched>"
 
 # Kinds of long operation shown at 0 before the first one runs (others appear when used).
-RUNNING_KINDS = ("scenario-run", "scenario-diff", "exploration")
+RUNNING_KINDS = ("scenario-run", "scenario-diff", "exploration", "campaign")
 
 # No `*_created` series: a timestamp per label set that Prometheus does not need here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -123,7 +124,7 @@ class Metrics:
 
     def count_running(self, kind: str, count: Callable[[], int]) -> None:
         """irqlab_running{kind} read from `count` when scraped: for work that outlives its
-        request (exploration jobs in their worker processes)."""
+        request (exploration and campaign jobs in their worker processes)."""
         self.running_now.labels(kind).set_function(count)
 
     def refused(self, limit: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from .runner import CampaignResult, SequenceOutcome, aggregate, run_chunk
 
 Progress = Callable[[int, int], None]  # (sequences done, sequences in all)
+Seen = Callable[[list[SequenceOutcome]], None]  # a finished chunk's outcomes, as they come
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +49,10 @@ def local_kvm() -> dict[str, Any] | None:
             "vendor": vendor_module(), "release": os.uname().release}
 
 
-def run_local(spec: CampaignSpec, workers: int = 1,
-              progress: Progress | None = None) -> CampaignResult:
-    """Run in this process (workers=1) or in `workers` local processes."""
+def run_local(spec: CampaignSpec, workers: int = 1, progress: Progress | None = None,
+              seen: Seen | None = None) -> CampaignResult:
+    """Run in this process (workers=1) or in `workers` local processes; `seen` gets each
+    chunk's outcomes before `progress` counts them."""
     kvm = local_kvm() if spec.kvm else None
     if spec.kvm and kvm is None:
         raise RuntimeError("--kvm: this host has no usable /dev/kvm")
@@ -60,7 +62,10 @@ def run_local(spec: CampaignSpec, workers: int = 1,
     done = 0
     if workers <= 1:
         for chunk in spec.chunks():
-            outcomes += run_chunk(spec.seed, chunk, *args)
+            got = run_chunk(spec.seed, chunk, *args)
+            outcomes += got
+            if seen:
+                seen(got)
             done += len(chunk)
             if progress:
                 progress(done, spec.sequences)
@@ -69,7 +74,10 @@ def run_local(spec: CampaignSpec, workers: int = 1,
             futures = {pool.submit(run_chunk, spec.seed, chunk, *args): len(chunk)
                        for chunk in spec.chunks()}
             for fut in as_completed(futures):
-                outcomes += fut.result()
+                got = fut.result()
+                outcomes += got
+                if seen:
+                    seen(got)
                 done += futures[fut]
                 if progress:
                     progress(done, spec.sequences)

@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from app.ray_cluster import connect
 
-from .driver import CampaignSpec, Progress
+from .driver import CampaignSpec, Progress, Seen
 from .runner import KVM_SIDE, CampaignResult, SequenceOutcome, aggregate, run_chunk
 
 TASK_RETRIES = 3
@@ -66,7 +66,8 @@ def kvm_nodes() -> list[dict[str, Any]]:
     return sorted(out, key=lambda s: str(s["side"]))
 
 
-def run_on_ray(spec: CampaignSpec, progress: Progress | None = None) -> CampaignResult:
+def run_on_ray(spec: CampaignSpec, progress: Progress | None = None,
+               seen: Seen | None = None) -> CampaignResult:
     cpus = max(1, int(_ray.cluster_resources().get("CPU", 1)))
     in_flight_max = 2 * cpus
     chunks = spec.chunks()
@@ -94,7 +95,10 @@ def run_on_ray(spec: CampaignSpec, progress: Progress | None = None) -> Campaign
             pending[ref] = len(indices)
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
-            outcomes += _ray.get(ref)
+            got = _ray.get(ref)
+            outcomes += got
+            if seen:
+                seen(got)
             done += pending.pop(ref)
         if progress:
             progress(done, total)

@@ -1,6 +1,7 @@
 """HTTP routers: thin wrappers that validate, lock the VM, call the engine."""
 
 from . import (
+    campaigns,
     explorations,
     health,
     ioapic,
@@ -16,4 +17,4 @@ from . import (
 ALL = [health.router, vms.router, profiles.router, ioapic.router, ioapic.line_router,
        routing.router,
        vcpus.router, reports.router, reports.bitmaps_router, pictures.router,
-       scenarios.router, explorations.router]
+       scenarios.router, explorations.router, campaigns.router]

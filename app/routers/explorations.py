@@ -4,12 +4,9 @@ Server-Sent Events, cancel it; list the built-in library. The search runs in a w
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
@@ -18,18 +15,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import explorations as library
 from app.api import types as T
 from app.api.deps import SettingsDep
+from app.api.job_routes import JobPath, job_of, manager_of, sse_response
 from app.api.problems import DocumentError, LimitError, problem_responses
 from app.engine import flags as F
-from app.engine.errors import EngineError, not_found
+from app.engine.errors import EngineError
 from app.explore.document import parse
 from app.explore.irq_model import IrqModel
-from app.explore.jobs import Job, JobManager
+from app.explore.jobs import explore_worker
 from app.settings import Settings
+from app.work.jobs import Job, JobManager, JobsFull
 
 router = APIRouter(prefix="/v1/explorations", tags=["explorations"],
                    responses=problem_responses(422))
-JobPath = Annotated[str, Path(description="The job's id (from POST's Location).",
-                              pattern=r"^[0-9a-f]{16}$")]
 
 
 def _request_schema(schema: dict[str, Any]) -> None:
@@ -128,22 +125,12 @@ _REQUEST_EXAMPLES = {
 
 
 def _manager(request: Request, settings: Settings) -> JobManager:
-    manager: JobManager | None = getattr(request.app.state, "explorations", None)
-    if manager is None:
-        manager = JobManager(settings.max_explorations, settings.max_exploration_states,
-                             settings.max_exploration_seconds,
-                             settings.max_exploration_memory_mb,
-                             ray=settings.exploration_ray,
-                             ray_workers=settings.exploration_ray_workers)
-        request.app.state.explorations = manager
-    return manager
+    return manager_of(request, "explorations",
+                      lambda: JobManager("explore", settings.max_explorations))
 
 
 def _job(request: Request, settings: Settings, job_id: str) -> Job:
-    job = _manager(request, settings).jobs.get(job_id)
-    if job is None:
-        raise not_found(f"no exploration job {job_id!r}", "id")
-    return job
+    return job_of(_manager(request, settings), job_id, "exploration")
 
 
 @router.get("/library", response_model=list[LibraryEntry],
@@ -237,11 +224,15 @@ async def start(body: ExplorationRequest, request: Request, response: Response,
         raise DocumentError(exc.detail, f"{prefix}{exc.field}" if exc.field else "document",
                             error_type="exploration_invalid") from None
     manager = _manager(request, settings)
-    with manager.lock:
-        if manager.running() >= manager.max_jobs:
-            raise LimitError(f"{manager.max_jobs} exploration jobs are already running",
-                             None, "IRQLAB_MAX_EXPLORATIONS", manager.max_jobs)
-    job = await run_in_threadpool(manager.start, doc, name, profiles, max_states, max_seconds)
+    args = (doc, profiles, max_states, max_seconds, settings.max_exploration_memory_mb,
+            settings.exploration_ray, settings.exploration_ray_workers)
+    try:
+        job = await run_in_threadpool(manager.start, explore_worker, args,
+                                      {"exploration": name, "profiles": profiles},
+                                      max_seconds * len(profiles))
+    except JobsFull:
+        raise LimitError(f"{manager.max_jobs} exploration jobs are already running",
+                         None, "IRQLAB_MAX_EXPLORATIONS", manager.max_jobs) from None
     response.headers["Location"] = f"/v1/explorations/{job.id}"
     return job.view()
 
@@ -281,28 +272,4 @@ async def cancel(job_id: JobPath, request: Request, settings: SettingsDep) -> di
                         "interleavings: a `progress` event when the job changes, `result` "
                         "per finished profile, `end` last.")
 async def events(job_id: JobPath, request: Request, settings: SettingsDep) -> StreamingResponse:
-    job = _job(request, settings, job_id)
-
-    async def stream() -> AsyncIterator[bytes]:
-        seen_version = -1
-        sent_results = 0
-        while True:
-            if job.version != seen_version:
-                seen_version = job.version
-                yield _sse("progress", job.progress)
-                while sent_results < len(job.results):
-                    yield _sse("result", job.results[sent_results])
-                    sent_results += 1
-            if job.status != "running":
-                yield _sse("end", {"status": job.status, "error": job.error})
-                return
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(0.2)
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"})
-
-
-def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return sse_response(_job(request, settings, job_id), request)
