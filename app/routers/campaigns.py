@@ -5,12 +5,20 @@ Like exploration jobs, campaign jobs are service-wide (not per tenant)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+)
 
 from app.api import types as T
 from app.api.deps import SettingsDep
@@ -31,6 +39,17 @@ Irqchip = Literal["kernel", "split"]
 IRQCHIPS: tuple[Irqchip, ...] = ("kernel", "split")
 
 
+def _all_presets(value: Any) -> Any:
+    return list(F.PRESETS) if value == "all" else value
+
+
+# "all" is expanded before the list is checked, so a bad preset is reported at profiles[i]
+# (a union would put its member's name into the error's path).
+Profiles = Annotated[list[T.ProfileName], BeforeValidator(_all_presets), WithJsonSchema({
+    "anyOf": [{"type": "array", "items": {"type": "string", "enum": list(F.PRESETS)}},
+              {"type": "string", "const": "all"}]})]
+
+
 class CampaignRequest(BaseModel):
     """The parameters of `irqlab campaign`, by the same names."""
 
@@ -41,7 +60,7 @@ class CampaignRequest(BaseModel):
                           "IRQLAB_MAX_CAMPAIGN_SEQUENCES).")
     seed: T.UInt = Field(1, description="Campaign seed: sequence i of seed s is the same "
                                         "everywhere.")
-    profiles: list[T.ProfileName] | Literal["all"] = Field(
+    profiles: Profiles = Field(
         default_factory=lambda: list(DEFAULT_PROFILES),
         description="Behaviour presets compared pairwise (at least two, unless `kvm`), or "
                     "all.")
@@ -214,7 +233,7 @@ async def start_campaign(body: CampaignRequest, request: Request, response: Resp
     if max_seconds > settings.max_campaign_seconds:
         raise _limit("max_seconds", max_seconds, settings.max_campaign_seconds,
                      "IRQLAB_MAX_CAMPAIGN_SECONDS")
-    profiles = list(F.PRESETS) if body.profiles == "all" else body.profiles
+    profiles = body.profiles
     if len(set(profiles)) != len(profiles):
         raise DocumentError("a preset is named twice", "profiles",
                             error_type="campaign_invalid")
@@ -257,7 +276,8 @@ async def start_campaign(body: CampaignRequest, request: Request, response: Resp
                         "of presets (or preset and the host's KVM) and irqchip mode, how many "
                         "sequences diverged, the first that did and at which step, and each "
                         "saved divergence as a scenario document that replays it.")
-async def get_campaign(job_id: JobPath, request: Request, settings: SettingsDep) -> dict[str, Any]:
+async def get_campaign(job_id: JobPath, request: Request,
+                       settings: SettingsDep) -> dict[str, Any]:
     return _view(_job(request, settings, job_id))
 
 
@@ -266,7 +286,8 @@ async def get_campaign(job_id: JobPath, request: Request, settings: SettingsDep)
                description="Kills the worker process (with `kvm`, the kernel frees the VM it "
                            "had open on /dev/kvm with the process); the job stays listed as "
                            "cancelled, without a result.")
-async def cancel_campaign(job_id: JobPath, request: Request, settings: SettingsDep) -> dict[str, Any]:
+async def cancel_campaign(job_id: JobPath, request: Request,
+                          settings: SettingsDep) -> dict[str, Any]:
     manager = _manager(request, settings)
     job = _job(request, settings, job_id)
     await run_in_threadpool(manager.cancel, job)
@@ -285,5 +306,6 @@ async def cancel_campaign(job_id: JobPath, request: Request, settings: SettingsD
             description="Server-Sent Events while the sequences run on the model's presets "
                         "(and KVM): a `progress` event when the job changes, `result` once "
                         "it is done, `end` last.")
-async def campaign_events(job_id: JobPath, request: Request, settings: SettingsDep) -> StreamingResponse:
+async def campaign_events(job_id: JobPath, request: Request,
+                          settings: SettingsDep) -> StreamingResponse:
     return sse_response(_job(request, settings, job_id), request)

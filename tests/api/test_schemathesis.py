@@ -25,7 +25,7 @@ EXAMPLES = int(os.environ.get("IRQLAB_SCHEMATHESIS_EXAMPLES", "6"))
 # 10 CPU seconds each; hitting a budget is a documented 422, checked like any response.
 app = make_app(max_settle_budget=2_000, max_run_steps=20_000, max_run_events=20_000,
                max_vcpus=16, max_matrix_variants=4, max_run_cpu_seconds=1,
-               max_run_seconds=5)
+               max_run_seconds=5, max_campaign_sequences=200, max_campaign_seconds=5)
 # The coverage phase derives hundreds of boundary cases from the scenario document's large
 # schema (each a run in a worker): for the two document routes fuzzing alone runs here, and
 # tests/test_parsers_hypothesis.py generates documents aimed at the runner instead.
@@ -61,3 +61,7 @@ def _close_pool() -> object:
     pool = getattr(app.state, "work_pool", None)
     if pool is not None:
         pool.close()
+    for kind in ("explorations", "campaigns"):  # the jobs generated requests started
+        manager = getattr(app.state, kind, None)
+        if manager is not None:
+            manager.close()
