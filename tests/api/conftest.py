@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -65,3 +66,18 @@ def assert_problem(r: httpx.Response, status: int, field: str | None = None,
     if slug is not None:
         assert body["type"] == f"/problems/{slug}", body
     return body
+
+
+def read_events(client: httpx.Client, url: str) -> list[tuple[str | None, Any]]:
+    """A job's Server-Sent Events (GET url), as (event, data) pairs up to its `end` event."""
+    events: list[tuple[str | None, Any]] = []
+    with client.stream("GET", url) as stream:
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+                if kind == "end":
+                    break
+    return events

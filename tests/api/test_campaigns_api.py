@@ -21,7 +21,7 @@ import pytest
 
 from app.campaign.driver import CampaignSpec, run_local
 from app.kvm.detect import kvm_available
-from tests.api.conftest import assert_problem, client_for, make_app
+from tests.api.conftest import assert_problem, client_for, make_app, read_events
 from tests.api.test_metrics import scrape, value
 from tests.uvicorn_server import irqlab_server
 from tests.work_jobs import alive, wait_dead
@@ -206,16 +206,7 @@ def test_events_stream_and_health_over_uvicorn() -> None:
         t0 = time.monotonic()
         assert c.get("/healthz").status_code == 200
         assert time.monotonic() - t0 < 5  # generous: CI machines are shared
-        events: list[tuple[str | None, Any]] = []
-        with c.stream("GET", r.headers["location"] + "/events") as stream:
-            kind = None
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: "):
-                    events.append((kind, json.loads(line[6:])))
-                    if kind == "end":
-                        break
+        events = read_events(c, r.headers["location"] + "/events")
         kinds = [k for k, _ in events]
         assert kinds[-1] == "end" and events[-1][1] == {"status": "done", "error": None}
         progress = [d["sequences"] for k, d in events if k == "progress"]

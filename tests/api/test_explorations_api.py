@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app import explorations
-from tests.api.conftest import assert_problem, client_for, make_app
+from tests.api.conftest import assert_problem, client_for, make_app, read_events
 from tests.uvicorn_server import irqlab_server
 
 pytestmark = pytest.mark.anyio
@@ -100,16 +100,7 @@ def test_events_stream_and_health_over_uvicorn() -> None:
         t0 = time.monotonic()
         assert c.get("/healthz").status_code == 200
         assert time.monotonic() - t0 < 5  # generous: CI machines are shared
-        events: list[tuple[str, Any]] = []
-        with c.stream("GET", r.headers["location"] + "/events") as stream:
-            kind = None
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: "):
-                    events.append((kind, json.loads(line[6:])))
-                    if kind == "end":
-                        break
+        events = read_events(c, r.headers["location"] + "/events")
         kinds = [k for k, _ in events]
         assert kinds[-1] == "end" and events[-1][1]["status"] == "done"
         results = [d for k, d in events if k == "result"]
