@@ -225,7 +225,7 @@ def _no_kvm_here() -> str | None:
                          "IRQLAB_MAX_CAMPAIGN_SEQUENCES or `max_seconds` above "
                          "IRQLAB_MAX_CAMPAIGN_SECONDS is 422.")
 async def start_campaign(body: CampaignRequest, request: Request, response: Response,
-                settings: SettingsDep) -> dict[str, Any]:
+                         settings: SettingsDep) -> dict[str, Any]:
     if body.sequences > settings.max_campaign_sequences:
         raise _limit("sequences", body.sequences, settings.max_campaign_sequences,
                      "IRQLAB_MAX_CAMPAIGN_SEQUENCES")
