@@ -35,6 +35,9 @@ def add_parsers(sub: Any) -> None:
                     help="random operation sequences per irqchip mode (default %(default)s)")
     up.add_argument("--irqchip", choices=["kernel", "split", "both"], default="both")
     up.add_argument("--no-probe", action="store_true", help="skip irqlab probe in the guest")
+    up.add_argument("--no-counterexamples", action="store_true",
+                    help="skip replaying every explorer counterexample (every library "
+                         "exploration under every preset, explored on the host first)")
     up.add_argument("--profile", help="engine preset for every kernel (default: the preset of "
                                       "each kernel's release)")
     up.add_argument("--timeout", type=float, default=3600,
@@ -87,7 +90,8 @@ def run_upstream_cmd(args: argparse.Namespace) -> int:
                                  if args.scenarios == "none" else args.scenarios.split(","))
         irqchips = ("kernel", "split") if args.irqchip == "both" else (args.irqchip,)
         job = Job(library=lib, irqchips=irqchips, random=args.random,
-                  probe=not args.no_probe, profile=args.profile)
+                  probe=not args.no_probe, profile=args.profile,
+                  counterexamples=not args.no_counterexamples)
         report = rig.run([k.strip() for k in args.kernels.split(",") if k.strip()], job,
                          timeout=args.timeout, retries=args.retries, parallel=args.parallel,
                          refresh=not args.no_refresh, smp=args.smp)
