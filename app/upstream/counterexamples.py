@@ -81,12 +81,21 @@ def collect(profiles: list[str] | None = None,
 
 
 def _stuck(obs: dict[str, Any], vcpus: int) -> list[int]:
-    """Pins whose Remote IRR is set while no vCPU has anything in service: a level EOI that
-    will never come (the quiescent end state of every Remote IRR counterexample)."""
-    if any(obs.get(f"vcpus.{n}.isr") for n in range(vcpus)):
+    """Pins whose Remote IRR is set while no vCPU has anything requested or in service: a
+    level EOI that will never come (the quiescent end state of every Remote IRR
+    counterexample; a vector still in some IRR will be taken and EOId)."""
+    if any(obs.get(f"vcpus.{n}.{reg}") for n in range(vcpus) for reg in ("irr", "isr")):
         return []
     return sorted(int(p.split(".")[1]) for p, v in obs.items()
                   if p.startswith("pins.") and p.endswith(".remote_irr") and v)
+
+
+def _end(obs: dict[str, Any], vcpus: int) -> dict[str, Any]:
+    """The end state the table's verdict reads: Remote IRR pins, per vCPU IRR and ISR."""
+    return {"remote_irr": sorted(int(p.split(".")[1]) for p, v in obs.items()
+                                 if p.startswith("pins.") and p.endswith(".remote_irr") and v),
+            "irr": [obs.get(f"vcpus.{n}.irr") for n in range(vcpus)],
+            "isr": [obs.get(f"vcpus.{n}.isr") for n in range(vcpus)]}
 
 
 def _model_final(doc: dict[str, Any], upto: int) -> tuple[dict[str, Any], list[str]]:
@@ -144,17 +153,18 @@ def replay_one(entry: dict[str, Any], profile: str,
             if not d["path"].startswith("result."):
                 kernel[d["path"]] = d["kvm"]
     vcpus = int(entry["vcpus"])
-    row["model"] = {"findings": kinds, "stuck_pins": _stuck(model, vcpus)}
+    row["model"] = {"findings": kinds, "stuck_pins": _stuck(model, vcpus),
+                    "end": _end(model, vcpus)}
     if entry["property"] in REMOTE_IRR_PROPERTIES and not variant["stopped"]:
         stuck = _stuck(kernel, vcpus)
-        row["kernel"] = {"stuck_pins": stuck}
+        row["kernel"] = {"stuck_pins": stuck, "end": _end(kernel, vcpus)}
         row["reproduces"] = bool(stuck)
     else:
         # A trace cut short says nothing of its end. handled-vector-stale lives in KVM's
         # eoi_exit_bitmap, delivered-twice in what the guest took: neither leaves a state the
         # VMM or KVM_GET_LAPIC shows at the end, so the kernel's verdict is only the diff's
         # (agree: as the model under the kernel's preset).
-        row["kernel"] = {"stuck_pins": _stuck(kernel, vcpus)}
+        row["kernel"] = {"stuck_pins": _stuck(kernel, vcpus), "end": _end(kernel, vcpus)}
         row["reproduces"] = None
     return row
 
