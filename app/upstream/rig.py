@@ -46,6 +46,8 @@ class Job:
     profile: str | None = None  # None: the preset of the kernel's release
     # Every explorer counterexample (app.upstream.counterexamples), replayed in each guest.
     counterexamples: bool = False
+    explorations: list[str] | None = None  # None: the whole exploration library
+    explore_profiles: list[str] | None = None  # None: every preset
     # What collect() found on the host before the boots (set by Rig.run).
     found: list[dict[str, Any]] = field(default_factory=list)
 
@@ -121,7 +123,7 @@ class Rig:
         if job.counterexamples:
             from .counterexamples import collect
 
-            explored = collect()
+            explored = collect(job.explore_profiles, job.explorations)
             job.found = explored["entries"]
             self.log(f"explorer: {len(explored['entries'])} distinct counterexamples in "
                      f"{explored['seconds']:.0f} s")
