@@ -62,9 +62,17 @@ def counterexample_cell(r: dict[str, Any]) -> str:
     else:
         what = "agree"
     rep = r.get("reproduces")
-    stuck = (" stuck " + ",".join(map(str, r["kernel"]["stuck_pins"])) if rep
-             else " not stuck" if rep is False else "")
-    return f"{mark}{what};{stuck}" if stuck else f"{mark}{what}"
+    pins = ",".join(map(str, (r.get("kernel") or {}).get("stuck_pins") or []))
+    if rep:
+        return f"{mark}{what}; stuck {pins}"
+    if rep is False:
+        return f"{mark}{what}; not stuck"
+    if status == "stopped":
+        return f"{mark}{what}"
+    # The property itself leaves nothing the VMM or KVM_GET_LAPIC shows (a stale handled-
+    # vector bit, a second delivery): say so, and what Remote IRR did anyway.
+    return (f"{mark}{what}; {r.get('property')} not observable"
+            + (f", Remote IRR stuck {pins}" if pins else ""))
 
 
 def counterexample_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -75,6 +75,10 @@ def test_cells_and_table() -> None:
     assert counterexample_cell(fixed) == "agree; not stuck"
     assert counterexample_cell(differ) == "differ@9 eoi: remote_irr; not stuck"
     assert counterexample_cell(stopped) == "agree to step 7 (then unsupported)"
+    stale = _row("agree", reproduces=None, property="handled-vector-stale",
+                 diff={"first_difference": None, "stopped": None}, kernel={"stuck_pins": [5]})
+    assert counterexample_cell(stale) == ("agree; handled-vector-stale not observable, "
+                                          "Remote IRR stuck 5")
     report = {"seconds": 1, "cache": "/c", "disk_bytes": 0, "runs_dir": "/r", "kernels": [
         {"version": v, "abi": v, "package_version": v, "kit_seconds": 0, "kit_bytes": 0,
          "attempts": [], "failure": None,
