@@ -8,7 +8,7 @@ TCG with its own kvm + kvm_amd, irqlab's KVM backend run inside.
   Debian root filesystem: a few minutes and the package archive). .ci/run sets it, so CI
   prepares the kit and runs the smoke.
 - test_full_matrix: the four default kernels, the whole library, 300 random sequences per
-  mode, the probe; only with IRQLAB_UPSTREAM_FULL=1 (26 minutes measured; `irqlab upstream` runs
+  mode, the probe; only with IRQLAB_UPSTREAM_FULL=1 (22-26 minutes measured; `irqlab upstream` runs
   the same from the command line).
 """
 
@@ -87,7 +87,7 @@ def test_smoke() -> None:
 
 def test_full_matrix() -> None:
     if os.environ.get("IRQLAB_UPSTREAM_FULL") != "1":
-        pytest.skip("the full matrix takes about half an hour (26 min measured): set "
+        pytest.skip("the full matrix takes about half an hour (22-26 min measured): set "
                     "IRQLAB_UPSTREAM_FULL=1 (or run `irqlab upstream`)")
     report = _run(list(DEFAULT_KERNELS), Job(random=300, counterexamples=True), timeout=3600,
                   prepare_env="IRQLAB_UPSTREAM_FULL")
