@@ -16,7 +16,8 @@ def add_parsers(sub: Any) -> None:
     up = sub.add_parser(
         "upstream", help="run irqlab's KVM backend on stock Debian kernels under QEMU TCG",
         epilog="exit status: 0 every kernel ran and agreed (library variants that pin another "
-               "kernel's flag or model APICv may differ), 1 another difference, 2 a rig "
+               "kernel's flag or model APICv may differ; counterexamples that need APICv do "
+               "not run), 1 another difference, 2 a rig "
                "failure (no archive, a tool missing, a guest panic after retries)",
         description="Fetch Debian kernel packages (private apt configuration; the archive is "
                     "the one the system's apt uses), prepare a boot kit per kernel (cached "
@@ -35,6 +36,9 @@ def add_parsers(sub: Any) -> None:
                     help="random operation sequences per irqchip mode (default %(default)s)")
     up.add_argument("--irqchip", choices=["kernel", "split", "both"], default="both")
     up.add_argument("--no-probe", action="store_true", help="skip irqlab probe in the guest")
+    up.add_argument("--no-counterexamples", action="store_true",
+                    help="skip replaying every explorer counterexample (every library "
+                         "exploration under every preset, explored on the host first)")
     up.add_argument("--profile", help="engine preset for every kernel (default: the preset of "
                                       "each kernel's release)")
     up.add_argument("--timeout", type=float, default=3600,
@@ -87,7 +91,8 @@ def run_upstream_cmd(args: argparse.Namespace) -> int:
                                  if args.scenarios == "none" else args.scenarios.split(","))
         irqchips = ("kernel", "split") if args.irqchip == "both" else (args.irqchip,)
         job = Job(library=lib, irqchips=irqchips, random=args.random,
-                  probe=not args.no_probe, profile=args.profile)
+                  probe=not args.no_probe, profile=args.profile,
+                  counterexamples=not args.no_counterexamples)
         report = rig.run([k.strip() for k in args.kernels.split(",") if k.strip()], job,
                          timeout=args.timeout, retries=args.retries, parallel=args.parallel,
                          refresh=not args.no_refresh, smp=args.smp)
@@ -102,11 +107,13 @@ def run_upstream_cmd(args: argparse.Namespace) -> int:
 
 def any_difference(report: dict[str, Any]) -> bool:
     """A library difference not explained in advance (report.explain: a variant pinning
-    another kernel's flag, or APICv), or a random sequence that differs."""
+    another kernel's flag, or APICv), a random sequence or a counterexample that differs."""
     if unexplained(report):
         return True
     for k in report["kernels"]:
         res = k.get("result") or {}
+        if any(r.get("status") in ("differ", "error") for r in res.get("counterexamples") or ()):
+            return True
         for mode in (res.get("random") or {}).values():
             if mode["differ"]:
                 return True

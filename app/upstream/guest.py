@@ -5,7 +5,8 @@ The job (written by the host into the output share) says what to run:
 
     {"out": "/…/result.json", "kernel": "6.1.192", "profile": null | "linux-6.1",
      "library": true | false | [names], "irqchips": ["kernel", "split"],
-     "random": 300, "probe": true}
+     "random": 300, "probe": true, "counterexamples": [entries of
+     app.upstream.counterexamples.collect, computed on the host]}
 
 Results are written to `out` as JSON after every part (a guest that dies mid-run leaves what
 it finished): facts about the kernel's KVM, the library table (per scenario and variant:
@@ -144,7 +145,9 @@ def main(argv: list[str]) -> int:
     job = json.loads(job_path.read_text())
     out = Path(job["out"])
     t0 = time.monotonic()
-    result: dict[str, Any] = {"job": job, "facts": facts(), "parts": {}}
+    # The counterexamples' documents are in the host's report already: the job names them.
+    echo = {**job, "counterexamples": [e["id"] for e in job.get("counterexamples") or ()]}
+    result: dict[str, Any] = {"job": echo, "facts": facts(), "parts": {}}
     _write(out, result)
     if not result["facts"]["kvm"]:
         result["error"] = f"no usable /dev/kvm: {result['facts']['kvm_detail']}"
@@ -159,6 +162,19 @@ def main(argv: list[str]) -> int:
         t = time.monotonic()
         result["probe"] = probe(base_profile=profile)
         result["parts"]["probe"] = round(time.monotonic() - t, 1)
+        _write(out, result)
+    if job.get("counterexamples"):
+        from .counterexamples import replay
+
+        # Under the preset the probe picked for this kernel (its overrides too), else the
+        # release's.
+        rec = (result.get("probe") or {}).get("recommended") or {"profile": profile,
+                                                                  "overrides": {}}
+        t = time.monotonic()
+        result["counterexample_profile"] = rec
+        result["counterexamples"] = replay(job["counterexamples"], rec["profile"],
+                                           rec["overrides"])
+        result["parts"]["counterexamples"] = round(time.monotonic() - t, 1)
         _write(out, result)
     lib = job.get("library")
     if lib:

@@ -44,6 +44,57 @@ def library_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def counterexample_cell(r: dict[str, Any]) -> str:
+    """One counterexample on one kernel: not runnable / agree / differ@STEP, and whether the
+    violation (Remote IRR stuck) showed on the kernel."""
+    status = r.get("status")
+    if status == "not-runnable":
+        return "not runnable here: needs APICv"
+    if status == "error":
+        return "error: " + str(r.get("reason"))[:40]
+    mark = "*" if r.get("predicted_violation") else ""
+    if status == "differ":
+        fd = r["diff"]["first_difference"]
+        paths = sorted({d["path"].split(".")[-1] for d in fd["differences"]})
+        what = f"differ@{fd['index']} {fd['op']}: {','.join(paths)}"
+    elif status == "stopped":
+        what = f"agree to step {r['diff']['stopped']['index']} (then unsupported)"
+    else:
+        what = "agree"
+    rep = r.get("reproduces")
+    pins = ",".join(map(str, (r.get("kernel") or {}).get("stuck_pins") or []))
+    if rep:
+        return f"{mark}{what}; stuck {pins}"
+    if rep is False:
+        return f"{mark}{what}; not stuck"
+    if status == "stopped":
+        return f"{mark}{what}"
+    # The property itself leaves nothing the VMM or KVM_GET_LAPIC shows (a stale handled-
+    # vector bit, a second delivery): say so, and what Remote IRR did anyway.
+    return (f"{mark}{what}; {r.get('property')} not observable"
+            + (f", Remote IRR stuck {pins}" if pins else ""))
+
+
+def counterexample_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one row per distinct counterexample, one column per kernel."""
+    kernels = report["kernels"]
+    profiles = [((k.get("result") or {}).get("counterexample_profile") or {}).get("profile", "-")
+                for k in kernels]
+    header = ["counterexample (found under)", "property",
+              *[f"{k['version']} ({p})" for k, p in zip(kernels, profiles, strict=True)]]
+    keys: list[tuple[str, str]] = []
+    cells: dict[tuple[str, int], str] = {}
+    for i, k in enumerate(kernels):
+        for r in (k.get("result") or {}).get("counterexamples") or []:
+            key = (f"{r['exploration']} ({','.join(r.get('found_under') or [])})",
+                   str(r.get("property", "")))
+            if key not in keys:
+                keys.append(key)
+            cells[(key[0], i)] = counterexample_cell(r)
+    return header, [[name, prop, *[cells.get((name, i), "-") for i in range(len(kernels))]]
+                    for name, prop in keys]
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:{w}}}" for w in widths)
@@ -83,6 +134,11 @@ def render_report(report: dict[str, Any]) -> str:
     if rnd:
         out += ["", table(["kernel", "irqchip", "random agree", "time", "first differences"],
                           rnd)]
+    ce_header, ce_rows = counterexample_rows(report)
+    if ce_rows:
+        out += ["", "explorer counterexamples replayed (* found under the kernel's preset; "
+                    "stuck: Remote IRR set with nothing in service at the end)",
+                table(ce_header, ce_rows)]
     probes = [(k, (k.get("result") or {}).get("probe")) for k in kernels]
     if any(p for _, p in probes):
         out += ["", render_flag_matrix(probes)]

@@ -44,11 +44,18 @@ class Job:
     random: int = 0
     probe: bool = True
     profile: str | None = None  # None: the preset of the kernel's release
+    # Every explorer counterexample (app.upstream.counterexamples), replayed in each guest.
+    counterexamples: bool = False
+    explorations: list[str] | None = None  # None: the whole exploration library
+    explore_profiles: list[str] | None = None  # None: every preset
+    # What collect() found on the host before the boots (set by Rig.run).
+    found: list[dict[str, Any]] = field(default_factory=list)
 
     def for_kernel(self, kernel: Kernel, out: Path) -> dict[str, Any]:
         return {"out": str(out), "kernel": kernel.version, "abi": kernel.abi,
                 "profile": self.profile, "library": self.library,
-                "irqchips": list(self.irqchips), "random": self.random, "probe": self.probe}
+                "irqchips": list(self.irqchips), "random": self.random, "probe": self.probe,
+                "counterexamples": self.found}
 
 
 @dataclass
@@ -112,6 +119,14 @@ class Rig:
         kernels = choose(self.kernels(refresh), wanted)
         rootfs, rootfs_s = prepare_rootfs(self.apt, self.cache)
         self.log(f"rootfs {rootfs} ({'cached' if not rootfs_s else f'{rootfs_s:.0f} s'})")
+        explored: dict[str, Any] | None = None
+        if job.counterexamples:
+            from .counterexamples import collect
+
+            explored = collect(job.explore_profiles, job.explorations)
+            job.found = explored["entries"]
+            self.log(f"explorer: {len(explored['entries'])} distinct counterexamples in "
+                     f"{explored['seconds']:.0f} s")
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         runs_dir = self.cache / "runs" / stamp
         runs = [KernelRun(k) for k in kernels]
@@ -162,6 +177,7 @@ class Rig:
             "seconds": round(time.monotonic() - t0, 1),
             "rootfs_seconds": round(rootfs_s, 1),
             "disk_bytes": disk_usage(self.cache),
+            "explorer": explored,
             "kernels": [{**asdict(r.kernel), "kit_seconds": round(r.kit_seconds, 1),
                          "kit_bytes": r.kit_bytes, "attempts": r.attempts,
                          "failure": r.failure, "result": r.result} for r in runs],
