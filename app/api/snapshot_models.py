@@ -73,6 +73,10 @@ class VcpuSnapshot(_Strict):
     pending_ioapic_eoi: U8
     pir: Bitmap
     requests: Requests
+    # PV EOI (absent in snapshots made before it was modelled: off, no ISR cache).
+    isr_cache: Stale = -1
+    pv_eoi: Annotated[int, _V, Strict(), Field(ge=0, le=2), T.int_schema(0, 2)] = 0
+    pv_eoi_en: StrictBool = False
     smi_count: Count
     svr: U32
     tmr: Bitmap
