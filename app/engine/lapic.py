@@ -285,6 +285,14 @@ def guest_exit(vm: Vm, v: Vcpu, cause: int | None) -> None:
     v.in_guest = False
 
 
+def kernel_exit(vm: Vm, v: Vcpu, cause: int | None) -> None:
+    """A VM exit KVM handles itself and re-enters from (an in-kernel IOAPIC or LAPIC access,
+    a WRMSR): the vCPU stays in the model's guest mode, but kvm_lapic_sync_from_vapic runs
+    after every exit, so an armed PV EOI is settled here too."""
+    if v.pv_eoi:
+        pv_eoi_sync_from_guest(vm, v, cause)
+
+
 def guest_eoi(vm: Vm, v: Vcpu, cause: int) -> dict[str, Any]:
     """The guest's EOI routine. A Linux guest with PV EOI (kvm_guest_apic_eoi_write) first
     tests and clears its PV EOI flag: if KVM had set it, that is the whole EOI (no exit; KVM
@@ -305,7 +313,7 @@ def set_pv_eoi_msr(vm: Vm, v: Vcpu, value: int, cause: int | None) -> dict[str, 
         raise invalid("MSR_KVM_PV_EOI_EN: the address must be 4-byte aligned (#GP)", "value")
     if not vm.flags.eoi_exit_bitmap:
         raise invalid("PV EOI is a KVM feature; the hardware profile has none", "op")
-    guest_exit(vm, v, cause)
+    kernel_exit(vm, v, cause)
     v.pv_eoi_en = bool(value & 1)
     vm.log.emit(VCPU_NAMES[v.idx], "wrmsr", cause, "msr", "MSR_KVM_PV_EOI_EN", "value", value)
     return {"vcpu": v.idx, "pv_eoi_enabled": v.pv_eoi_en, "value": value}
@@ -354,6 +362,7 @@ def write_register(vm: Vm, v: Vcpu, reg: str, value: int, cause: int | None) -> 
     map_dirty = False
     if reg == "eoi":
         return write_eoi(vm, v, cause)
+    kernel_exit(vm, v, cause)  # an APIC access (or x2APIC MSR) exit
     if reg == "tpr":
         v.tpr = value & 0xFF
     elif reg == "svr":

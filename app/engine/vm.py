@@ -20,6 +20,7 @@ from .lapic import (
     acknowledge,
     guest_eoi,
     guest_exit,
+    kernel_exit,
     lvr,
     ppr,
     pv_eoi_sync_to_guest,
@@ -518,6 +519,7 @@ class Vm:
             "entry_exits": exits,
         }
         if self.vmm is None:
+            kernel_exit(self, v, seq)  # an exit KVM's in-kernel IOAPIC handles
             if op == "read":
                 out["value"] = kvm_mmio_read(self, offset, size)
             else:
