@@ -8,9 +8,9 @@ nothing the engine reports is dropped.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from . import types as T
@@ -20,6 +20,18 @@ from . import types as T
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def _apicv_value(value: Any) -> Any:
+    """Exactly a JSON boolean, "apicv" or "avic" (checked before the union, so that a bad value
+    is reported on `apicv` itself, not on one of the union's members)."""
+    if type(value) is bool or (value in ("apicv", "avic") and isinstance(value, str)):
+        return value
+    raise PydanticCustomError("apicv", 'apicv must be false, true (Intel APICv), "apicv" or '
+                              '"avic" (AMD AVIC)')
+
+
+ApicvMode = Annotated[bool | Literal["apicv", "avic"], BeforeValidator(_apicv_value)]
 
 
 def _conflict(message: str, field: str) -> PydanticCustomError:
@@ -42,7 +54,7 @@ class VmCreate(StrictModel):
                                                                "(GET /v1/profiles).")
     overrides: dict[T.FlagName, bool] = Field(
         default_factory=dict, description="Behaviour flag -> value, applied over the preset.")
-    apicv: bool | Literal["apicv", "avic"] = Field(
+    apicv: ApicvMode = Field(
         False, description="APIC virtualization: `true` or `\"apicv\"` is Intel APICv "
                            "(posted interrupts, the VMX EOI-exit bitmap); `\"avic\"` is AMD "
                            "AVIC (no PIR, no EOI-exit bitmap: level EOIs trap, edge EOIs "

@@ -632,7 +632,7 @@ class ScenarioVm(DocModel):
     irqchip: Literal["kernel", "split"] = _absent(_vm_desc("irqchip", "kernel"))
     profile: T.ProfileName = _absent(_vm_desc("profile", "linux-latest"))
     overrides: dict[T.FlagName, StrictBool] = _absent(_vm_desc("overrides", "{}"))
-    apicv: StrictBool | Literal["apicv", "avic"] = _absent(_vm_desc("apicv", "false"))
+    apicv: M.ApicvMode = _absent(_vm_desc("apicv", "false"))
     nr_reserved_ioapic_pins: Annotated[StrictInt, Field(ge=0, le=4096)] = _absent(
         _vm_desc("nr_reserved_ioapic_pins", "24"))
     ioapic_version: Literal[0x11, 0x20] | None = _absent(
