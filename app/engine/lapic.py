@@ -299,9 +299,10 @@ def guest_eoi(vm: Vm, v: Vcpu, cause: int) -> dict[str, Any]:
     retires the vector at the next exit). Otherwise it writes the EOI register (write_eoi)."""
     if v.pv_eoi == PV_EOI_ARMED:
         v.pv_eoi = PV_EOI_TAKEN
-        vec = v.isr.bit_length() - 1
-        return {"vector": vec, "level": bool((v.tmr >> vec) & 1), "forwarded": False,
-                "path": "pv-eoi", "deferred": True}
+        # No vector: nothing is retired yet (KVM still shows it in service); the guest's EOI
+        # applies to the highest ISR vector, which the sync at the next exit retires.
+        return {"vector": None, "level": None, "forwarded": False, "path": "pv-eoi",
+                "deferred": True, "in_service": v.isr.bit_length() - 1}
     return write_eoi(vm, v, cause, emit=False)
 
 
