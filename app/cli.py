@@ -315,7 +315,9 @@ def _variant_caption(v: dict[str, Any]) -> str:
     vm = v.get("vm") or {}
     bits = [str(vm.get("irqchip", "?")), str(vm.get("profile", "?")),
             f"{vm.get('vcpus', '?')} vCPU{'s' if vm.get('vcpus') != 1 else ''}"]
-    bits += [k for k in ("apicv", "x2apic") if vm.get(k)]
+    if vm.get("apicv"):
+        bits.append("avic" if vm["apicv"] == "avic" else "apicv")
+    bits += ["x2apic"] if vm.get("x2apic") else []
     return ", ".join(bits)
 
 

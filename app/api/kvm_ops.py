@@ -352,7 +352,8 @@ def vcpu_view(h: KvmHandle, n: int) -> dict[str, Any]:
         "irr": _bitmap(page.irr), "isr": _bitmap(page.isr), "tmr": _bitmap(page.tmr),
         "pir": None, "handled_vectors": None, "eoi_exit_bitmap": None,
         "pending_requests": None, "pending_ioapic_eoi": None,
-        "highest_stale_pending_ioapic_eoi": None, "in_guest": None, "arb_prio": None,
+        "highest_stale_pending_ioapic_eoi": None, "highest_isr_cache": None,
+        "pv_eoi_enabled": None, "pv_eoi": None, "in_guest": None, "arb_prio": None,
         "nmi_count": None, "smi_count": None, "init_count": None, "dead": v.dead,
     }
 

@@ -8,9 +8,9 @@ nothing the engine reports is dropped.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from . import types as T
@@ -20,6 +20,18 @@ from . import types as T
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def _apicv_value(value: Any) -> Any:
+    """Exactly a JSON boolean, "apicv" or "avic" (checked before the union, so that a bad value
+    is reported on `apicv` itself, not on one of the union's members)."""
+    if type(value) is bool or (value in ("apicv", "avic") and isinstance(value, str)):
+        return value
+    raise PydanticCustomError("apicv", 'apicv must be false, true (Intel APICv), "apicv" or '
+                              '"avic" (AMD AVIC)')
+
+
+ApicvMode = Annotated[bool | Literal["apicv", "avic"], BeforeValidator(_apicv_value)]
 
 
 def _conflict(message: str, field: str) -> PydanticCustomError:
@@ -42,7 +54,11 @@ class VmCreate(StrictModel):
                                                                "(GET /v1/profiles).")
     overrides: dict[T.FlagName, bool] = Field(
         default_factory=dict, description="Behaviour flag -> value, applied over the preset.")
-    apicv: bool = Field(False, description="APICv: posted interrupts and the EOI-exit bitmap.")
+    apicv: ApicvMode = Field(
+        False, description="APIC virtualization: `true` or `\"apicv\"` is Intel APICv "
+                           "(posted interrupts, the VMX EOI-exit bitmap); `\"avic\"` is AMD "
+                           "AVIC (no PIR, no EOI-exit bitmap: level EOIs trap, edge EOIs "
+                           "never exit; active with the in-kernel irqchip from v5.6).")
     nr_reserved_ioapic_pins: T.U32 = Field(
         24, description="KVM_CAP_SPLIT_IRQCHIP's args[0]: GSIs scanned for the EOI-exit "
                         "bitmap (split only; must stay 24 in-kernel).")
@@ -321,7 +337,8 @@ class VmSummary(OpenModel):
     profile: str = Field(description="Behaviour preset; `host` on the kvm backend (the "
                                      "host kernel's behaviour).")
     overrides: dict[str, bool]
-    apicv: bool | None = Field(description="APICv." + _KVM_NULL)
+    apicv: bool | str | None = Field(description="APIC virtualization (false, true / "
+                                                 "\"apicv\", or \"avic\")." + _KVM_NULL)
     nr_reserved_ioapic_pins: int
     ioapic_version: int = Field(description="Effective IOAPIC version.")
     x2apic: bool
@@ -531,6 +548,15 @@ class VcpuView(OpenModel):
                                                            + _KVM_NULL)
     pending_ioapic_eoi: int | None
     highest_stale_pending_ioapic_eoi: int | None
+    highest_isr_cache: int | None = Field(
+        None, description="highest_isr_cache: the vector the last software acknowledgement "
+                          "put in ISR, -1 after an EOI (decides PV EOI)." + _KVM_NULL)
+    pv_eoi_enabled: bool | None = Field(
+        None, description="The guest enabled PV EOI (MSR_KVM_PV_EOI_EN bit 0)." + _KVM_NULL)
+    pv_eoi: Literal["off", "armed", "guest-eoi-pending-sync"] | None = Field(
+        None, description="PV EOI: `armed` (KVM set the guest's flag: its next EOI needs no "
+                          "exit), `guest-eoi-pending-sync` (the guest cleared it; KVM retires "
+                          "the vector at the vCPU's next exit)." + _KVM_NULL)
     in_guest: bool | None
     arb_prio: int | None
     nmi_count: int | None

@@ -248,6 +248,11 @@ class VcpuExpectation(DocModel):
     lvr: StrictInt = _absent()
     pending_ioapic_eoi: StrictInt = _absent()
     highest_stale_pending_ioapic_eoi: StrictInt = _absent()
+    highest_isr_cache: StrictInt = _absent()
+    pv_eoi_enabled: StrictBool = _absent()
+    pv_eoi: Literal["off", "armed", "guest-eoi-pending-sync"] = _absent(
+        "PV EOI state: armed (the guest's flag is set), guest-eoi-pending-sync (the guest "
+        "EOIed by clearing it; KVM retires the vector at the next exit).")
     in_guest: StrictBool = _absent()
     arb_prio: StrictInt = _absent()
     nmi_count: StrictInt = _absent()
@@ -480,6 +485,19 @@ class StepEoi(_OnVcpu):
                                                      "KVM_EXIT_IOAPIC_EOI is handled now.")
 
 
+class StepPvEoi(_OnVcpu):
+    """The guest writes MSR_KVM_PV_EOI_EN: enables (or disables) PV EOI with its flag word at
+    `address`. While enabled, KVM sets the flag on an entry where no vector waits in IRR and
+    the in-service vector is not in ioapic_handled_vectors (never with APICv or AVIC); the
+    guest's `eoi` then clears the flag instead of writing the EOI register, and KVM retires
+    the vector at the vCPU's next exit."""
+
+    op: Literal["pv_eoi"]
+    enabled: StrictBool = Field(True, description="MSR bit 0 (KVM_MSR_ENABLED).")
+    address: U64 = Field(0x1000, description="Guest-physical address of the flag word "
+                                                 "(4-byte aligned, else #GP).")
+
+
 class StepResampler(_Step):
     """Register an irqfd resampler (KVM_IRQFD_FLAG_RESAMPLE) on a GSI."""
 
@@ -572,21 +590,24 @@ class StepHandlerWhen(_When):
 
 _COMMON_STEPS = (StepLine, StepIrq, StepMsi, StepRoutes, StepWriteRte, StepPatchRte, StepMmio,
                  StepLapic, StepEnter, StepVmmEoiExit, StepExit, StepAck, StepTake, StepEoi,
-                 StepResampler, StepIrqfd, StepAdvance, StepSti, StepCli, StepCount, StepExpect)
+                 StepPvEoi, StepResampler, StepIrqfd, StepAdvance, StepSti, StepCli, StepCount,
+                 StepExpect)
 STEP_MODELS = (*_COMMON_STEPS, StepSettle, StepWhen)
 HANDLER_STEP_MODELS = (*_COMMON_STEPS, StepHandlerWhen)
 
 Step = Annotated[
     StepLine | StepIrq | StepMsi | StepRoutes | StepWriteRte | StepPatchRte | StepMmio
     | StepLapic | StepEnter | StepVmmEoiExit | StepExit | StepAck | StepTake | StepEoi
-    | StepResampler | StepIrqfd | StepAdvance | StepSti | StepCli | StepCount | StepExpect
+    | StepPvEoi | StepResampler | StepIrqfd | StepAdvance | StepSti | StepCli | StepCount
+    | StepExpect
     | StepSettle | StepWhen,
     Field(discriminator="op"),
 ]
 HandlerStep = Annotated[
     StepLine | StepIrq | StepMsi | StepRoutes | StepWriteRte | StepPatchRte | StepMmio
     | StepLapic | StepEnter | StepVmmEoiExit | StepExit | StepAck | StepTake | StepEoi
-    | StepResampler | StepIrqfd | StepAdvance | StepSti | StepCli | StepCount | StepExpect
+    | StepPvEoi | StepResampler | StepIrqfd | StepAdvance | StepSti | StepCli | StepCount
+    | StepExpect
     | StepHandlerWhen,
     Field(discriminator="op"),
 ]
@@ -611,7 +632,7 @@ class ScenarioVm(DocModel):
     irqchip: Literal["kernel", "split"] = _absent(_vm_desc("irqchip", "kernel"))
     profile: T.ProfileName = _absent(_vm_desc("profile", "linux-latest"))
     overrides: dict[T.FlagName, StrictBool] = _absent(_vm_desc("overrides", "{}"))
-    apicv: StrictBool = _absent(_vm_desc("apicv", "false"))
+    apicv: M.ApicvMode = _absent(_vm_desc("apicv", "false"))
     nr_reserved_ioapic_pins: Annotated[StrictInt, Field(ge=0, le=4096)] = _absent(
         _vm_desc("nr_reserved_ioapic_pins", "24"))
     ioapic_version: Literal[0x11, 0x20] | None = _absent(

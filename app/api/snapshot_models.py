@@ -73,6 +73,10 @@ class VcpuSnapshot(_Strict):
     pending_ioapic_eoi: U8
     pir: Bitmap
     requests: Requests
+    # PV EOI (absent in snapshots made before it was modelled: off, no ISR cache).
+    isr_cache: Stale = -1
+    pv_eoi: Annotated[int, _V, Strict(), Field(ge=0, le=2), T.int_schema(0, 2)] = 0
+    pv_eoi_en: StrictBool = False
     smi_count: Count
     svr: U32
     tmr: Bitmap
@@ -173,6 +177,12 @@ def restored_vm(snap: Snapshot) -> Vm:
         if v.x2apic and not v.apic_base_enabled:
             raise _refuse(("vcpus", i, "x2apic"), "x2APIC mode needs the APIC enabled "
                           "(IA32_APIC_BASE bit 11)")
+        if v.isr_cache >= 0 and not v.isr >> v.isr_cache & 1:
+            raise _refuse(("vcpus", i, "isr_cache"), "highest_isr_cache is -1 or a vector "
+                          "in ISR")
+        if v.pv_eoi and not (v.pv_eoi_en and v.in_guest and v.isr and not fresh.apic_virt):
+            raise _refuse(("vcpus", i, "pv_eoi"), "PV EOI is armed only in guest mode, with "
+                          "PV EOI enabled, a vector in service and no APICv/AVIC")
     vm = Vm.restore(snap.engine_dict())
     entries = [(gsi, *route) for gsi, routes in sorted(vm.routes.items()) for route in routes]
     try:

@@ -50,6 +50,10 @@ class Behaviour:
     scan_old_dest_with_new_mode: bool = True
     split_suppress_eoi_broadcast: bool = False
     suppress_eoi_broadcast_disabled: bool = False
+    avic_kernel_irqchip: bool = True
+    ioapic_lazy_eoi: bool = True
+    lazy_eoi_edge_only: bool = True
+    lazy_eoi_rtc_only: bool = True
     # --- QEMU (the split-mode VMM) ---
     qemu_routes_before_service: bool = True
     qemu_msi_ext_dest_id: bool = True
@@ -235,6 +239,53 @@ FLAGS: dict[str, FlagInfo] = {
             "in every preset; both False is the QUIRKED default.",
         ),
         FlagInfo(
+            "avic_kernel_irqchip",
+            "kvm",
+            None,
+            "svm: Allow AVIC with in-kernel irqchip mode (last patch of the AVIC series with "
+            "f458d039db7e; commit id not seen)",
+            "v5.6",
+            "AMD AVIC (apicv: avic) may be active with the in-kernel IOAPIC. Before it "
+            "svm_get_enable_apicv returned avic && irqchip_split(kvm): with an in-kernel "
+            "irqchip the VM ran with a software LAPIC (as apicv: false). No effect on Intel "
+            "APICv or on split irqchips.",
+        ),
+        FlagInfo(
+            "ioapic_lazy_eoi",
+            "kvm",
+            "f458d039db7e",
+            "kvm: ioapic: Lazy update IOAPIC EOI",
+            "v5.6",
+            "In-kernel IOAPIC with APIC virtualization activated (kvm_apicv_activated: Intel "
+            "APICv or AVIC): an assert (ioapic_set_irq, level 1) first runs "
+            "ioapic_lazy_update_eoi: the first vCPU that matches the RTE's destination and has "
+            "no pending EOI of its vector (kvm_apic_pending_eoi: IRR or ISR, not the PIR) gets "
+            "the EOI the IOAPIC may have missed because AVIC retires edge EOIs without a "
+            "trap. What that EOI does is narrowed by lazy_eoi_edge_only and lazy_eoi_rtc_only.",
+        ),
+        FlagInfo(
+            "lazy_eoi_edge_only",
+            "kvm",
+            "8be8f932e3db",
+            "kvm: ioapic: Restrict lazy EOI update to edge-triggered interrupts",
+            "v5.7",
+            "The lazy EOI runs for edge pins only (AVIC traps level EOIs: their TMR bit is "
+            "set). Before it, a level assert could lazily clear Remote IRR and re-service the "
+            "pin, and an irqfd resampler on a level pin recursed until the host stack "
+            "overflowed. Backported to 5.6.13.",
+        ),
+        FlagInfo(
+            "lazy_eoi_rtc_only",
+            "kvm",
+            "77377064c3a9",
+            "KVM: ioapic: break infinite recursion on lazy EOI",
+            "v5.10",
+            "The lazy EOI only settles RTC EOI tracking (rtc_irq_eoi); before it it also ran "
+            "kvm_ioapic_update_eoi_one for the pin, i.e. the pin's ack notifiers (an irqfd "
+            "resampler on an edge pin recursed: CVE-2020-27152) and, without "
+            "lazy_eoi_edge_only, the level Remote IRR clear. Backported to 5.9.2 and 5.8.17.",
+        ),
+        FlagInfo(
             "qemu_routes_before_service",
             "qemu",
             "54ad31fb0a",
@@ -293,7 +344,15 @@ def _preset(name: str, description: str, **changes: bool) -> Preset:
     return Preset(name, description, replace(Behaviour(), **changes))
 
 
+# AMD AVIC with the in-kernel irqchip and the IOAPIC's lazy EOI came in v5.6.
+_PRE_56_AVIC = dict(
+    avic_kernel_irqchip=False,
+    ioapic_lazy_eoi=False,
+    lazy_eoi_edge_only=False,
+    lazy_eoi_rtc_only=False,
+)
 _PRE_415 = dict(
+    **_PRE_56_AVIC,
     split_scan_level_routes_only=False,
     scan_keeps_pending_level=False,
     rte_edge_clears_remote_irr=False,
@@ -303,6 +362,7 @@ _PRE_415 = dict(
     scan_old_dest_with_new_mode=False,
 )
 _PRE_55 = dict(
+    **_PRE_56_AVIC,
     split_scan_level_routes_only=False,
     targeted_scan_requests=False,
     scan_old_dest_with_new_mode=False,

@@ -41,6 +41,10 @@ def ioapic_set_irq(
         vm.outcome_reason = None
         return 1
     edge = not e & R.TRIGGER_BIT
+    f = vm.flags
+    if vm.apic_virt and f.ioapic_lazy_eoi and (edge or not f.lazy_eoi_edge_only):
+        ioapic_lazy_update_eoi(vm, pin, cause)
+        e = io.redir[pin]  # a pre-8be8f932e3db lazy EOI may have cleared Remote IRR
     if pin == RTC_GSI and line_status and io.rtc_pending_eoi > 0:
         # rtc_irq_check_coalesced: an RTC tick while a tracked one awaits its EOI is
         # reported coalesced (0) and never latched, so userspace can re-inject it later.
@@ -203,44 +207,75 @@ def ioapic_update_eoi(
     """kvm_ioapic_update_eoi / kvm_ioapic_update_eoi_one (T10): every pin whose *current*
     vector is `vector` runs its ack notifiers; then, if this vCPU's TMR said level and it has
     not enabled directed EOI, Remote IRR clears and a still-asserted line re-delivers (or,
-    after 10000 successive re-deliveries, is deferred by 10 ms of logical time).
+    after 10000 successive re-deliveries, is deferred by 10 ms of logical time)."""
+    rtc_irq_eoi(vm, v, vector, cause)
+    return [update_eoi_one(vm, v, pin, level, cause) for pin in vm.pins_with_vector(vector)]
+
+
+def update_eoi_one(vm: Vm, v: Vcpu, pin: int, level: bool, cause: int | None) -> dict[str, Any]:
+    """kvm_ioapic_update_eoi_one for one pin: the ack notifiers, then (level, no directed
+    EOI) Remote IRR clears and a still-asserted unmasked line is re-serviced.
 
     The directed-EOI test is kvm_lapic_suppress_eoi_broadcast since 6517dfbcc918: in-kernel
     it is SPIV bit 12 (QUIRKED) unless the VM chose DISABLED, which ignores the bit."""
     io = vm.ioapic
-    out: list[dict[str, Any]] = []
-    rtc_irq_eoi(vm, v, vector, cause)
     directed = bool(v.svr & SPIV_DIRECTED_EOI) and not vm.flags.suppress_eoi_broadcast_disabled
-    for pin in vm.pins_with_vector(vector):
-        if vm.resamplers:
-            vm.notify_acked(pin, cause)
-        e = io.redir[pin]
-        if not level or directed:
-            out.append(
-                {
-                    "pin": pin,
-                    "remote_irr_cleared": False,
-                    "reason": "edge" if not level else "directed-eoi",
-                }
-            )
-            continue
-        io.redir[pin] = e & ~R.REMOTE_IRR_BIT
-        seq = vm.log.emit("ioapic", "remote-irr-cleared", cause, "pin", pin, "vector", vector)
-        action: dict[str, Any] = {"pin": pin, "remote_irr_cleared": True}
-        if not e & R.MASK_BIT and io.irr >> pin & 1:
-            io.irq_eoi[pin] += 1
-            if io.irq_eoi[pin] == IOAPIC_SUCCESSIVE_IRQ_MAX_COUNT:
-                io.irq_eoi[pin] = 0
-                if io.delayed_at is None:
-                    io.delayed_at = vm.time + EOI_INJECT_DELAY_US
-                vm.log.emit("ioapic", "eoi-inject-delayed", seq, "pin", pin, "at", io.delayed_at)
-                action["redelivery"] = "delayed"
-            else:
-                action["redelivery"] = ioapic_service(vm, pin, seq)
-        else:
+    if vm.resamplers:
+        vm.notify_acked(pin, cause)
+    e = io.redir[pin]
+    if not level or directed:
+        return {"pin": pin, "remote_irr_cleared": False,
+                "reason": "edge" if not level else "directed-eoi"}
+    io.redir[pin] = e & ~R.REMOTE_IRR_BIT
+    seq = vm.log.emit("ioapic", "remote-irr-cleared", cause, "pin", pin, "vector", e & 0xFF)
+    action: dict[str, Any] = {"pin": pin, "remote_irr_cleared": True}
+    if not e & R.MASK_BIT and io.irr >> pin & 1:
+        io.irq_eoi[pin] += 1
+        if io.irq_eoi[pin] == IOAPIC_SUCCESSIVE_IRQ_MAX_COUNT:
             io.irq_eoi[pin] = 0
-        out.append(action)
-    return out
+            if io.delayed_at is None:
+                io.delayed_at = vm.time + EOI_INJECT_DELAY_US
+            vm.log.emit("ioapic", "eoi-inject-delayed", seq, "pin", pin, "at", io.delayed_at)
+            action["redelivery"] = "delayed"
+        else:
+            action["redelivery"] = ioapic_service(vm, pin, seq)
+    else:
+        io.irq_eoi[pin] = 0
+    return action
+
+
+def ioapic_lazy_update_eoi(vm: Vm, pin: int, cause: int | None) -> None:
+    """ioapic_lazy_update_eoi (f458d039db7e), called by ioapic_set_irq on an assert while
+    APIC virtualization is activated: AVIC retires edge EOIs in hardware, so the IOAPIC may
+    never have heard of one. The first vCPU (in vCPU order) that matches the RTE's
+    destination and holds the RTE's vector neither in IRR nor ISR (kvm_apic_pending_eoi; the
+    PIR is not looked at) is taken to have EOIed it: rtc_irq_eoi, and before 77377064c3a9
+    (lazy_eoi_rtc_only) also kvm_ioapic_update_eoi_one with the RTE's trigger mode.
+
+    Between f458d039db7e and 77377064c3a9 an irqfd resampler on the pin recursed through
+    kvm_notify_acked_irq -> irqfd_resampler_ack -> ioapic_set_irq while another source kept
+    the line high, until the host's stack overflowed (CVE-2020-27152; on level pins 8be8f932e3db
+    stopped it first). The model logs `lazy-eoi-recursion` and stops there."""
+    if vm.lazy_eoi_depth:
+        vm.log.emit("ioapic", "lazy-eoi-recursion", cause, "pin", pin, "reason",
+                    "the host kernel overflows its stack here (CVE-2020-27152)")
+        return
+    e = vm.ioapic.redir[pin]
+    vec = e & 0xFF
+    bit = 1 << vec
+    for idx in sorted(vm.apic_map().matching(R.dest(e), bool(e & R.DEST_MODE_BIT))):
+        v = vm.vcpus[idx]
+        if (v.irr | v.isr) & bit:
+            continue
+        seq = vm.log.emit("ioapic", "lazy-eoi", cause, "pin", pin, "vcpu", idx, "vector", vec)
+        rtc_irq_eoi(vm, v, vec, seq)
+        if not vm.flags.lazy_eoi_rtc_only:
+            vm.lazy_eoi_depth += 1
+            try:
+                update_eoi_one(vm, v, pin, bool(e & R.TRIGGER_BIT), seq)
+            finally:
+                vm.lazy_eoi_depth -= 1
+        return
 
 
 def eoi_inject_work(vm: Vm, cause: int | None) -> None:

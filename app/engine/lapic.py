@@ -14,6 +14,9 @@ from .msi import LapicIrq
 from .state import (
     APIC_LVR_BASE,
     APIC_LVR_DIRECTED_EOI,
+    PV_EOI_ARMED,
+    PV_EOI_OFF,
+    PV_EOI_TAKEN,
     REQ_EVENT,
     REQ_IOAPIC_EOI_EXIT,
     REQ_SCAN_IOAPIC,
@@ -87,7 +90,7 @@ def accept_irq(vm: Vm, v: Vcpu, irq: LapicIrq, cause: int | None) -> int:
         else:
             v.tmr &= ~bit
         vm.accepted.append(v.idx)
-        if vm.config.apicv:
+        if vm.apicv_intel:
             # With APICv the vector is posted; a vCPU in guest mode processes the
             # notification at once, otherwise it waits in the PIR until the next entry.
             if v.in_guest:
@@ -96,15 +99,24 @@ def accept_irq(vm: Vm, v: Vcpu, irq: LapicIrq, cause: int | None) -> int:
             else:
                 v.pir |= bit
                 via = "pir"
+        elif vm.avic:
+            # svm_deliver_avic_intr: AVIC has no PIR; KVM sets the bit in the vAPIC backing
+            # page's IRR (kvm_lapic_set_irr) and rings the doorbell, or wakes a vCPU that is
+            # not running. So the vector is in IRR at once, where kvm_apic_pending_eoi and
+            # the scan see it: race 2b (f3ced000a2df) cannot happen under AVIC.
+            v.irr |= bit
+            via = "avic-doorbell" if v.in_guest else "avic-irr"
         else:
             v.irr |= bit
             via = "irr"
         vm.log.emit(actor, "accepted", cause, "vector", irq.vector, "level", irq.level_trig,
                     "via", via)  # fmt: skip
-        if vm.config.apicv:
+        if vm.apic_virt:
             return 1
         # kvm_make_request(KVM_REQ_EVENT) + kick, inlined: this is the hot path.
         v.requests |= REQ_EVENT
+        if v.pv_eoi:
+            pv_eoi_sync_from_guest(vm, v, cause)
         v.in_guest = False
         return 1
     if dm == 4:
@@ -131,7 +143,7 @@ def acknowledge(vm: Vm, v: Vcpu, cause: int | None, emit: bool = True) -> int | 
     """kvm_cpu_get_interrupt + kvm_apic_ack_interrupt: the highest IRR vector whose class is
     above PPR moves to ISR. None when nothing is deliverable. With lapic_auto_eoi (the kvm_pvm
     host) it skips ISR and is EOIed at once (auto_eoi)."""
-    if vm.config.apicv:
+    if vm.apicv_intel:
         sync_pir_to_irr(vm, v, cause)
     irr = v.irr
     if not irr or not v.apic_base_enabled or not v.svr & SPIV_APIC_ENABLED:
@@ -150,6 +162,8 @@ def acknowledge(vm: Vm, v: Vcpu, cause: int | None, emit: bool = True) -> int | 
                  if emit else cause)
         return vec
     v.isr |= bit
+    if not vm.apic_virt:
+        v.isr_cache = vec  # apic_set_isr keeps highest_isr_cache only without APICv
     if emit:
         vm.log.emit(VCPU_NAMES[v.idx], "ack", cause, "vector", vec)
     return vec
@@ -170,11 +184,22 @@ def auto_eoi(vm: Vm, v: Vcpu, vec: int, cause: int | None) -> None:
 
 
 def write_eoi(vm: Vm, v: Vcpu, cause: int | None, emit: bool = True) -> dict[str, Any]:
-    """apic_set_eoi, or with APICv the virtualized EOI: the highest ISR vector is retired.
+    """apic_set_eoi, or with APIC virtualization the virtualized EOI: the highest ISR vector
+    is retired.
 
-    With APICv an EOI exits to KVM only if the vector's bit is set in the EOI-exit bitmap the
-    vCPU last loaded (vmx_load_eoi_exitmap); otherwise the CPU retires it and KVM never knows.
+    Intel APICv: an EOI exits to KVM only if the vector's bit is set in the EOI-exit bitmap
+    the vCPU last loaded (vmx_load_eoi_exitmap); otherwise the CPU retires it and KVM never
+    knows. AMD AVIC has no EOI-exit bitmap (svm_load_eoi_exitmap is empty): the CPU retires an
+    edge vector itself and traps on a level one (TMR set), which KVM handles as an ordinary
+    EOI write (avic_unaccelerated_access_interception -> avic_unaccel_trap_write ->
+    kvm_lapic_reg_write(APIC_EOI) -> apic_set_eoi), so the software handled-vector filter in
+    kvm_ioapic_send_eoi decides what the IOAPIC hears, as without APIC virtualization.
+
+    A trapping write is a VM exit: kvm_lapic_sync_from_vapic runs before the exit is
+    handled, so an outstanding PV EOI is settled first (pv_eoi_sync_from_guest).
     """
+    if v.pv_eoi:
+        pv_eoi_sync_from_guest(vm, v, cause)
     vec = v.isr.bit_length() - 1
     if vec < 0:
         # KVM: an EOI with an empty ISR does nothing, not even KVM_REQ_EVENT.
@@ -182,13 +207,14 @@ def write_eoi(vm: Vm, v: Vcpu, cause: int | None, emit: bool = True) -> dict[str
             vm.log.emit(VCPU_NAMES[v.idx], "eoi", cause, "vector", None)
         return {"vector": None, "forwarded": False, "path": None}
     v.isr &= ~(1 << vec)
-    apicv = vm.config.apicv and vm.flags.eoi_exit_bitmap
-    path = (
-        "trap"
-        if not apicv
-        else ("eoi-induced-exit" if (v.eoi_exitmap >> vec) & 1 else "virtualized")
-    )
+    v.isr_cache = -1  # apic_clear_isr
     level = bool((v.tmr >> vec) & 1)
+    if not (vm.apic_virt and vm.flags.eoi_exit_bitmap):
+        path = "trap"
+    elif vm.avic:
+        path = "avic-trap" if level else "virtualized"
+    else:
+        path = "eoi-induced-exit" if (v.eoi_exitmap >> vec) & 1 else "virtualized"
     # Without emit, the caller's root event (seq `cause`) records vector, level and path.
     if emit:
         seq = vm.log.emit(
@@ -206,6 +232,92 @@ def write_eoi(vm: Vm, v: Vcpu, cause: int | None, emit: bool = True) -> dict[str
     v.requests |= REQ_EVENT
     v.in_guest = False
     return result
+
+
+# ---- PV EOI (MSR_KVM_PV_EOI_EN) ----
+
+
+def pv_eoi_sync_to_guest(vm: Vm, v: Vcpu, cause: int | None) -> None:
+    """apic_sync_pv_eoi_to_guest, run by kvm_lapic_sync_to_vapic on an entry that handles
+    KVM_REQ_EVENT: KVM sets the guest's PV EOI flag (pv_eoi_set_pending) when the guest
+    enabled PV EOI, no vector waits in IRR (irr_pending: a nested interrupt could follow),
+    highest_isr_cache holds a vector (only a software acknowledgement sets it, so never with
+    APICv or AVIC), and that vector's ioapic_handled_vectors bit is clear (kvm_ioapic_handles_
+    vector: an EOI some IOAPIC must hear always exits). The guest may then EOI that vector
+    by clearing the flag, without an exit."""
+    if not v.pv_eoi_en or v.pv_eoi or v.irr or v.isr_cache < 0:
+        return
+    if (v.handled >> v.isr_cache) & 1:
+        return
+    v.pv_eoi = PV_EOI_ARMED
+    vm.log.emit(VCPU_NAMES[v.idx], "pv-eoi-armed", cause, "vector", v.isr_cache)
+
+
+def pv_eoi_sync_from_guest(vm: Vm, v: Vcpu, cause: int | None) -> None:
+    """apic_sync_pv_eoi_from_guest, run by kvm_lapic_sync_from_vapic right after a VM exit
+    while KVM_APIC_PV_EOI_PENDING is set: if the guest's flag is still set it did not EOI,
+    and KVM clears the flag (PV EOI is only re-armed at an entry that finds it safe);
+    otherwise the guest EOIed without an exit and KVM retires the vector now (apic_set_eoi
+    on the highest ISR vector, with the handled-vector filter of this moment)."""
+    actor = VCPU_NAMES[v.idx]
+    taken = v.pv_eoi == PV_EOI_TAKEN
+    v.pv_eoi = PV_EOI_OFF
+    if not taken:
+        vm.log.emit(actor, "pv-eoi-disarmed", cause, "vector", v.isr_cache)
+        return
+    vec = v.isr.bit_length() - 1
+    if vec < 0:
+        vm.log.emit(actor, "eoi", cause, "vector", None, "path", "pv-eoi-sync")
+        return
+    v.isr &= ~(1 << vec)
+    v.isr_cache = -1
+    level = bool((v.tmr >> vec) & 1)
+    seq = vm.log.emit(actor, "eoi", cause, "vector", vec, "level", level, "path", "pv-eoi-sync")
+    send_eoi(vm, v, vec, seq)
+    v.requests |= REQ_EVENT
+
+
+def guest_exit(vm: Vm, v: Vcpu, cause: int | None) -> None:
+    """The vCPU leaves guest mode (a kick, a halt, an exit to the VMM): an armed PV EOI is
+    settled on the way out (kvm_lapic_sync_from_vapic)."""
+    if v.pv_eoi:
+        pv_eoi_sync_from_guest(vm, v, cause)
+    v.in_guest = False
+
+
+def kernel_exit(vm: Vm, v: Vcpu, cause: int | None) -> None:
+    """A VM exit KVM handles itself and re-enters from (an in-kernel IOAPIC or LAPIC access,
+    a WRMSR): the vCPU stays in the model's guest mode, but kvm_lapic_sync_from_vapic runs
+    after every exit, so an armed PV EOI is settled here too."""
+    if v.pv_eoi:
+        pv_eoi_sync_from_guest(vm, v, cause)
+
+
+def guest_eoi(vm: Vm, v: Vcpu, cause: int) -> dict[str, Any]:
+    """The guest's EOI routine. A Linux guest with PV EOI (kvm_guest_apic_eoi_write) first
+    tests and clears its PV EOI flag: if KVM had set it, that is the whole EOI (no exit; KVM
+    retires the vector at the next exit). Otherwise it writes the EOI register (write_eoi)."""
+    if v.pv_eoi == PV_EOI_ARMED:
+        v.pv_eoi = PV_EOI_TAKEN
+        # No vector: nothing is retired yet (KVM still shows it in service); the guest's EOI
+        # applies to the highest ISR vector, which the sync at the next exit retires.
+        return {"vector": None, "level": None, "forwarded": False, "path": "pv-eoi",
+                "deferred": True, "in_service": v.isr.bit_length() - 1}
+    return write_eoi(vm, v, cause, emit=False)
+
+
+def set_pv_eoi_msr(vm: Vm, v: Vcpu, value: int, cause: int | None) -> dict[str, Any]:
+    """WRMSR MSR_KVM_PV_EOI_EN (kvm_lapic_set_pv_eoi): bit 0 enables PV EOI at the 4-byte
+    aligned guest address in the other bits; a misaligned address is #GP. The WRMSR is an
+    exit, so an armed PV EOI is settled before the new value takes effect."""
+    if value & 2:
+        raise invalid("MSR_KVM_PV_EOI_EN: the address must be 4-byte aligned (#GP)", "value")
+    if not vm.flags.eoi_exit_bitmap:
+        raise invalid("PV EOI is a KVM feature; the hardware profile has none", "op")
+    kernel_exit(vm, v, cause)
+    v.pv_eoi_en = bool(value & 1)
+    vm.log.emit(VCPU_NAMES[v.idx], "wrmsr", cause, "msr", "MSR_KVM_PV_EOI_EN", "value", value)
+    return {"vcpu": v.idx, "pv_eoi_enabled": v.pv_eoi_en, "value": value}
 
 
 def send_eoi(vm: Vm, v: Vcpu, vec: int, cause: int) -> dict[str, Any]:
@@ -251,6 +363,7 @@ def write_register(vm: Vm, v: Vcpu, reg: str, value: int, cause: int | None) -> 
     map_dirty = False
     if reg == "eoi":
         return write_eoi(vm, v, cause)
+    kernel_exit(vm, v, cause)  # an APIC access (or x2APIC MSR) exit
     if reg == "tpr":
         v.tpr = value & 0xFF
     elif reg == "svr":

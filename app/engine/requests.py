@@ -28,6 +28,8 @@ def make_request(vm: Vm, v: Vcpu, bit: int, cause: int | None) -> None:
         v.requests |= bit
         if bit != REQ_EVENT:
             vm.log.emit(VCPU_NAMES[v.idx], "request", cause, "request", REQUEST_NAMES[bit])
+    if v.pv_eoi:
+        lapic.pv_eoi_sync_from_guest(vm, v, cause)  # the kick is an exit
     v.in_guest = False
 
 
@@ -54,9 +56,11 @@ def vcpu_enter(
     (vcpu_enter_guest: run->exit_reason = KVM_EXIT_IOAPIC_EOI, return 0): the exit is
     returned unhandled and the vCPU stays outside guest mode until the VMM handles it
     (vmm_eoi_exit) and issues KVM_RUN again. Other vCPUs and devices may act in between."""
-    if v.requests == REQ_EVENT and not (v.pir and vm.config.apicv):
+    if v.requests == REQ_EVENT and not (v.pir and vm.apicv_intel):
         # The common case (an interrupt was accepted): nothing else to do at this entry.
         v.requests = 0
+        if v.pv_eoi_en:
+            lapic.pv_eoi_sync_to_guest(vm, v, cause)
         v.in_guest = True
         return []
     exits: list[dict[str, Any]] = []
@@ -87,11 +91,17 @@ def vcpu_enter(
             scan.vcpu_scan_ioapic(vm, v, cause)
         if v.requests & REQ_LOAD_EOI_EXITMAP:
             v.requests &= ~REQ_LOAD_EOI_EXITMAP
-            v.eoi_exitmap = v.handled
-            vm.log.emit(actor, "eoi-exitmap-loaded", cause, "vectors", v.handled)
+            # vcpu_load_eoi_exitmap: AVIC has no EOI-exit bitmap (svm_load_eoi_exitmap does
+            # nothing), so only the software bitmap exists there.
+            if not vm.avic:
+                v.eoi_exitmap = v.handled
+                vm.log.emit(actor, "eoi-exitmap-loaded", cause, "vectors", v.handled)
         if v.requests & REQ_EVENT:
             v.requests &= ~REQ_EVENT
-        if v.pir and vm.config.apicv:
+            # kvm_lapic_sync_to_vapic runs only on an entry that handles KVM_REQ_EVENT.
+            if v.pv_eoi_en:
+                lapic.pv_eoi_sync_to_guest(vm, v, cause)
+        if v.pir and vm.apicv_intel:
             lapic.sync_pir_to_irr(vm, v, cause)
         v.in_guest = True
         return exits

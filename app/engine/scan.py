@@ -100,7 +100,7 @@ def vcpu_scan_ioapic(vm: Vm, v: Vcpu, cause: int | None) -> None:
     if not v.apic_base_enabled:
         return  # !kvm_apic_present: the bitmap is left as it was
     f = vm.flags
-    if vm.config.apicv and (vm.config.irqchip == "kernel" or f.split_scan_syncs_pir):
+    if vm.apicv_intel and (vm.config.irqchip == "kernel" or f.split_scan_syncs_pir):
         lapic.sync_pir_to_irr(vm, v, cause)
     if not f.eoi_exit_bitmap:
         v.handled = 0

@@ -43,7 +43,7 @@ VM_KEYS = set(VmConfig().to_dict())
 STEP_OPS = (
     "line", "irq", "msi", "routes", "write_rte", "patch_rte", "mmio", "lapic", "enter", "exit",
     "vmm_eoi_exit", "ack", "take", "eoi", "resampler", "irqfd", "advance", "sti", "cli", "count",
-    "expect", "settle", "when",
+    "expect", "settle", "when", "pv_eoi",
 )
 HANDLER_FORBIDDEN = ("settle",)
 BITMAP_FIELDS = ("irr", "isr", "tmr", "pir", "handled_vectors", "eoi_exit_bitmap")
@@ -338,6 +338,16 @@ class Runner:
             return self.take(cpu(), depth)
         if op == "eoi":
             return vm.eoi(cpu(), run_exits=bool(step.get("run_exits", False)))
+        if op == "pv_eoi":
+            enabled = step.get("enabled", True)
+            if not isinstance(enabled, bool):
+                raise invalid("enabled must be true or false", f"{where}.enabled")
+            address = parse_int(step.get("address", 0x1000), f"{where}.address", 0,
+                                (1 << 64) - 2)
+            if address & 3:
+                raise invalid("the PV EOI flag's address must be 4-byte aligned (#GP)",
+                              f"{where}.address")
+            return vm.set_pv_eoi(cpu(), address | int(enabled))
         if op == "resampler":
             vm.register_resampler(parse_int(_require(step, "gsi", where), f"{where}.gsi", 0, 4095))
             return {"registered": step["gsi"]}

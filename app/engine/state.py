@@ -32,6 +32,9 @@ SPIV_APIC_ENABLED: Final = 1 << 8
 SPIV_FOCUS: Final = 1 << 9
 SPIV_DIRECTED_EOI: Final = 1 << 12
 SPIV_RESET: Final = 0xFF  # software-disabled, spurious vector 0xff
+PV_EOI_OFF: Final = 0
+PV_EOI_ARMED: Final = 1
+PV_EOI_TAKEN: Final = 2
 
 
 _REQUEST_LISTS = [
@@ -57,10 +60,13 @@ VCPU_FIELDS: tuple[str, ...] = (
     "init_count",
     "irr",
     "isr",
+    "isr_cache",
     "ldr",
     "nmi_count",
     "pending_ioapic_eoi",
     "pir",
+    "pv_eoi",
+    "pv_eoi_en",
     "requests",
     "smi_count",
     "svr",
@@ -88,6 +94,13 @@ class Vcpu:
         self.isr = 0
         self.tmr = 0
         self.pir = 0
+        # highest_isr_cache: the vector the last software acknowledgement put in ISR, -1
+        # after any EOI (apic_set_isr / apic_clear_isr; not kept with APIC virtualization).
+        self.isr_cache = -1
+        self.pv_eoi_en = False  # MSR_KVM_PV_EOI_EN bit 0 (KVM_MSR_ENABLED)
+        # PV EOI: PV_EOI_OFF, PV_EOI_ARMED (KVM_APIC_PV_EOI_PENDING and the guest's flag
+        # set), or PV_EOI_TAKEN (the guest cleared its flag: it EOIed without an exit).
+        self.pv_eoi = PV_EOI_OFF
         self.arb_prio = 0
         self.handled = 0  # vcpu->arch.ioapic_handled_vectors
         self.eoi_exitmap = 0  # the VMCS copy, loaded by LOAD_EOI_EXITMAP (APICv)
@@ -114,10 +127,13 @@ class Vcpu:
         c.init_count = self.init_count
         c.irr = self.irr
         c.isr = self.isr
+        c.isr_cache = self.isr_cache
         c.ldr = self.ldr
         c.nmi_count = self.nmi_count
         c.pending_ioapic_eoi = self.pending_ioapic_eoi
         c.pir = self.pir
+        c.pv_eoi = self.pv_eoi
+        c.pv_eoi_en = self.pv_eoi_en
         c.requests = self.requests
         c.smi_count = self.smi_count
         c.svr = self.svr
@@ -141,10 +157,13 @@ class Vcpu:
             self.init_count,
             self.irr,
             self.isr,
+            self.isr_cache,
             self.ldr,
             self.nmi_count,
             self.pending_ioapic_eoi,
             self.pir,
+            self.pv_eoi,
+            self.pv_eoi_en,
             self.requests,
             self.smi_count,
             self.svr,
@@ -160,8 +179,13 @@ class Vcpu:
     def from_dict(cls, d: dict[str, Any]) -> Vcpu:
         c = Vcpu(d["idx"])
         for s in VCPU_FIELDS:
+            if s in _VCPU_FIELDS_SINCE_PV_EOI and s not in d:
+                continue  # a snapshot from before PV EOI was modelled: off, no ISR cache
             setattr(c, s, d[s])
         return c
+
+
+_VCPU_FIELDS_SINCE_PV_EOI = ("isr_cache", "pv_eoi", "pv_eoi_en")
 
 
 IOAPIC_FIELDS: tuple[str, ...] = (
@@ -251,7 +275,9 @@ class VmConfig:
     irqchip: str = "kernel"  # "kernel" | "split"
     profile: str = "linux-latest"
     overrides: dict[str, bool] = field(default_factory=dict)
-    apicv: bool = False
+    # False; True or "apicv": Intel APICv; "avic": AMD AVIC (kept as given, so that a
+    # document or snapshot written with `true` reads back the same).
+    apicv: bool | str = False
     nr_reserved_ioapic_pins: int = NUM_PINS
     ioapic_version: int | None = None
     x2apic: bool = False  # every vCPU starts in x2APIC mode

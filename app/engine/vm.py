@@ -16,7 +16,18 @@ from .ioapic_kvm import eoi_inject_work, ioapic_set_irq
 from .ioapic_kvm import mmio_read as kvm_mmio_read
 from .ioapic_kvm import mmio_write as kvm_mmio_write
 from .ioapic_qemu import delayed_service, qemu_ioapic_set_irq
-from .lapic import acknowledge, lvr, ppr, read_register, write_eoi, write_register
+from .lapic import (
+    acknowledge,
+    guest_eoi,
+    guest_exit,
+    kernel_exit,
+    lvr,
+    ppr,
+    pv_eoi_sync_to_guest,
+    read_register,
+    set_pv_eoi_msr,
+    write_register,
+)
 from .requests import make_scan_request, vcpu_enter
 from .routing import (
     build_table,
@@ -52,6 +63,7 @@ class Vm:
             return
         _validate_config(config)
         self.flags = F.resolve(config.profile, config.overrides)
+        self._set_apic_virt()
         flavour = "kvm" if config.irqchip == "kernel" else "qemu"
         version = config.ioapic_version or (0x11 if flavour == "kvm" else 0x20)
         self.ioapic = IoapicState(flavour, version)
@@ -78,6 +90,22 @@ class Vm:
         self._map: ApicMap | None = None
         self._scan: ScanTable | None = None
         self._vec_pins: dict[int, list[int]] | None = None
+        self.lazy_eoi_depth = 0  # ioapic_lazy_update_eoi calls under way (recursion guard)
+
+    def _set_apic_virt(self) -> None:
+        """Which APIC virtualization the vCPUs run with: `apicv_intel` (posted interrupts and
+        the VMX EOI-exit bitmap), `avic` (AMD AVIC), or neither; `apic_virt` is
+        kvm_apicv_activated. AVIC with the in-kernel irqchip needs avic_kernel_irqchip
+        (v5.6): before it svm_get_enable_apicv refused, and the VM ran with a software
+        LAPIC. Inhibit reasons that come and go at run time (PIT reinjection, an IRQ window
+        for ExtINT, nested guests, x2APIC without x2AVIC) are not modelled: `avic` is an
+        active AVIC."""
+        mode = self.config.apicv
+        self.apicv_intel = mode is True or mode == "apicv"
+        self.avic = mode == "avic" and (
+            self.config.irqchip == "split" or self.flags.avic_kernel_irqchip
+        )
+        self.apic_virt = self.apicv_intel or self.avic
 
     # ---- derived state ----
 
@@ -388,9 +416,21 @@ class Vm:
         """The vCPU leaves guest mode (halts or runs host code): posted interrupts now wait in
         the PIR until its next entry."""
         v = self.vcpu(n)
-        self.log.emit(VCPU_NAMES[n], "exit", None)
-        v.in_guest = False
+        seq = self.log.emit(VCPU_NAMES[n], "exit", None)
+        guest_exit(self, v, seq)
         return {"vcpu": n, "in_guest": False}
+
+    def set_pv_eoi(self, n: int, value: int) -> dict[str, Any]:
+        """The guest writes MSR_KVM_PV_EOI_EN (bit 0 enables PV EOI, the rest is the
+        4-byte aligned address of its flag word)."""
+        v = self.vcpu(n)
+        if not 0 <= value < 1 << 64:
+            raise invalid("MSR values are 64-bit", "value")
+        seq = self.log.emit(VCPU_NAMES[n], "pv-eoi-msr-op", None, "value", value)
+        exits = self._as_guest(v, seq)
+        result = set_pv_eoi_msr(self, v, value, seq)
+        result["entry_exits"] = exits
+        return result
 
     def ack(self, n: int) -> dict[str, Any]:
         """The guest opens an interrupt window and takes the highest deliverable interrupt."""
@@ -399,6 +439,10 @@ class Vm:
         exits = self._as_guest(v, seq) if v.requests or not v.in_guest else []
         vec = acknowledge(self, v, seq, emit=False)
         self.log.fill(seq, VCPU_NAMES[n], "ack", None, "vector", vec)
+        if vec is not None and v.pv_eoi_en:
+            # The injection happens on an entry that handles KVM_REQ_EVENT, and that entry
+            # ends with kvm_lapic_sync_to_vapic.
+            pv_eoi_sync_to_guest(self, v, seq)
         out: dict[str, Any] = {"vcpu": n, "vector": vec, "entry_exits": exits}
         if vec is not None and self.flags.lapic_auto_eoi:
             # The handler's first exit (irqlab's stub reports the vector) re-enters the vCPU,
@@ -413,7 +457,7 @@ class Vm:
         v = self.vcpu(n)
         seq = self.log.reserve()
         exits = self._as_guest(v, seq) if v.requests or not v.in_guest else []
-        result = write_eoi(self, v, seq, emit=False)
+        result = guest_eoi(self, v, seq)
         self.log.fill(
             seq,
             VCPU_NAMES[n],
@@ -475,12 +519,13 @@ class Vm:
             "entry_exits": exits,
         }
         if self.vmm is None:
+            kernel_exit(self, v, seq)  # an exit KVM's in-kernel IOAPIC handles
             if op == "read":
                 out["value"] = kvm_mmio_read(self, offset, size)
             else:
                 out["accepted"] = kvm_mmio_write(self, v, offset, size, value, seq)
         else:
-            v.in_guest = False  # KVM_EXIT_MMIO to the VMM
+            guest_exit(self, v, seq)  # KVM_EXIT_MMIO to the VMM
             out.update(self.vmm.handle_mmio(self, op, offset, size, value, seq))
         return out
 
@@ -560,6 +605,9 @@ class Vm:
             "pending_requests": requests_list(v.requests),
             "pending_ioapic_eoi": v.pending_ioapic_eoi,
             "highest_stale_pending_ioapic_eoi": v.highest_stale,
+            "highest_isr_cache": v.isr_cache,
+            "pv_eoi_enabled": v.pv_eoi_en,
+            "pv_eoi": PV_EOI_STATES[v.pv_eoi],
             "in_guest": v.in_guest,
             "arb_prio": v.arb_prio,
             "nmi_count": v.nmi_count,
@@ -623,6 +671,9 @@ class Vm:
     def clone(self) -> Vm:
         c = Vm(self.config, _empty=True)
         c.flags = self.flags
+        c.apicv_intel = self.apicv_intel
+        c.avic = self.avic
+        c.apic_virt = self.apic_virt
         c.ioapic = self.ioapic.clone()
         c.vmm = self.vmm
         c.vcpus = [v.clone() for v in self.vcpus]
@@ -639,6 +690,7 @@ class Vm:
         c._map = None
         c._scan = None
         c._vec_pins = None
+        c.lazy_eoi_depth = 0
         return c
 
     def snapshot(self) -> dict[str, Any]:
@@ -681,6 +733,10 @@ class Vm:
             raise invalid(f"malformed snapshot: {exc!r}", "snapshot") from exc
         return vm
 
+
+APICV_MODES = ("apicv", "avic")
+# vcpu_view's names for Vcpu.pv_eoi (state.PV_EOI_OFF / _ARMED / _TAKEN).
+PV_EOI_STATES = ("off", "armed", "guest-eoi-pending-sync")
 
 _HIGH: tuple[bool, ...] = (True,)
 _LOW: tuple[bool, ...] = (False,)
@@ -733,9 +789,10 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "nr_reserved_ioapic_pins": (int,),
     "ioapic_version": (int, type(None)),
     "irqchip": (str,),
+    "apicv": (bool, str),
     "profile": (str,),
     "overrides": (dict,),
-    **{name: (bool,) for name in ("apicv", "x2apic", "x2apic_cpuid", "x2apic_format",
+    **{name: (bool,) for name in ("x2apic", "x2apic_cpuid", "x2apic_format",
                                   "broadcast_quirk_disabled", "vector_hashing", "event_log")},
 }
 
@@ -763,6 +820,9 @@ def _validate_config(c: VmConfig) -> None:
     _check_config_types(c.to_dict())  # a VmConfig built directly by pure-Python callers
     if c.irqchip not in ("kernel", "split"):
         raise invalid("irqchip must be kernel or split", "irqchip")
+    if isinstance(c.apicv, str) and c.apicv not in APICV_MODES:
+        raise invalid("apicv must be false, true (Intel APICv), \"apicv\" or \"avic\" "
+                      "(AMD AVIC)", "apicv")
     if not 1 <= c.vcpus <= KVM_MAX_VCPUS:
         raise invalid(f"vcpus must be 1..{KVM_MAX_VCPUS} (KVM_MAX_VCPUS)", "vcpus")
     if c.vcpus > 255 and not c.x2apic:

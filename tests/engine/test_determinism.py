@@ -49,8 +49,8 @@ SCRIPT: list[Op] = [
 
 
 @pytest.mark.parametrize("irqchip", ["kernel", "split"])
-@pytest.mark.parametrize("apicv", [False, True])
-def test_same_operations_same_event_log(irqchip: str, apicv: bool) -> None:
+@pytest.mark.parametrize("apicv", [False, True, "avic"])
+def test_same_operations_same_event_log(irqchip: str, apicv: bool | str) -> None:
     logs = []
     for _ in range(2):
         vm = Vm(VmConfig(vcpus=2, irqchip=irqchip, apicv=apicv))
