@@ -24,7 +24,7 @@ does, and that entry is its own action. A vCPU's own program is suspended while 
 runs on it.
 
 Each transition is clone() + one engine call (+ the log's events when a property reads
-them); fingerprints hash a canonical encoding of Vm.key() and the bookkeeping with blake2b.
+them); fingerprints hash a canonical encoding of Vm.key() and the bookkeeping with xxh3.
 """
 
 from __future__ import annotations
@@ -34,9 +34,12 @@ import marshal
 from hashlib import blake2b
 from typing import Any
 
+from xxhash import xxh3_64_intdigest
+
 from app.engine import invariants
 from app.engine import rte as R
 from app.engine.errors import EngineError, invalid
+from app.engine.keyparts import key_parts, successor_key_parts
 from app.engine.scenario import Runner
 from app.engine.state import (
     IOAPIC_FIELDS,
@@ -61,12 +64,19 @@ HIT_EOI_NOT_FORWARDED = 1
 class IrqState:
     """One node of the search. Never mutated once built."""
 
-    __slots__ = ("counters", "exits", "frames", "hit", "iflags", "pcs", "routes_digest", "vm")
+    __slots__ = ("counters", "exits", "fp", "frames", "hit", "iflags", "parts", "pcs",
+                 "routes_digest", "vm")
 
     def __init__(self, vm: Vm, pcs: tuple[int, ...], frames: tuple[tuple[tuple[int, int], ...],
                  ...], iflags: int, counters: tuple[int, ...], hit: int,
-                 routes_digest: bytes | None = None, exits: int = 0) -> None:
+                 routes_digest: bytes | None = None, exits: int = 0,
+                 parts: list[bytes] | None = None) -> None:
         self.vm = vm
+        # The marshal bytes of the IOAPIC's key and of each vCPU's (what fingerprints hash),
+        # None until asked for: a step reuses its parent's bytes for the parts it left as they
+        # were (most steps change one vCPU), which halves a fingerprint's cost.
+        self.parts = parts
+        self.fp = -1  # the fingerprint, once computed
         # Bit n: vCPU n's KVM_RUN returned KVM_EXIT_IOAPIC_EOI (for the vector in its
         # pending_ioapic_eoi) and the VMM has not handled it yet.
         self.exits = exits
@@ -413,7 +423,12 @@ class IrqModel:
         # A routing table is replaced whole, never edited (Vm.clone shares it): the same
         # object means the same table, and its digest carries over.
         digest = state.routes_digest if vm.routes is state.vm.routes else None
-        return IrqState(vm, pcs, frames, iflags, counters, hit, digest, exits)
+        # The key's parts this step left as they were keep their parent's bytes.
+        old = state.parts
+        if old is None:
+            old = state.parts = key_parts(src)
+        parts = successor_key_parts(vm, src, old)
+        return IrqState(vm, pcs, frames, iflags, counters, hit, digest, exits, parts)
 
     def _run(self, st: S.Step, vm: Vm, n: int, iflags: int,
              counters: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
@@ -435,14 +450,23 @@ class IrqModel:
     def fingerprint(self, state: IrqState) -> int:
         # marshal version 2 encodes by value only (no references, no interning marks), so
         # equal keys give equal bytes in every process; Python's hash() of str is salted.
-        # fast_key()'s parts inlined, the routes digest among them: one marshal call and one
-        # blake2b call per state (this is a third of a transition's cost).
+        # The IOAPIC's and the vCPUs' keys come as the state's parts (marshal bytes, mostly
+        # inherited from the parent, see step), then fast_key()'s other parts, the routes
+        # digest among them, in one marshal call. Each marshal encoding delimits itself, so
+        # the concatenation is unambiguous. xxh3 (64-bit, not cryptographic: no adversary
+        # chooses the states) hashes a kilobyte in 0.1 us where blake2b took 1.3.
+        fp = state.fp
+        if fp >= 0:
+            return fp
+        parts = state.parts
+        if parts is None:
+            parts = state.parts = key_parts(state.vm)
         vm = state.vm
-        key = (vm.ioapic.key(), [v.key() for v in vm.vcpus],
-               sorted(vm.resamplers.items()) if vm.resamplers else None, vm.time, state.pcs,
-               state.frames, state.iflags, state.counters, state.hit, state.exits,
-               state.routes_digest)
-        return int.from_bytes(blake2b(marshal.dumps(key, 2), digest_size=8).digest(), "little")
+        rest = (sorted(vm.resamplers.items()) if vm.resamplers else None, vm.time, state.pcs,
+                state.frames, state.iflags, state.counters, state.hit, state.exits,
+                state.routes_digest)
+        fp = state.fp = xxh3_64_intdigest(b"".join(parts) + marshal.dumps(rest, 2))
+        return fp
 
     def violation(self, state: IrqState, terminal: bool) -> str | None:
         for name, check in self.always:
