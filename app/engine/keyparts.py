@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import marshal
 
+from .state import IoapicState, RouteEntry, Vcpu
 from .vm import Vm
 
 
@@ -36,3 +37,42 @@ def successor_key_parts(vm: Vm, parent: Vm, parent_parts: list[bytes]) -> list[b
         v = vcpus[i]
         out.append(parent_parts[i + 1] if v.same_key(pv[i]) else marshal.dumps(v.key(), 2))
     return out
+
+
+def vm_from_key_parts(template: Vm, parts: list[bytes], routes: dict[int, list[RouteEntry]],
+                      resamplers: dict[int, int], time: int,
+                      memo: dict[bytes, IoapicState | Vcpu]) -> Vm:
+    """The VM whose key parts are `parts` (key_parts' bytes), with this routing table (shared,
+    as Vm.clone shares it: tables are replaced whole, never edited), resamplers and time; its
+    configuration, flags, VMM and log settings from `template`. A search meets few distinct
+    IOAPIC and vCPU states: `memo` keeps one decoded copy of each part, which is cloned (the
+    caller clears it when it grows too big)."""
+    vm = Vm(template.config, _empty=True)
+    vm.flags = template.flags
+    vm.vmm = template.vmm
+    p = parts[0]
+    io = memo.get(p)
+    if not isinstance(io, IoapicState):
+        io = IoapicState.from_key(marshal.loads(p))
+        memo[p] = io
+    vm.ioapic = io.clone()
+    vcpus: list[Vcpu] = []
+    for i in range(1, len(parts)):
+        p = parts[i]
+        v = memo.get(p)
+        if not isinstance(v, Vcpu):
+            v = Vcpu.from_key(marshal.loads(p))
+            memo[p] = v
+        vcpus.append(v.clone())
+    vm.vcpus = vcpus
+    vm.routes = routes
+    vm.resamplers = resamplers
+    vm.time = time
+    vm.log = template.log.clone()
+    vm.accepted = []
+    vm.outcome = "no-target"
+    vm.outcome_reason = None
+    vm._map = None
+    vm._scan = None
+    vm._vec_pins = None
+    return vm

@@ -185,6 +185,33 @@ class Vcpu:
     def to_dict(self) -> dict[str, Any]:
         return {s: getattr(self, s) for s in VCPU_FIELDS}
 
+    @staticmethod
+    def from_key(key: tuple[Any, ...]) -> Vcpu:
+        """The vCPU whose key() is `key` (the explorer's worker processes ship keys)."""
+        c = Vcpu(key[7])
+        c.apic_base_enabled = key[0]
+        c.arb_prio = key[1]
+        c.dfr = key[2]
+        c.eoi_exitmap = key[3]
+        c.handled = key[4]
+        c.highest_stale = key[5]
+        c.id_reg = key[6]
+        c.in_guest = key[8]
+        c.init_count = key[9]
+        c.irr = key[10]
+        c.isr = key[11]
+        c.ldr = key[12]
+        c.nmi_count = key[13]
+        c.pending_ioapic_eoi = key[14]
+        c.pir = key[15]
+        c.requests = key[16]
+        c.smi_count = key[17]
+        c.svr = key[18]
+        c.tmr = key[19]
+        c.tpr = key[20]
+        c.x2apic = key[21]
+        return c
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Vcpu:
         c = Vcpu(d["idx"])
@@ -299,6 +326,22 @@ class IoapicState:
             s: (list(v) if isinstance(v, list) else v)
             for s, v in ((s, getattr(self, s)) for s in IOAPIC_FIELDS)
         }
+
+    @staticmethod
+    def from_key(key: tuple[Any, ...]) -> IoapicState:
+        """The IOAPIC whose key() is `key`."""
+        c = IoapicState(key[1], key[11])
+        c.delayed_at = key[0]
+        c.id = key[2]
+        c.ioregsel = key[3]
+        c.irq_eoi = list(key[4])
+        c.irq_states = list(key[5])
+        c.irr = key[6]
+        c.irr_delivered = key[7]
+        c.redir = list(key[8])
+        c.rtc_dest = list(key[9])
+        c.rtc_pending_eoi = key[10]
+        return c
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IoapicState:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import marshal
 
-from app.engine.keyparts import key_parts, successor_key_parts
+from app.engine.keyparts import key_parts, successor_key_parts, vm_from_key_parts
 from app.engine.state import IOAPIC_FIELDS, VCPU_FIELDS, IoapicState, Vcpu, VmConfig
 from app.engine.vm import Vm
 
@@ -85,3 +85,29 @@ def test_successor_key_parts_are_the_fresh_ones() -> None:
         got = successor_key_parts(c, vm, parts)
         assert got == key_parts(c)
         assert sum(a is b for a, b in zip(got, parts, strict=True)) == (4 if change == 0 else 3)
+
+
+def test_from_key_round_trips() -> None:
+    io = io_sample()
+    assert IoapicState.from_key(io.key()).key() == io.key()
+    v = Vcpu(5)
+    for i, f in enumerate(VCPU_FIELDS):
+        if f not in BOOLS and f != "idx":
+            setattr(v, f, 1000 + i)
+    v.in_guest = True
+    assert Vcpu.from_key(v.key()).key() == v.key()
+
+
+def test_vm_from_key_parts_rebuilds_the_key() -> None:
+    vm = Vm(VmConfig(vcpus=3, irqchip="split"))
+    vm.ioapic.redir[3] ^= 1 << 16
+    vm.vcpus[2].irr |= 1 << 0x40
+    vm.resamplers = {5: 2}
+    vm.time = 17
+    memo: dict[bytes, IoapicState | Vcpu] = {}
+    for _ in range(2):  # decoded, then from the memo: never the memo's own objects
+        got = vm_from_key_parts(Vm(VmConfig(vcpus=3, irqchip="split")), key_parts(vm),
+                                vm.routes, dict(vm.resamplers), vm.time, memo)
+        assert got.key() == vm.key()
+        assert all(x is not y for x in [got.ioapic, *got.vcpus] for y in memo.values())
+    assert len(memo) == 4  # the IOAPIC and each vCPU, decoded once
