@@ -47,9 +47,7 @@ def vm_from_key_parts(template: Vm, parts: list[bytes], routes: dict[int, list[R
     configuration, flags, VMM and log settings from `template`. A search meets few distinct
     IOAPIC and vCPU states: `memo` keeps one decoded copy of each part, which is cloned (the
     caller clears it when it grows too big)."""
-    vm = Vm(template.config, _empty=True)
-    vm.flags = template.flags
-    vm.vmm = template.vmm
+    vm = template.shell()
     p = parts[0]
     io = memo.get(p)
     if not isinstance(io, IoapicState):
@@ -68,11 +66,4 @@ def vm_from_key_parts(template: Vm, parts: list[bytes], routes: dict[int, list[R
     vm.routes = routes
     vm.resamplers = resamplers
     vm.time = time
-    vm.log = template.log.clone()
-    vm.accepted = []
-    vm.outcome = "no-target"
-    vm.outcome_reason = None
-    vm._map = None
-    vm._scan = None
-    vm._vec_pins = None
     return vm
