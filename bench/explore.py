@@ -4,7 +4,9 @@ without each reduction, and its own cost per state and memory per state.
 Any model can be measured: `--model module:function` names a module-level function returning
 a `Model` (called with the `--args` JSON list), which is also how worker processes rebuild it.
 Defaults to the toy `app.explore.toys:wide` (5 processes of 8 steps, a shared variable every
-third step).
+third step). `--exploration NAME|FILE` measures the irqlab model instead: a library exploration
+or an exploration document (`bench/explore_irqbalance_3vcpu.yaml`, 82,250 states under
+linux-latest, is the big one), under `--profile`.
 
 Per configuration the run is repeated (`--runs`) and min / median / max are printed for
 states/s of wall time (process start-up included) and states/s of CPU time (the search's CPU
@@ -24,6 +26,7 @@ the search allocates).
 Usage:
     python bench/explore.py [--model app.explore.toys:wide --args '[5, 8]'] [--runs 5]
         [--workers 1,2] [--reductions none,sleep,persistent,both,symmetry] [--overhead]
+    python bench/explore.py --exploration bench/explore_irqbalance_3vcpu.yaml --workers 1,2
 """
 
 from __future__ import annotations
@@ -37,7 +40,12 @@ import time
 import tracemalloc
 from typing import Any
 
+import yaml
+
+from app import explorations
+from app.engine import ENGINE_BUILD
 from app.explore.checker import CheckOptions, CheckResult, check
+from app.explore.irq_model import build_model
 from app.explore.model_api import ModelFactory
 from app.explore.toys import ring
 
@@ -58,8 +66,9 @@ def _spread(xs: list[float]) -> str:
     return f"{min(xs):>9,.0f} {statistics.median(xs):>9,.0f} {max(xs):>9,.0f}"
 
 
-def run_matrix(factory: ModelFactory[Any], args: argparse.Namespace) -> None:
-    print(f"model {args.model}{tuple(args.args)}  runs={args.runs}  load avg {_load()}")
+def run_matrix(factory: ModelFactory[Any], name: str, args: argparse.Namespace) -> None:
+    print(f"model {name}  runs={args.runs}  engine: {ENGINE_BUILD}  {os.cpu_count()} CPUs"
+          f"  load avg {_load()}")
     print(
         f"{'reduction':<11} {'workers':>7} {'verdict':<9} {'states':>9} {'transitions':>11}"
         f" | states/s wall: min / median / max | states/s per core (CPU): min / median / max"
@@ -129,6 +138,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="app.explore.toys:wide")
     ap.add_argument("--args", type=json.loads, default=[5, 8])
+    ap.add_argument("--exploration", help="a library exploration's name or a document's path")
+    ap.add_argument("--profile", default="linux-latest", help="with --exploration")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--reductions", default="none,sleep,persistent,both")
@@ -139,11 +150,26 @@ def main() -> None:
     if args.overhead:
         overhead(args.ring)
         return
-    module, _, func = args.model.partition(":")
-    factory: ModelFactory[Any] = ModelFactory(
-        getattr(importlib.import_module(module), func), tuple(args.args)
-    )
-    run_matrix(factory, args)
+    factory: ModelFactory[Any]
+    if args.exploration:
+        factory = ModelFactory(build_model, (_exploration(args.exploration), args.profile))
+        name = f"{args.exploration} ({args.profile})"
+    else:
+        module, _, func = args.model.partition(":")
+        factory = ModelFactory(getattr(importlib.import_module(module), func), tuple(args.args))
+        name = f"{args.model}{tuple(args.args)}"
+    run_matrix(factory, name, args)
+
+
+def _exploration(name: str) -> dict[str, Any]:
+    if os.path.exists(name):
+        with open(name) as f:
+            doc: dict[str, Any] = yaml.safe_load(f)
+        return doc
+    found = explorations.get(name)
+    if found is None:
+        raise SystemExit(f"no exploration {name!r} (neither a file nor a library name)")
+    return found
 
 
 if __name__ == "__main__":

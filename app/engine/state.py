@@ -172,8 +172,70 @@ class Vcpu:
             self.x2apic,
         )
 
+    def same_key(self, other: Vcpu) -> bool:
+        """self.key() == other.key() without building either (the explorer asks, per
+        transition, which parts of a state its step left as they were). The fields that change
+        most come first."""
+        return (
+            self.requests == other.requests
+            and self.in_guest == other.in_guest
+            and self.irr == other.irr
+            and self.isr == other.isr
+            and self.pir == other.pir
+            and self.pv_eoi == other.pv_eoi
+            and self.isr_cache == other.isr_cache
+            and self.tmr == other.tmr
+            and self.handled == other.handled
+            and self.eoi_exitmap == other.eoi_exitmap
+            and self.pending_ioapic_eoi == other.pending_ioapic_eoi
+            and self.highest_stale == other.highest_stale
+            and self.tpr == other.tpr
+            and self.apic_base_enabled == other.apic_base_enabled
+            and self.arb_prio == other.arb_prio
+            and self.dfr == other.dfr
+            and self.id_reg == other.id_reg
+            and self.idx == other.idx
+            and self.init_count == other.init_count
+            and self.ldr == other.ldr
+            and self.nmi_count == other.nmi_count
+            and self.smi_count == other.smi_count
+            and self.svr == other.svr
+            and self.pv_eoi_en == other.pv_eoi_en
+            and self.x2apic == other.x2apic
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {s: getattr(self, s) for s in VCPU_FIELDS}
+
+    @staticmethod
+    def from_key(key: tuple[Any, ...]) -> Vcpu:
+        """The vCPU whose key() is `key` (the explorer's worker processes ship keys)."""
+        c = Vcpu(key[7])
+        c.apic_base_enabled = key[0]
+        c.arb_prio = key[1]
+        c.dfr = key[2]
+        c.eoi_exitmap = key[3]
+        c.handled = key[4]
+        c.highest_stale = key[5]
+        c.id_reg = key[6]
+        c.in_guest = key[8]
+        c.init_count = key[9]
+        c.irr = key[10]
+        c.isr = key[11]
+        c.isr_cache = key[12]
+        c.ldr = key[13]
+        c.nmi_count = key[14]
+        c.pending_ioapic_eoi = key[15]
+        c.pir = key[16]
+        c.pv_eoi = key[17]
+        c.pv_eoi_en = key[18]
+        c.requests = key[19]
+        c.smi_count = key[20]
+        c.svr = key[21]
+        c.tmr = key[22]
+        c.tpr = key[23]
+        c.x2apic = key[24]
+        return c
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Vcpu:
@@ -209,34 +271,84 @@ class IoapicState:
     (hw/intc/ioapic.c); the two share the register file and differ in transitions."""
 
     __slots__ = IOAPIC_FIELDS
+    delayed_at: int | None  # logical time of the throttled re-injection
+    flavour: str
+    id: int
+    ioregsel: int
+    irq_eoi: list[int]  # successive re-deliveries at EOI (storm throttle)
+    irq_states: list[int]  # per-pin bitmask of asserted IRQ source ids
+    irr: int
+    irr_delivered: int  # KVM only
+    redir: list[int]
+    # KVM's rtc_status (in-kernel only): the dest_map of the last tracked RTC delivery as
+    # sorted entries vcpu_id << 8 | vector, and how many of them await an EOI.
+    rtc_dest: list[int]
+    rtc_pending_eoi: int
+    version: int
 
-    def __init__(self, flavour: str, version: int) -> None:
+    def __init__(self, flavour: str, version: int, _copy: IoapicState | None = None) -> None:
         self.flavour = flavour
         self.version = version
+        if _copy is not None:  # clone(): field by field, the lists copied
+            self.delayed_at = _copy.delayed_at
+            self.id = _copy.id
+            self.ioregsel = _copy.ioregsel
+            self.irq_eoi = _copy.irq_eoi.copy()
+            self.irq_states = _copy.irq_states.copy()
+            self.irr = _copy.irr
+            self.irr_delivered = _copy.irr_delivered
+            self.redir = _copy.redir.copy()
+            self.rtc_dest = _copy.rtc_dest.copy()
+            self.rtc_pending_eoi = _copy.rtc_pending_eoi
+            return
         self.id = 0
         self.ioregsel = 0
         self.irr = 0
         self.irr_delivered = 0  # KVM only
         self.redir = [RESET_VALUE] * NUM_PINS
-        self.irq_states = [0] * NUM_PINS  # per-pin bitmask of asserted IRQ source ids
-        self.irq_eoi = [0] * NUM_PINS  # successive re-deliveries at EOI (storm throttle)
-        self.delayed_at: int | None = None  # logical time of the throttled re-injection
-        # KVM's rtc_status (in-kernel only): the dest_map of the last tracked RTC delivery
-        # as sorted entries vcpu_id << 8 | vector, and how many of them await an EOI.
-        self.rtc_dest: list[int] = []
+        self.irq_states = [0] * NUM_PINS
+        self.irq_eoi = [0] * NUM_PINS
+        self.delayed_at = None
+        self.rtc_dest = []
         self.rtc_pending_eoi = 0
 
     def clone(self) -> IoapicState:
-        c = IoapicState(self.flavour, self.version)
-        for s in IOAPIC_FIELDS:
-            v = getattr(self, s)
-            setattr(c, s, list(v) if isinstance(v, list) else v)
-        return c
+        # Field by field in __init__ (not a getattr loop, nor fresh lists then replaced): the
+        # explorer clones per transition (tests/engine/test_state_fields.py checks the fields).
+        return IoapicState(self.flavour, self.version, self)
+
+    def same_key(self, other: IoapicState) -> bool:
+        """self.key() == other.key() without building either (see Vcpu.same_key)."""
+        return (
+            self.redir == other.redir
+            and self.irq_states == other.irq_states
+            and self.irr == other.irr
+            and self.irr_delivered == other.irr_delivered
+            and self.irq_eoi == other.irq_eoi
+            and self.delayed_at == other.delayed_at
+            and self.rtc_dest == other.rtc_dest
+            and self.rtc_pending_eoi == other.rtc_pending_eoi
+            and self.flavour == other.flavour
+            and self.id == other.id
+            and self.ioregsel == other.ioregsel
+            and self.version == other.version
+        )
 
     def key(self) -> tuple[Any, ...]:
-        return tuple(
-            tuple(v) if isinstance(v, list) else v
-            for v in (getattr(self, s) for s in IOAPIC_FIELDS)
+        # IOAPIC_FIELDS' order, lists as tuples (tests/engine/test_state_fields.py checks).
+        return (
+            self.delayed_at,
+            self.flavour,
+            self.id,
+            self.ioregsel,
+            tuple(self.irq_eoi),
+            tuple(self.irq_states),
+            self.irr,
+            self.irr_delivered,
+            tuple(self.redir),
+            tuple(self.rtc_dest),
+            self.rtc_pending_eoi,
+            self.version,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,6 +356,22 @@ class IoapicState:
             s: (list(v) if isinstance(v, list) else v)
             for s, v in ((s, getattr(self, s)) for s in IOAPIC_FIELDS)
         }
+
+    @staticmethod
+    def from_key(key: tuple[Any, ...]) -> IoapicState:
+        """The IOAPIC whose key() is `key`."""
+        c = IoapicState(key[1], key[11])
+        c.delayed_at = key[0]
+        c.id = key[2]
+        c.ioregsel = key[3]
+        c.irq_eoi = list(key[4])
+        c.irq_states = list(key[5])
+        c.irr = key[6]
+        c.irr_delivered = key[7]
+        c.redir = list(key[8])
+        c.rtc_dest = list(key[9])
+        c.rtc_pending_eoi = key[10]
+        return c
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IoapicState:

@@ -669,14 +669,20 @@ class Vm:
     __hash__ = None  # type: ignore[assignment]
 
     def clone(self) -> Vm:
+        c = self.shell()
+        c.ioapic = self.ioapic.clone()
+        c.vcpus = [v.clone() for v in self.vcpus]
+        return c
+
+    def shell(self) -> Vm:
+        """A copy without its IOAPIC and vCPUs, which the caller sets (clone, or the
+        explorer's decoding of a shipped state: app/engine/keyparts.py)."""
         c = Vm(self.config, _empty=True)
         c.flags = self.flags
         c.apicv_intel = self.apicv_intel
         c.avic = self.avic
         c.apic_virt = self.apic_virt
-        c.ioapic = self.ioapic.clone()
         c.vmm = self.vmm
-        c.vcpus = [v.clone() for v in self.vcpus]
         # Shared, not copied: a routing table is replaced whole (install_routes, restore) and
         # never mutated in place, so a clone and its original may hold the same one. The
         # explorer clones once per transition and the split table has 24 routes.

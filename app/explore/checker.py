@@ -80,12 +80,14 @@ owns every state); workers (`workers > 1`) are in `app.explore.parallel`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import multiprocessing
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeAlias, TypeVar
 
@@ -188,6 +190,31 @@ def check(
     cancel: Cancel = None,
 ) -> CheckResult:
     """Search `model_or_factory`'s state space; see the module docstring."""
+    with gc_paused():
+        return _check(model_or_factory, options, progress, cancel)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off meanwhile. A search allocates a few objects per
+    transition and keeps a level's states alive, so the collector's generation scans of the
+    growing frontier cost about a quarter of the search (on the irqlab model); states hold no
+    reference cycles, and whatever cyclic garbage a model makes is collected afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _check(
+    model_or_factory: Model[Any] | ModelFactory[Any],
+    options: CheckOptions | None,
+    progress: Callable[[Progress], None] | None,
+    cancel: Cancel,
+) -> CheckResult:
     opts = options or CheckOptions()
     if opts.workers > 1 and multiprocessing.current_process().daemon:
         # A daemonic process (e.g. a job runner's worker) may not start processes: search here;

@@ -24,25 +24,27 @@ does, and that entry is its own action. A vCPU's own program is suspended while 
 runs on it.
 
 Each transition is clone() + one engine call (+ the log's events when a property reads
-them); fingerprints hash a canonical encoding of Vm.key() and the bookkeeping with blake2b.
+them); fingerprints hash a canonical encoding of Vm.key() and the bookkeeping with xxh3.
 """
 
 from __future__ import annotations
 
 import contextlib
 import marshal
+import os
 from hashlib import blake2b
 from typing import Any
+
+from xxhash import xxh3_64_intdigest
 
 from app.engine import invariants
 from app.engine import rte as R
 from app.engine.errors import EngineError, invalid
+from app.engine.keyparts import key_parts, successor_key_parts, vm_from_key_parts
 from app.engine.scenario import Runner
 from app.engine.state import (
-    IOAPIC_FIELDS,
     REQ_IOAPIC_EOI_EXIT,
     REQ_SCAN_IOAPIC,
-    VCPU_FIELDS,
     Vcpu,
 )
 from app.engine.vm import Vm, config_from_dict
@@ -61,12 +63,19 @@ HIT_EOI_NOT_FORWARDED = 1
 class IrqState:
     """One node of the search. Never mutated once built."""
 
-    __slots__ = ("counters", "exits", "frames", "hit", "iflags", "pcs", "routes_digest", "vm")
+    __slots__ = ("counters", "exits", "fp", "frames", "hit", "iflags", "parts", "pcs",
+                 "routes_digest", "vm")
 
     def __init__(self, vm: Vm, pcs: tuple[int, ...], frames: tuple[tuple[tuple[int, int], ...],
                  ...], iflags: int, counters: tuple[int, ...], hit: int,
-                 routes_digest: bytes | None = None, exits: int = 0) -> None:
+                 routes_digest: bytes | None = None, exits: int = 0,
+                 parts: list[bytes] | None = None) -> None:
         self.vm = vm
+        # The marshal bytes of the IOAPIC's key and of each vCPU's (what fingerprints hash),
+        # None until asked for: a step reuses its parent's bytes for the parts it left as they
+        # were (most steps change one vCPU), which halves a fingerprint's cost.
+        self.parts = parts
+        self.fp = -1  # the fingerprint, once computed
         # Bit n: vCPU n's KVM_RUN returned KVM_EXIT_IOAPIC_EOI (for the vector in its
         # pending_ioapic_eoi) and the VMM has not handled it yet.
         self.exits = exits
@@ -187,6 +196,13 @@ class IrqModel:
         if self.symmetry:
             SYM.check_document(self, self.symmetry)
             SYM.check_state(self, self._initial, self.symmetry_ids)
+        # encode/decode: routing tables by digest (a handful per search).
+        self._routes_out: dict[bytes, bytes] = {}
+        self._routes_in: dict[bytes, dict[int, list[Any]]] = {}
+        self._parts_in: dict[bytes, Any] = {}  # decoded IOAPIC and vCPU parts
+        self._tokens: dict[int, tuple[int, object]] = {}  # id(derived table) -> (token, table)
+        self._next_token = 0
+        self._tables_in: dict[tuple[int, int], Any] = {}  # (sender pid, token) -> table
         self._build_footprints()
 
     # ---- footprints ----
@@ -350,6 +366,13 @@ class IrqModel:
         data = action.data
         kind = data[0]
         src = state.vm
+        # Derived tables: built once on the parent (a decoded state has none, a step that
+        # changed their inputs dropped them) and shared by its successors, rather than rebuilt
+        # by each successor that needs one.
+        if src._scan is None:
+            src.scan_table()  # the APIC map too
+        if src._vec_pins is None:
+            src.pins_with_vector(0)
         vm = src.clone()
         # The parent's derived tables (APIC map, scan targets, pins by vector) hold for the
         # clone until a step changes what they derive from, and every such change drops them
@@ -413,7 +436,12 @@ class IrqModel:
         # A routing table is replaced whole, never edited (Vm.clone shares it): the same
         # object means the same table, and its digest carries over.
         digest = state.routes_digest if vm.routes is state.vm.routes else None
-        return IrqState(vm, pcs, frames, iflags, counters, hit, digest, exits)
+        # The key's parts this step left as they were keep their parent's bytes.
+        old = state.parts
+        if old is None:
+            old = state.parts = key_parts(src)
+        parts = successor_key_parts(vm, src, old)
+        return IrqState(vm, pcs, frames, iflags, counters, hit, digest, exits, parts)
 
     def _run(self, st: S.Step, vm: Vm, n: int, iflags: int,
              counters: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
@@ -435,14 +463,23 @@ class IrqModel:
     def fingerprint(self, state: IrqState) -> int:
         # marshal version 2 encodes by value only (no references, no interning marks), so
         # equal keys give equal bytes in every process; Python's hash() of str is salted.
-        # fast_key()'s parts inlined, the routes digest among them: one marshal call and one
-        # blake2b call per state (this is a third of a transition's cost).
+        # The IOAPIC's and the vCPUs' keys come as the state's parts (marshal bytes, mostly
+        # inherited from the parent, see step), then fast_key()'s other parts, the routes
+        # digest among them, in one marshal call. Each marshal encoding delimits itself, so
+        # the concatenation is unambiguous. xxh3 (64-bit, not cryptographic: no adversary
+        # chooses the states) hashes a kilobyte in 0.1 us where blake2b took 1.3.
+        fp = state.fp
+        if fp >= 0:
+            return fp
+        parts = state.parts
+        if parts is None:
+            parts = state.parts = key_parts(state.vm)
         vm = state.vm
-        key = (vm.ioapic.key(), [v.key() for v in vm.vcpus],
-               sorted(vm.resamplers.items()) if vm.resamplers else None, vm.time, state.pcs,
-               state.frames, state.iflags, state.counters, state.hit, state.exits,
-               state.routes_digest)
-        return int.from_bytes(blake2b(marshal.dumps(key, 2), digest_size=8).digest(), "little")
+        rest = (sorted(vm.resamplers.items()) if vm.resamplers else None, vm.time, state.pcs,
+                state.frames, state.iflags, state.counters, state.hit, state.exits,
+                state.routes_digest)
+        fp = state.fp = xxh3_64_intdigest(b"".join(parts) + marshal.dumps(rest, 2))
+        return fp
 
     def violation(self, state: IrqState, terminal: bool) -> str | None:
         for name, check in self.always:
@@ -462,24 +499,68 @@ class IrqModel:
         return SYM.canonical(self, state)
 
     def encode(self, state: IrqState) -> bytes:
-        """Vm.key()'s parts (everything that determines the future) and the bookkeeping, as
-        marshal bytes: a few microseconds, where a snapshot would build dicts."""
-        return marshal.dumps((state.fast_key(), routes_key(state.vm), state.routes_digest), 2)
+        """What decode needs (everything Vm.key() holds, and the bookkeeping) as marshal
+        bytes: the state's key parts as they are (see step), the routing table's encoding
+        computed once per table. A few microseconds, where a snapshot would build dicts."""
+        vm = state.vm
+        parts = state.parts
+        if parts is None:
+            parts = state.parts = key_parts(vm)
+        digest = state.routes_digest
+        routes = self._routes_out.get(digest)
+        if routes is None:
+            routes = self._routes_out[digest] = marshal.dumps(routes_key(vm), 2)
+        pid = os.getpid()
+        return marshal.dumps((parts, tuple(sorted(vm.resamplers.items())), vm.time, state.pcs,
+                              state.frames, state.iflags, state.counters, state.hit,
+                              state.exits, digest, routes, pid, self._token(vm._map),
+                              self._token(vm._scan), self._token(vm._vec_pins)), 2)
+
+    def _token(self, table: object) -> int:
+        """A number for one of a VM's derived tables (0: not built), unique in this process.
+        The VMs that share a table object have equal inputs to it (the engine drops a table
+        on the VM whose inputs change), so a receiver may build the table once per token and
+        share it, as a single process does along its parent links. The registry keeps each
+        table alive so that its id() is not reused while it names a token."""
+        if table is None:
+            return 0
+        got = self._tokens.get(id(table))
+        if got is None:
+            if len(self._tokens) > 200_000:
+                self._tokens.clear()  # a table seen again gets a new token: built once more
+            self._next_token += 1
+            got = self._tokens[id(table)] = (self._next_token, table)
+        return got[0]
 
     def decode(self, data: bytes) -> IrqState:
-        (io_key, vcpu_keys, resamplers, time, pcs, frames, iflags, counters, hit, exits), \
-            routes, digest = marshal.loads(data)
-        vm = self._initial.vm.clone()  # config, flags, VMM and log settings
-        io = vm.ioapic
-        for f, value in zip(IOAPIC_FIELDS, io_key, strict=True):
-            setattr(io, f, list(value) if isinstance(value, tuple) else value)
-        for v, values in zip(vm.vcpus, vcpu_keys, strict=True):
-            for f, value in zip(VCPU_FIELDS, values, strict=True):
-                setattr(v, f, value)
-        vm.routes = {g: list(es) for g, es in routes}
-        vm.resamplers = dict(resamplers)
-        vm.time = time
-        return IrqState(vm, pcs, frames, iflags, counters, hit, digest, exits)
+        (parts, resamplers, time, pcs, frames, iflags, counters, hit, exits, digest, routes, pid,
+         map_token, scan_token, pins_token) = marshal.loads(data)
+        # One table object per routing table, shared by the states that have it (as Vm.clone
+        # shares it): decoded once, and step() carries its digest over by identity.
+        table = self._routes_in.get(digest)
+        if table is None:
+            table = self._routes_in[digest] = {g: list(es) for g, es in marshal.loads(routes)}
+        memo = self._parts_in
+        if len(memo) > 100_000:  # bounded, at a few hundred bytes an entry
+            memo.clear()
+        vm = vm_from_key_parts(self._initial.vm, parts, table, dict(resamplers), time, memo)
+        tables = self._tables_in
+        if len(tables) > 200_000:
+            tables.clear()
+        if map_token:
+            vm._map = tables.get((pid, map_token))
+            if vm._map is None:
+                tables[pid, map_token] = vm.apic_map()
+        if scan_token:
+            vm._scan = tables.get((pid, scan_token))
+            if vm._scan is None:
+                tables[pid, scan_token] = vm.scan_table()
+        if pins_token:
+            vm._vec_pins = tables.get((pid, pins_token))
+            if vm._vec_pins is None:
+                vm.pins_with_vector(0)
+                tables[pid, pins_token] = vm._vec_pins
+        return IrqState(vm, pcs, frames, iflags, counters, hit, digest, exits, parts)
 
     # ---- traces ----
 

@@ -35,6 +35,7 @@ replayed in the coordinator.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing as mp
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ def _worker_main(
     counters: Any,
     deadline: float | None,
 ) -> None:
+    gc.disable()  # for the worker's life: see checker.gc_paused
     try:
         worker = Partition(wid, n, factory(), opts, inboxes, cancel, counters, deadline)
         conn.send(("ready", None))

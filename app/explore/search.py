@@ -62,6 +62,28 @@ class LevelReport:
     cpu_seconds: float
 
 
+class Outbox:
+    """The successors owned by one peer, found in this level: columns in arrival order
+    (fingerprints as `index`'s keys), the sleep sets intersected over a state's arrivals, and
+    `askers`: per fingerprint, the reduced states here that wait to learn whether that state
+    is old (the cycle proviso)."""
+
+    __slots__ = ("acts", "askers", "index", "parents", "sleeps", "states")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        # New containers, not emptied ones: a shipped batch holds the old arrays until the
+        # queue's feeder thread has pickled them.
+        self.index: dict[int, int] = {}
+        self.states: list[Any] = []
+        self.sleeps: list[frozenset[str]] = []
+        self.parents: array[int] = array("I")
+        self.acts: array[int] = array("H")
+        self.askers: dict[int, list[int]] = {}
+
+
 class Partition:
     """One share of the search: all of it in one process, or one worker's partition."""
 
@@ -116,9 +138,8 @@ class Partition:
         self.par_i_next: array[int] = array("I")
         self.act_next: array[int] = array("H")
         # Successors owned by peers, deduplicated here (a state is usually reached along several
-        # paths of one level): fingerprint -> [state, sleep set, parent, action, askers], where
-        # askers are the reduced states here that wait to learn whether it is old (proviso).
-        self.outbox: list[dict[int, list[Any]]] = [{} for _ in range(self.n)]
+        # paths of one level), one Outbox per peer.
+        self.outbox: list[Outbox] = [Outbox() for _ in range(self.n)]
         self.full: set[int] = set()  # states here that the proviso expands fully
 
     def _successor_fn(self) -> Callable[[int, Any, list[Action], Any, frozenset[str], bool], bool]:
@@ -161,19 +182,22 @@ class Partition:
                     done.append(a)
                 else:
                     zs = EMPTY
-                if n > 1 and f % _PRIME % n != wid:  # owned by a peer: owner(f, n), inlined
-                    box = outbox[f % _PRIME % n]
-                    rec = box.get(f)
-                    if rec is None:
-                        box[f] = [c, zs, i, k, [i] if ask else None]
-                    else:
-                        if rec[1]:
-                            rec[1] = rec[1] & zs
+                if n > 1 and (o := f % _PRIME % n) != wid:  # owned by a peer: owner(f, n)
+                    box = outbox[o]
+                    j = box.index.get(f)
+                    if j is None:
+                        box.index[f] = len(box.states)
+                        box.states.append(c)
+                        box.sleeps.append(zs)
+                        box.parents.append(i)
+                        box.acts.append(k)
                         if ask:
-                            if rec[4] is None:
-                                rec[4] = [i]
-                            else:
-                                rec[4].append(i)
+                            box.askers[f] = [i]
+                    else:
+                        if box.sleeps[j]:
+                            box.sleeps[j] = box.sleeps[j] & zs
+                        if ask:
+                            box.askers.setdefault(f, []).append(i)
                 elif add(f):
                     if track_index:
                         next_index[f] = len(next_frontier)
@@ -207,44 +231,42 @@ class Partition:
         return w, self.par_i[level][i], self.acts[level][i]
 
     def _ship(self, phase: str) -> None:
-        """Send each peer what it owns (then an end marker), in insertion order."""
+        """Send each peer what it owns, as one message (which also ends the phase for it):
+        columns, which pickle much faster than a tuple per state, with each distinct sleep set
+        once."""
         encode = self.model.encode
         for o in range(self.n):
             if o == self.wid:
                 continue
             box = self.outbox[o]
-            if box:
-                # Columns pickle much faster than one tuple per state.
-                recs = list(box.values())
+            batch: tuple[Any, ...] | None = None
+            if box.states:
+                sets: dict[frozenset[str], int] = {EMPTY: 0}
+                sleep_ids = array("H", [sets.setdefault(z, len(sets)) for z in box.sleeps])
+                asked = box.askers
                 batch = (
-                    array("Q", box.keys()),
-                    [encode(r[0]) for r in recs],
-                    [tuple(sorted(r[1])) if r[1] else () for r in recs],
-                    array("I", [r[2] for r in recs]),
-                    array("H", [r[3] for r in recs]),
-                    bytes(r[4] is not None for r in recs),
+                    array("Q", box.index.keys()),
+                    [encode(x) for x in box.states],
+                    [tuple(sorted(z)) for z in sets],
+                    sleep_ids,
+                    box.parents,
+                    box.acts,
+                    bytes(f in asked for f in box.index) if asked else None,
                 )
-                self.inboxes[o].put((self.wid, phase, batch))
-            self.inboxes[o].put((self.wid, phase, None))
+            self.inboxes[o].put((self.wid, phase, batch))
 
-    def _gather(self, phase: str) -> dict[int, list[Any]]:
-        """Every message of `phase` from every peer (up to their end markers), by peer."""
-        got: dict[int, list[Any]] = {o: [] for o in range(self.n) if o != self.wid}
-        ends = 0
+    def _gather(self, phase: str) -> dict[int, Any]:
+        """The message of `phase` from every peer, by peer (None: it sent nothing)."""
+        got: dict[int, Any] = {}
         for sender, payload in self.stash.pop(phase, []):
-            if payload is None:
-                ends += 1
-            else:
-                got[sender].append(payload)
+            got[sender] = payload
         inbox = self.inboxes[self.wid]
-        while ends < self.n - 1:
+        while len(got) < self.n - 1:
             sender, ph, payload = inbox.get()
             if ph != phase:  # a faster peer is already in a later phase of this level
                 self.stash.setdefault(ph, []).append((sender, payload))
-            elif payload is None:
-                ends += 1
             else:
-                got[sender].append(payload)
+                got[sender] = payload
         return got
 
     def _take_in(self, phase: str) -> dict[int, list[int]]:
@@ -260,29 +282,29 @@ class Partition:
         par_w, par_i, act = self.par_w_next.append, self.par_i_next.append, self.act_next.append
         track_index = self.sleep or self.proviso
         old: dict[int, list[int]] = {}
-        for sender, batches in sorted(self._gather(phase).items()):
+        for sender, batch in sorted(self._gather(phase).items()):
             olds: list[int] = []
-            for fps, datas, sleeps, parents, acts, asks in batches:
-                for f, data, names, pi, k, asked in zip(
-                    fps, datas, sleeps, parents, acts, asks, strict=True
-                ):
-                    zs = frozenset(names) if names else EMPTY
-                    if add(f):
-                        if track_index:
-                            next_index[f] = len(next_frontier)
-                        next_frontier.append(decode(data))
-                        next_sleeps.append(zs)
-                        par_w(sender)
-                        par_i(pi)
-                        act(k)
-                    elif track_index:
-                        j = next_index.get(f)
-                        if j is None:
-                            if asked:
-                                olds.append(f)
-                        elif next_sleeps[j]:
-                            next_sleeps[j] = next_sleeps[j] & zs
             old[sender] = olds
+            if batch is None:
+                continue
+            fps, datas, sets, sleep_ids, parents, acts, asks = batch
+            zsets = [frozenset(names) if names else EMPTY for names in sets]
+            for j, f in enumerate(fps):
+                if add(f):
+                    if track_index:
+                        next_index[f] = len(next_frontier)
+                    next_frontier.append(decode(datas[j]))
+                    next_sleeps.append(zsets[sleep_ids[j]])
+                    par_w(sender)
+                    par_i(parents[j])
+                    act(acts[j])
+                elif track_index:
+                    k = next_index.get(f)
+                    if k is None:
+                        if asks is not None and asks[j]:
+                            olds.append(f)
+                    elif next_sleeps[k]:
+                        next_sleeps[k] = next_sleeps[k] & zsets[sleep_ids[j]]
         return old
 
     def expand_level(self, depth: int) -> LevelReport:
@@ -349,14 +371,12 @@ class Partition:
             # fully every reduced state of ours that did (here or at a peer).
             for o, fps in old.items():
                 self.inboxes[o].put((wid, "R", fps))
-                self.inboxes[o].put((wid, "R", None))
-            for peer, answers in self._gather("R").items():
-                sent = self.outbox[peer]
-                for fps in answers:
-                    for f in fps:
-                        self.full.update(sent[f][4])
+            for peer, fps in self._gather("R").items():
+                askers = self.outbox[peer].askers
+                for f in fps:
+                    self.full.update(askers[f])
             for box in self.outbox:
-                box.clear()  # in place: the level's successor function holds these dicts
+                box.clear()  # in place: the level's successor function holds these
             if found is None and bound is None:
                 for i in sorted(self.full & rests.keys()):
                     self.proviso_full += 1

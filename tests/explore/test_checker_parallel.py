@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from app import explorations
 from app.explore import toys
 from app.explore.checker import CheckOptions, check
+from app.explore.irq_model import build_model
 from app.explore.model_api import ModelFactory
 from app.explore.parallel import WorkerError
 from tests.explore.checker_helpers import assert_counterexample_replays
@@ -127,3 +129,18 @@ def test_a_daemonic_process_searches_in_process() -> None:
     proc.join(timeout=30)
     one = check(toys.lost_update(3), CheckOptions())
     assert got == ("violation", 1, one.stats.states)
+
+
+@pytest.mark.parametrize("name", sorted(explorations.names()))
+def test_two_workers_on_the_irqlab_model(name: str) -> None:
+    """States cross workers as IrqModel.encode bytes (key parts, derived-table tokens): the
+    same answer as one process on every library exploration, under one profile."""
+    factory = ModelFactory(build_model, (explorations.get(name), "linux-6.1"))
+    one = check(factory, CheckOptions(collect_terminals=True))
+    two = check(factory, CheckOptions(workers=2, collect_terminals=True))
+    assert two.stats.workers == 2
+    assert (two.verdict, two.property, two.stats.states) == (
+        one.verdict, one.property, one.stats.states)
+    assert len(two.counterexample) == len(one.counterexample)
+    if one.verdict == "verified":
+        assert two.terminal_fingerprints == one.terminal_fingerprints
