@@ -21,8 +21,12 @@ almost nothing: the model's time, measured by driving it without the checker, is
 and the visited-set bytes per state (exact buffer sizes, and tracemalloc's peak for everything
 the search allocates).
 
+`--exploration NAME [--profile P]` measures the irqlab model on a library exploration (its
+footprints give persistent sets; see docs/explorer-checker.md).
+
 Usage:
     python bench/explore.py [--model app.explore.toys:wide --args '[5, 8]'] [--runs 5]
+        [--exploration seed-race-split --profile linux-latest]
         [--workers 1,2] [--reductions none,sleep,persistent,both,symmetry] [--overhead]
 """
 
@@ -59,7 +63,8 @@ def _spread(xs: list[float]) -> str:
 
 
 def run_matrix(factory: ModelFactory[Any], args: argparse.Namespace) -> None:
-    print(f"model {args.model}{tuple(args.args)}  runs={args.runs}  load avg {_load()}")
+    shown = args.exploration or f"{args.model}{tuple(args.args)}"
+    print(f"model {shown}  runs={args.runs}  load avg {_load()}")
     print(
         f"{'reduction':<11} {'workers':>7} {'verdict':<9} {'states':>9} {'transitions':>11}"
         f" | states/s wall: min / median / max | states/s per core (CPU): min / median / max"
@@ -129,6 +134,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="app.explore.toys:wide")
     ap.add_argument("--args", type=json.loads, default=[5, 8])
+    ap.add_argument("--exploration", default=None,
+                    help="a library exploration (the irqlab model) instead of --model")
+    ap.add_argument("--profile", default="linux-latest", help="with --exploration")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--reductions", default="none,sleep,persistent,both")
@@ -139,6 +147,13 @@ def main() -> None:
     if args.overhead:
         overhead(args.ring)
         return
+    if args.exploration is not None:
+        from app import explorations
+
+        doc = explorations.get(args.exploration)
+        if doc is None:
+            ap.error(f"no library exploration {args.exploration!r}")
+        args.model, args.args = "app.explore.irq_model:build_model", [doc, args.profile]
     module, _, func = args.model.partition(":")
     factory: ModelFactory[Any] = ModelFactory(
         getattr(importlib.import_module(module), func), tuple(args.args)
