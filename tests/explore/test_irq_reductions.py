@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import random
-from collections import deque
 from typing import Any
 
 import pytest
@@ -114,21 +113,9 @@ def test_persistent_sets_reduce_states_on_the_library() -> None:
 def _descendants(model: IrqModel, s: IrqState, skip: str | None,
                  limit: int) -> list[IrqState]:
     """States reachable from s (s included) without steps of actor `skip`."""
-    seen = {model.fingerprint(s)}
-    out = [s]
-    queue = deque(out)
-    while queue and len(out) < limit:
-        t = queue.popleft()
-        for a in model.actions(t):
-            if a.actor == skip:
-                continue
-            u = model.step(t, a)
-            f = model.fingerprint(u)
-            if f not in seen:
-                seen.add(f)
-                out.append(u)
-                queue.append(u)
-    return out
+    from tests.explore.test_model import reachable
+
+    return reachable(model, limit, s, skip)
 
 
 def assert_footprints_cover(model: IrqModel, states: list[IrqState], limit: int = 400) -> int:
