@@ -23,8 +23,12 @@ almost nothing: the model's time, measured by driving it without the checker, is
 and the visited-set bytes per state (exact buffer sizes, and tracemalloc's peak for everything
 the search allocates).
 
+`--exploration NAME|FILE [--profile P]` measures the irqlab model on a library exploration or
+a document (its footprints give persistent sets; see docs/explorer-checker.md).
+
 Usage:
     python bench/explore.py [--model app.explore.toys:wide --args '[5, 8]'] [--runs 5]
+        [--exploration seed-race-split --profile linux-latest]
         [--workers 1,2] [--reductions none,sleep,persistent,both,symmetry] [--overhead]
     python bench/explore.py --exploration bench/explore_irqbalance_3vcpu.yaml --workers 1,2
 """

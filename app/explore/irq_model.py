@@ -49,10 +49,11 @@ from app.engine.state import (
 )
 from app.engine.vm import Vm, config_from_dict
 
+from . import irq_footprints as FP
 from . import steps as S
 from . import symmetry as SYM
 from .document import Exploration
-from .model_api import Action
+from .model_api import Action, ActorFootprint
 from .predicates import compile_predicate
 
 MAX_HANDLER_DEPTH = 8
@@ -217,8 +218,17 @@ class IrqModel:
         # "ioapic.rte": the redirection entries' programming (what a rescan reads in-kernel);
         # "ioapic": input lines, IRR, Remote IRR, IOREGSEL. Only guest RTE writes, MMIO and
         # (conservatively) every global step write the former; a line step the latter.
-        self.r_global = all_v | {"ioapic", "ioapic.rte", "routes", "ids"}
+        # "hitN": the sticky flag eoi-not-forwarded reads, set when vCPU N retires a level
+        # vector no IOAPIC hears of (an EOI, an auto-EOI at the ack, a dropped EOI exit);
+        # every global step may set it too. The checker needs it to tell visible steps. One
+        # name per vCPU: no step's effect depends on the flag and setting it is an OR, so two
+        # vCPUs setting it commute; the state still holds one bit.
+        self.r_hit = [frozenset({f"hit{i}"}) if self.want_events else frozenset()
+                      for i in range(n)]
+        self.r_hit_all: frozenset[str] = frozenset().union(*self.r_hit)
+        self.r_global = all_v | {"ioapic", "ioapic.rte", "routes", "ids"} | self.r_hit_all
         self.r_io = frozenset({"ioapic"})
+        self.r_io_hit = self.r_io if self.want_events else frozenset()
         self.r_routes_split = frozenset({"routes"}) | (all_v if self.split else frozenset())
         # vcpu_scan_ioapic: in-kernel the RTEs (trigger, destination, vector; not Remote IRR),
         # in split mode the MSI routes; both through the APIC map (ids) and the vCPU's own
@@ -228,6 +238,8 @@ class IrqModel:
         self.r_counter = [frozenset({f"counter.{c}"}) for c in self.counter_names]
         self.empty: frozenset[str] = frozenset()
         self._actions: dict[tuple[Any, ...], Action] = {}  # actions are immutable: built once
+        self._actor_fps = FP.ActorFootprints(self)
+        self._observed = FP.observed(self)
 
     def _variant(self, st: S.Step, vm: Vm) -> int:
         """Which footprint a step has in this state: a raised line that may deliver (1), or
@@ -254,7 +266,9 @@ class IrqModel:
             return self.r_v[n], self.r_v[n]
         if fp == S.FP_EOI:
             if self.split and not self.flags.lapic_auto_eoi:
-                return self.r_v[n], self.r_v[n]
+                # Own LAPIC (the EOI exit is a request on this vCPU); whether the EOI goes
+                # unheard is read against the IOAPIC's Remote IRR (eoi-not-forwarded).
+                return self.r_v[n] | self.r_io_hit, self.r_v[n] | self.r_hit[n]
             return self.r_global, self.r_global
         if fp == S.FP_CTL:
             return self.r_c[n], self.r_c[n]
@@ -264,6 +278,16 @@ class IrqModel:
         if fp == S.FP_ROUTES:
             return self.r_routes_split, self.r_routes_split
         return self.r_global, self.r_global
+
+    # ---- persistent sets (app/explore/irq_footprints.py) ----
+
+    def actor_footprints(self, state: IrqState) -> dict[str, ActorFootprint] | None:
+        """What every actor may touch next and from here on (model_api.HasActorFootprints)."""
+        return self._actor_fps.of(state)
+
+    def observed(self) -> frozenset[str] | None:
+        """The resources the `always` properties read (model_api.HasObserved)."""
+        return self._observed
 
     # ---- the Model protocol ----
 
@@ -356,7 +380,8 @@ class IrqModel:
             reads = self.r_scan[n] | (self.r_io if self.want_events else self.empty)
             if not self.split:
                 reads = reads | self.r_global
-            return Action(f"vcpu{n} enter (EOI exit)", actor, reads, self.r_v[n], ("e", n))
+            return Action(f"vcpu{n} enter (EOI exit)", actor, reads,
+                          self.r_v[n] | self.r_hit[n], ("e", n))
         if kind == 1:
             return Action(f"vcpu{n} enter (rescan)", actor, self.r_scan[n], self.r_v[n],
                           ("e", n))

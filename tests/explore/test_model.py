@@ -18,13 +18,19 @@ from app.explore.model_api import independent
 from app.explore.simple_bfs import bfs
 
 
-def reachable(model: IrqModel, limit: int = 5000) -> list[IrqState]:
-    seen = {model.fingerprint(model.initial())}
-    out = [model.initial()]
+def reachable(model: IrqModel, limit: int = 5000, start: IrqState | None = None,
+              skip: str | None = None) -> list[IrqState]:
+    """States reachable from `start` (the initial state), breadth-first, without steps of actor
+    `skip`, at most `limit` of them."""
+    first = model.initial() if start is None else start
+    seen = {model.fingerprint(first)}
+    out = [first]
     queue = deque(out)
     while queue and len(out) < limit:
         s = queue.popleft()
         for a in model.actions(s):
+            if a.actor == skip:
+                continue
             t = model.step(s, a)
             fp = model.fingerprint(t)
             if fp not in seen:
